@@ -1,0 +1,37 @@
+# make test: venv + CPU torch + project + tests.  make demo: the main job end to end.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+CORPUS ?=
+DEMO_OUT ?= demo-out
+NPROC ?= 2
+STEPS ?= 150
+
+.PHONY: install test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first, from the local file: a bare `torch` requirement would pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m tools.demo --out $(DEMO_OUT) --nproc $(NPROC) --steps $(STEPS) $(if $(CORPUS),--corpus $(CORPUS),)
+
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench --out bench.json --plot bench.png
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,308 @@
+"""``shards build``: corpus files → shards + index.json, parallel, resumable, atomic.
+
+The work is cut into units (a file, or a byte range of a large txt/jsonl) that
+do not depend on the worker count, so the output is byte-identical for any
+``workers``.  Each unit writes its parts into ``OUT/.staging/`` with a
+``.done.json`` marker; a rerun skips marked units.  When all are done, parts
+get their global names (``shard-00000.arrow`` ...), ``index.json`` is written
+last, and the staging folder is removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+import multiprocessing as mp
+
+from . import formats, storage
+from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, plan_units, read_unit
+from .index import Manifest, ShardInfo, index_url, write_manifest
+from .tokenizer import fingerprint, load_tokenizer
+from .writer import Limits, Part, PartWriter
+
+log = logging.getLogger(__name__)
+STAGING = ".staging"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out: str
+    format: str = "arrow"
+    spec: CorpusSpec = field(default_factory=CorpusSpec)
+    limits: Limits = field(default_factory=Limits)
+    tokenizer: str | None = None
+    max_length: int | None = None
+    label_names: tuple[str, ...] | None = None
+    workers: int = 1
+    split_bytes: int = 256 << 20
+    storage_options: dict | None = None
+    progress: bool | None = None  # None: only on a terminal
+
+
+@dataclass
+class UnitResult:
+    index: int
+    parts: list[Part]
+    bad: dict[str, int]
+    records: int
+    key: str
+
+
+@dataclass
+class BuildResult:
+    manifest: Manifest
+    seconds: float
+    input_bytes: int
+    reused_units: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.input_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+def sort_labels(values) -> list[str]:
+    """Label names in id order: numerically if all are numbers, else as strings."""
+    values = set(values)
+    try:
+        return sorted(values, key=lambda v: (float(v), v))
+    except ValueError:
+        return sorted(values)
+
+
+def scan_labels(unit: Unit, spec: CorpusSpec, storage_options) -> set[str]:
+    bad = BadRecords("skip")  # counted for real in the write pass
+    return {r.label for r in read_unit(unit, spec, bad, storage_options)}
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path):
+    if path is None:
+        return None
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = load_tokenizer(path)
+    return _TOKENIZERS[path]
+
+
+def unit_key(cfg: BuildConfig, unit: Unit, labels, tok_fp) -> str:
+    """Everything that decides a unit's bytes; a marker with another key is stale."""
+    desc = {"unit": asdict(unit), "format": cfg.format, "spec": asdict(cfg.spec),
+            "limits": asdict(cfg.limits), "tokenizer": tok_fp, "max_length": cfg.max_length,
+            "labels": labels, "size": storage.size(unit.url, cfg.storage_options)}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+def _staging(cfg: BuildConfig) -> str:
+    return storage.join(cfg.out, STAGING)
+
+
+def _marker_url(cfg: BuildConfig, index: int) -> str:
+    return storage.join(_staging(cfg), f"u{index:05d}.done.json")
+
+
+def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None, key: str,
+             on_progress=None) -> UnitResult:
+    """Write one unit's parts into the staging folder, then its done marker."""
+    bad = BadRecords(cfg.spec.on_bad_record)
+    label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
+    tok = _tokenizer(cfg.tokenizer)
+    fields = formats.fields_of(label_ids is not None, tok is not None)
+    remote = storage.is_remote(cfg.out)
+    local_dir = tempfile.mkdtemp(prefix="shards-") if remote else storage.filesystem(_staging(cfg))[1]
+    os.makedirs(local_dir, exist_ok=True)
+    counted = Counter()
+
+    def records():
+        for raw in read_unit(unit, cfg.spec, bad, cfg.storage_options):
+            counted["n"] += 1
+            if label_ids is None:
+                yield raw.text, None
+            elif raw.label in label_ids:
+                yield raw.text, label_ids[raw.label]
+            else:
+                bad.add("unknown_label", f"{unit.url}:{raw.line}",
+                        f"{raw.label!r} not in {labels}")
+
+    writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
+                        cfg.max_length, on_progress)
+    parts = writer.write(records())
+    staged = []
+    for part in parts:
+        url = storage.join(_staging(cfg), os.path.basename(part.path))
+        if remote:
+            storage.publish_file(part.path, url, cfg.storage_options)
+        staged.append(Part(url, part.num_records, part.num_bytes, part.sha256))
+    result = UnitResult(index, staged, dict(bad.counts), sum(p.num_records for p in staged), key)
+    marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad}
+    storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
+    return result
+
+
+def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
+    url = _marker_url(cfg, index)
+    if not storage.exists(url, cfg.storage_options):
+        return None
+    data = json.loads(storage.read_text(url, cfg.storage_options))
+    if data.get("key") != key:
+        return None
+    parts = [Part(**p) for p in data["parts"]]
+    return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key)
+
+
+def _final_url(cfg: BuildConfig, number: int) -> str:
+    return storage.join(cfg.out, f"shard-{number:05d}{formats.EXTENSIONS[cfg.format]}")
+
+
+def _part_in_place(cfg: BuildConfig, part: Part, final: str) -> bool:
+    """A part moved by an earlier, interrupted finalize is already under its final name."""
+    if storage.exists(part.path, cfg.storage_options):
+        return True
+    if not final or not storage.exists(final, cfg.storage_options):
+        return False
+    if storage.is_remote(final):
+        return storage.size(final, cfg.storage_options) == part.num_bytes
+    digest, n = storage.sha256_file(storage.filesystem(final)[1])
+    return (digest, n) == (part.sha256, part.num_bytes)
+
+
+def _publish_parts(cfg: BuildConfig, results: list[UnitResult]) -> list[ShardInfo]:
+    shards = []
+    for part in (p for r in results for p in r.parts):
+        final = _final_url(cfg, len(shards))
+        if storage.exists(part.path, cfg.storage_options):
+            fs, src = storage.filesystem(part.path, cfg.storage_options)
+            _, dst = storage.filesystem(final, cfg.storage_options)
+            if storage.is_remote(final):
+                fs.copy(src, dst)  # server-side copy; the staged part goes with the folder
+            else:
+                os.replace(src, dst)
+        shards.append(ShardInfo(final.rsplit("/", 1)[-1], part.num_records, part.num_bytes, part.sha256))
+    return shards
+
+
+def _remove_stale_shards(cfg: BuildConfig, keep: int) -> None:
+    fs, path = storage.filesystem(cfg.out, cfg.storage_options)
+    ext = formats.EXTENSIONS[cfg.format]
+    for name in fs.ls(path, detail=False):
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith("shard-") and base.endswith(ext) and base[6:-len(ext)].isdigit():
+            if int(base[6:-len(ext)]) >= keep:
+                fs.rm(name)
+
+
+def _progress_bar(cfg: BuildConfig):
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(unit=" records", unit_scale=True, desc="shards build", file=sys.stderr, smoothing=0.1)
+
+
+def _labels(cfg: BuildConfig, units: list[Unit], pool) -> list[str] | None:
+    if cfg.spec.label_field is None:
+        return None
+    if cfg.label_names is not None:
+        return list(cfg.label_names)
+    if pool is None:
+        found = [scan_labels(u, cfg.spec, cfg.storage_options) for u in units]
+    else:
+        found = list(pool.map(scan_labels, units, [cfg.spec] * len(units), [cfg.storage_options] * len(units)))
+    return sort_labels(set().union(*found)) if found else []
+
+
+def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
+    """Build a shard set at ``cfg.out`` from ``inputs``; see the module docstring."""
+    formats.get(cfg.format)  # fail fast on a bad format name
+    t0 = time.perf_counter()
+    urls = storage.expand_inputs(inputs, ALL_SUFFIXES, cfg.storage_options)
+    units = plan_units(urls, cfg.split_bytes, cfg.storage_options)
+    input_bytes = sum(storage.size(u, cfg.storage_options) for u in urls)
+    storage.makedirs(cfg.out, cfg.storage_options)
+    storage.remove(index_url(cfg.out), cfg.storage_options)  # never leave an old manifest over new shards
+    tok = _tokenizer(cfg.tokenizer)
+    tok_fp = fingerprint(tok) if tok is not None else None
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"))
+            if cfg.workers > 1 and engine is None else None)
+    try:
+        labels = _labels(cfg, units, pool)
+        keys = [unit_key(cfg, u, labels, tok_fp) for u in units]
+        done = _finished_units(cfg, keys)
+        todo = [i for i in range(len(units)) if i not in done]
+        bar = _progress_bar(cfg)
+        results = dict(done)
+        if engine is not None:
+            results.update(engine(cfg, [(i, units[i], labels, keys[i]) for i in todo], bar))
+        elif pool is None:
+            for i in todo:
+                results[i] = run_unit(cfg, i, units[i], labels, keys[i], bar.update if bar else None)
+        else:
+            futures = [pool.submit(run_unit, cfg, i, units[i], labels, keys[i]) for i in todo]
+            for fut in as_completed(futures):
+                r = fut.result()
+                results[r.index] = r
+                if bar:
+                    bar.update(r.records)
+        if bar:
+            bar.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    ordered = [results[i] for i in range(len(units))]
+    manifest = _finish(cfg, urls, ordered, labels, tok_fp)
+    return BuildResult(manifest, time.perf_counter() - t0, input_bytes, len(done))
+
+
+def _finished_units(cfg: BuildConfig, keys: list[str]) -> dict[int, UnitResult]:
+    """Units whose marker matches and whose parts are all still there.
+
+    Parts are moved to their final names only once every unit is done, so a
+    part missing from staging is looked for under the final name it got then
+    (known while all earlier units are marked); units are deterministic, so a
+    unit redone after a partial move writes the same bytes under the same names.
+    """
+    done: dict[int, UnitResult] = {}
+    number: int | None = 0
+    for i, key in enumerate(keys):
+        result = _load_marker(cfg, i, key)
+        if result is None:
+            number = None
+            continue
+        finals = [_final_url(cfg, number + k) if number is not None else "" for k in range(len(result.parts))]
+        if all(_part_in_place(cfg, p, f) for p, f in zip(result.parts, finals)):
+            done[i] = result
+        if number is not None:
+            number += len(result.parts)
+    return done
+
+
+def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels, tok_fp) -> Manifest:
+    shards = _publish_parts(cfg, results)
+    bad = Counter()
+    for r in results:
+        bad.update(r.bad)
+    tok_info = {"name_or_path": str(cfg.tokenizer), "fingerprint": tok_fp} if tok_fp else None
+    fields = formats.fields_of(labels is not None, tok_fp is not None)
+    manifest = Manifest(
+        format=cfg.format, num_records=sum(s.num_records for s in shards), fields=fields,
+        shards=shards, label_names=labels, tokenizer=tok_info, max_length=cfg.max_length,
+        bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields), sources=urls)
+    write_manifest(cfg.out, manifest, cfg.storage_options)
+    storage.remove(_staging(cfg), cfg.storage_options, recursive=True)
+    _remove_stale_shards(cfg, len(shards))
+    return manifest
+
+
+def _schema(fmt: str, fields: list[str]) -> dict[str, str]:
+    if fmt == "arrow":
+        from .format_arrow import schema
+        return {f.name: str(f.type) for f in schema(fields)}
+    names = {"text": "KEY.txt (utf-8)", "label": "KEY.cls (decimal id)", "input_ids": "KEY.input_ids.npy (int32)"}
+    return {f: names[f] for f in fields}

@@ -1,0 +1,92 @@
+"""Arrow IPC *file* shards: columns text (string), label (int64), input_ids (list<int32>).
+
+Written in record batches so a reader streams batch by batch; readable by
+``pyarrow.ipc.open_file`` alone.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .formats import Batch, CorruptShardError
+
+EXT = ".arrow"
+MAGIC = b"ARROW1"
+
+
+def record_bytes(text_chars: int, n_ids: int | None, labelled: bool) -> int:
+    """Estimated bytes of one record (UTF-8 is >= 1 byte a char; offsets cost 4-8)."""
+    return text_chars + 4 + (4 * n_ids + 4 if n_ids is not None else 0) + (8 if labelled else 0)
+
+
+def schema(fields: list[str]) -> pa.Schema:
+    types = {"text": pa.string(), "label": pa.int64(), "input_ids": pa.list_(pa.int32())}
+    return pa.schema([(f, types[f]) for f in fields])
+
+
+class Writer:
+    def __init__(self, path: str, fields: list[str]):
+        self.fields = fields
+        self._sink = pa.OSFile(path, "wb")
+        self._schema = schema(fields)
+        self._writer = pa.ipc.new_file(self._sink, self._schema)
+
+    def write(self, texts: list[str], labels: list[int] | None, ids: list[np.ndarray] | None) -> None:
+        columns = []
+        for f in self.fields:
+            if f == "text":
+                columns.append(pa.array(texts, pa.string()))
+            elif f == "label":
+                columns.append(pa.array(labels, pa.int64()))
+            else:
+                columns.append(_list_array(ids))
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def read_batches(data, url: str, start: int = 0, stop: int | None = None,
+                 columns: tuple[str, ...] = ("text", "label", "input_ids")) -> Iterator[Batch]:
+    """Batches of records [start, stop) from the bytes of one shard."""
+    if len(data) < 12 or bytes(data[:6]) != MAGIC:
+        raise CorruptShardError(f"shard {url}: not an Arrow IPC file (bad magic); rebuild it or "
+                                f"pass on_corrupt='skip'")
+    try:
+        reader = pa.ipc.open_file(pa.py_buffer(data))
+    except pa.ArrowInvalid as exc:
+        raise CorruptShardError(f"shard {url}: unreadable Arrow file ({exc}); rebuild it") from exc
+    names = set(reader.schema.names)
+    offset = 0
+    for i in range(reader.num_record_batches):
+        if stop is not None and offset >= stop:
+            return
+        batch = reader.get_batch(i)
+        n = batch.num_rows
+        lo, hi = max(start - offset, 0), n if stop is None else min(stop - offset, n)
+        if lo < hi:
+            yield _to_batch(batch.slice(lo, hi - lo), offset + lo, names, columns)
+        offset += n
+
+
+def _to_batch(rb: pa.RecordBatch, start: int, names: set[str], columns) -> Batch:
+    text = rb.column("text").to_pylist() if "text" in names and "text" in columns else None
+    label = rb.column("label").to_numpy() if "label" in names and "label" in columns else None
+    ids = None
+    if "input_ids" in names and "input_ids" in columns:
+        col = rb.column("input_ids")
+        offsets = col.offsets.to_numpy()
+        values = col.values.to_numpy()
+        ids = [values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+    return Batch(start, text, label, ids)

@@ -1,0 +1,46 @@
+"""Shard formats by name: each has a writer of one shard and a reader of its batches.
+
+A new format touches this package alone: add a module with ``Writer`` and
+``read_batches`` and register it in ``FORMATS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class CorruptShardError(RuntimeError):
+    """A shard failed a check (size, sha256, format); names the URL and the fix."""
+
+
+@dataclass
+class Batch:
+    """Consecutive records of one shard, as columns."""
+
+    start: int  # index in the shard of the first record
+    text: list[str] | None
+    label: np.ndarray | None
+    input_ids: list[np.ndarray] | None
+
+    def __len__(self) -> int:
+        for column in (self.text, self.label, self.input_ids):
+            if column is not None:
+                return len(column)
+        return 0
+
+
+def fields_of(labelled: bool, tokenized: bool, with_text: bool = True) -> list[str]:
+    return (["text"] if with_text else []) + (["label"] if labelled else []) + (["input_ids"] if tokenized else [])
+
+
+def get(name: str):
+    from . import format_arrow, format_tar
+
+    formats = {"arrow": format_arrow, "tar": format_tar}
+    if name not in formats:
+        raise ValueError(f"unknown shard format {name!r}; valid: {', '.join(formats)}")
+    return formats[name]
+
+
+EXTENSIONS = {"arrow": ".arrow", "tar": ".tar"}

@@ -1,0 +1,108 @@
+"""The manifest ``index.json``: what a shard set is, versioned, to and from JSON.
+
+Readers dispatch on ``format`` and refuse versions they do not know, so a
+future layout change cannot be misread silently.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from . import storage
+
+MANIFEST_NAME = "index.json"
+VERSION = 1
+FORMATS = ("arrow", "tar")
+
+
+class ManifestError(ValueError):
+    """index.json is missing, malformed, or of an unknown format/version."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to index.json
+    num_records: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: str
+    num_records: int
+    fields: list[str]
+    shards: list[ShardInfo]
+    label_names: list[str] | None = None
+    tokenizer: dict | None = None
+    max_length: int | None = None
+    bad_records: dict[str, int] = field(default_factory=dict)
+    schema: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    version: int = VERSION
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [s.num_records for s in self.shards]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(s.num_bytes for s in self.shards)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["shards"] = [asdict(s) for s in self.shards]
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "index.json") -> "Manifest":
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("version")
+        if version != VERSION:
+            raise ManifestError(f"{where}: manifest version {version!r} is not supported "
+                                f"(this reader knows version {VERSION}); upgrade the package or rebuild")
+        fmt = data.get("format")
+        if fmt not in FORMATS:
+            raise ManifestError(f"{where}: unknown shard format {fmt!r}; valid: {', '.join(FORMATS)}")
+        try:
+            shards = [ShardInfo(**s) for s in data["shards"]]
+            known = {f for f in cls.__dataclass_fields__ if f != "shards"}
+            rest = {k: v for k, v in data.items() if k in known}
+            return cls(shards=shards, **rest)
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{where}: malformed manifest ({exc}); rebuild it with `shards build`") from exc
+
+
+def index_url(url: str) -> str:
+    """The index.json URL for a shard-set folder or an index.json URL."""
+    url = str(url)
+    return url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)
+
+
+def base_url(url: str) -> str:
+    """The folder that shard paths in the manifest are relative to."""
+    idx = index_url(url)
+    return idx.rsplit("/", 1)[0] if "/" in idx else "."
+
+
+def shard_url(url: str, info: ShardInfo) -> str:
+    return storage.join(base_url(url), info.path)
+
+
+def load_manifest(url: str, storage_options: dict | None = None) -> Manifest:
+    where = index_url(url)
+    try:
+        text = storage.read_text(where, storage_options)
+    except (FileNotFoundError, storage.StorageError) as exc:
+        raise ManifestError(f"{where}: cannot read manifest ({exc}); is this the output folder "
+                            f"of `shards build`?") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{where}: not valid JSON ({exc}); rebuild with `shards build`") from exc
+    return Manifest.from_dict(data, where)
+
+
+def write_manifest(url: str, manifest: Manifest, storage_options: dict | None = None) -> None:
+    storage.write_bytes_atomic(index_url(url), manifest.to_json().encode(), storage_options)

@@ -1,0 +1,86 @@
+"""HF fast tokenizers: loading, batched encoding, and the fingerprint in manifests.
+
+Everything works on a ``tokenizers.Tokenizer`` (the Rust object behind every
+``transformers`` fast tokenizer), so shards never needs torch or transformers
+when a ``tokenizer.json`` is present.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+
+class TokenizerError(ValueError):
+    """A tokenizer could not be loaded or does not match the shards."""
+
+
+def load_tokenizer(source):
+    """A ``tokenizers.Tokenizer`` without padding or truncation.
+
+    ``source``: a local directory or ``tokenizer.json`` path, a
+    ``tokenizers.Tokenizer``, or a ``transformers`` fast tokenizer.
+    """
+    from tokenizers import Tokenizer
+
+    if isinstance(source, Tokenizer):
+        tok = Tokenizer.from_str(source.to_str())
+    elif hasattr(source, "backend_tokenizer"):
+        tok = Tokenizer.from_str(source.backend_tokenizer.to_str())
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if os.path.isfile(file) and file.endswith(".json"):
+            tok = Tokenizer.from_file(file)
+        elif os.path.isdir(path):
+            tok = _from_transformers(path)
+        else:
+            raise TokenizerError(f"tokenizer {path}: no such directory or tokenizer.json; pass a local "
+                                 f"HF tokenizer directory (e.g. the bundled MiniLM model folder)")
+    else:
+        raise TokenizerError(f"tokenizer of type {type(source).__name__} is not supported; pass a path, "
+                             f"a tokenizers.Tokenizer or a transformers fast tokenizer")
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _from_transformers(path: str):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise TokenizerError(f"tokenizer {path}: has no tokenizer.json and transformers is not installed "
+                             f"to convert it") from exc
+    fast = AutoTokenizer.from_pretrained(path, use_fast=True)
+    if not getattr(fast, "is_fast", False):
+        raise TokenizerError(f"tokenizer {path}: only fast (Rust) tokenizers are supported")
+    return load_tokenizer(fast)
+
+
+def fingerprint(tok) -> str:
+    """sha256 of the tokenizer's serialized vocabulary, model and pipeline."""
+    data = json.loads(tok.to_str())
+    data.pop("padding", None)
+    data.pop("truncation", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def special_ids(tok) -> dict[str, int | None]:
+    """Ids of the separator (end of document) and padding tokens, where known."""
+    vocab = tok.get_vocab()
+    sep = next((vocab[t] for t in ("<|endoftext|>", "</s>", "[SEP]", "<eos>") if t in vocab), None)
+    pad = next((vocab[t] for t in ("[PAD]", "<pad>", "<|endoftext|>") if t in vocab), 0)
+    return {"sep": sep, "pad": pad}
+
+
+def encode_batch(tok, texts: list[str], max_length: int | None = None,
+                 add_special_tokens: bool = True) -> list[np.ndarray]:
+    """Token ids per text (int32), truncated to ``max_length`` (special tokens kept)."""
+    if max_length is not None:
+        tok.enable_truncation(max_length)
+    else:
+        tok.no_truncation()
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=add_special_tokens)]
