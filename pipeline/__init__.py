@@ -1,1 +1,12 @@
-"""placeholder"""
+"""Streaming side: ShardStream (split, shuffle, tokenize), make_loader, and the training loop.
+
+    from pipeline import ShardStream, make_loader
+    ds = ShardStream("shards/", tokenizer="path/to/tokenizer", max_length=128, shuffle=True)
+    loader = make_loader(ds, batch_size=64, num_workers=2)
+"""
+from .collate import Collator
+from .dataset import ShardStream, StreamConfig
+from .loader import loader_stats, make_loader
+from .world import World, from_env
+
+__all__ = ["Collator", "ShardStream", "StreamConfig", "World", "from_env", "loader_stats", "make_loader"]

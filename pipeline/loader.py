@@ -1,0 +1,56 @@
+"""``make_loader``: a resumable DataLoader over a ShardStream.
+
+Built on torchdata's ``StatefulDataLoader``: ``loader.state_dict()`` holds
+every worker's stream state (epoch, samples consumed) and which worker is
+next, so ``load_state_dict`` in a fresh process continues the exact batch
+sequence, with ``num_workers`` 0 or more.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .collate import Collator
+
+
+def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=None,
+                pin_memory: bool = False, prefetch_factor: int | None = None,
+                persistent_workers: bool = False, pad_to_multiple_of: int | None = None,
+                multiprocessing_context: str | None = None) -> StatefulDataLoader:
+    """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id."""
+    if collate_fn is None:
+        pad_id = _pad_id(dataset)
+        collate_fn = Collator(pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor or 2
+        kwargs["persistent_workers"] = persistent_workers
+        kwargs["multiprocessing_context"] = multiprocessing_context
+    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                              collate_fn=collate_fn, pin_memory=pin_memory, **kwargs)
+
+
+def _pad_id(dataset) -> int:
+    tok = getattr(dataset, "tokenizer", None)
+    if tok is None:
+        return 0
+    from shards import special_ids
+    return special_ids(tok)["pad"]
+
+
+def loader_stats(loader) -> dict:
+    """Sums of the workers' counters (retries, skipped shards/samples) from the loader state."""
+    totals: Counter = Counter()
+    for state in _dataset_states(loader.state_dict()):
+        totals.update(state.get("stats", {}))
+    return dict(totals)
+
+
+def _dataset_states(state: dict):
+    if "dataset_state" in state and state["dataset_state"]:
+        yield state["dataset_state"]
+    for worker in (state.get("_snapshot", {}).get("_worker_snapshots", {}) or {}).values():
+        ds = worker.get("dataset_state")
+        if ds:
+            yield ds
