@@ -1,0 +1,262 @@
+"""Weighted mixing of several streams: each item comes from source i with probability ∝ weight_i.
+
+    from pipeline import ShardStream
+    from pipeline.mix import MixedStream, open_mixture, parse_mixture
+    mixed = MixedStream([(ShardStream("a/"), 0.7), (ShardStream("b/"), 0.3)], seed=1, stop="first_exhausted")
+    mixed = open_mixture("a/:0.7,b/:0.3", lambda url: ShardStream(url, tokenizer=tok), seed=1)
+
+Stopping rules (``stop=``), for one epoch of one DataLoader worker:
+- ``"first_exhausted"``: the stream ends at the first draw that picks a source with
+  nothing left; proportions hold to the end, the other sources are cut short.
+- ``"cycle"``: a source that runs out starts again (same epoch order) until every
+  source has run out at least once; the stream ends at the draw that finds the last
+  never-exhausted source empty.  Smaller sources repeat; the largest (relative to
+  its weight) is seen once.  A source with no items at all in this worker is dropped
+  (counted in ``stats["empty_sources"]``).
+- ``"drain"``: a source that runs out is dropped and the others' weights renormalised;
+  the stream ends when all are empty.  Every item exactly once; proportions hold only
+  until the first source is out.
+
+Dict items gain ``"source"``: the index of the stream they came from (for logging
+the realised mixture and for audits, since sample ids repeat across shard sets).
+
+Determinism and resume: draw k of an epoch is a fixed uniform number derived from
+(seed, epoch, worker, k) (numpy PCG64 in chunks of 4096), so the state is just each
+source's state, the draw count and which sources were cycled or dropped.
+
+Equal steps per rank: the draws do not depend on the rank.  Sources that yield the
+same number of items on every rank (ShardStream does, per worker too) therefore run
+out at the same draw on every rank, and every rank takes the same number of steps.
+Sources whose length differs per rank (PackedStream) need ``pack.lockstep``.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections import Counter
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import IterableDataset
+
+from . import world
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+STOP_RULES = ("first_exhausted", "cycle", "drain")
+CHUNK = 4096  # uniform draws generated at once; resume regenerates one chunk and indexes into it
+_END = object()
+
+
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+    """``"a.json:0.7,b.json:0.3"`` → ``[("a.json", 0.7), ("b.json", 0.3)]``.
+
+    A source without ``:weight`` has weight 1; the weight is what follows the last
+    colon, so ``s3://bucket/set:0.5`` works.  Weights are relative (need not sum to 1).
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if not text or not str(text).strip() or any(not p for p in parts):
+        raise ValueError(f"mixture {text!r}: expected URL[:WEIGHT] items separated by commas, "
+                         f"e.g. 'a/:0.7,b/:0.3'")
+    out = []
+    for part in parts:
+        url, colon, tail = part.rpartition(":")
+        weight = _number(tail) if colon else None
+        if weight is None:
+            url, weight = part, 1.0
+        if not url or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"mixture item {part!r}: need URL:WEIGHT with a positive finite weight")
+        out.append((url, weight))
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def open_mixture(text: str, make_stream: Callable[[str], object], *, seed: int = 0,
+                 stop: str = "first_exhausted"):
+    """One stream per source of ``text`` (see :func:`parse_mixture`); a single source is
+    returned as it is, several as a :class:`MixedStream`."""
+    sources = [(make_stream(url), weight) for url, weight in parse_mixture(text)]
+    if len(sources) == 1:
+        return sources[0][0]
+    return MixedStream(sources, seed=seed, stop=stop)
+
+
+def choose(weights: Sequence[float], live: Sequence[bool], u: float) -> int:
+    """Index of the live source whose share of [0, 1) contains ``u`` (weights renormalised)."""
+    return _Table(weights, live).pick(u)
+
+
+class _Table:
+    """Cumulative weights of the live sources, built once per change of the live set."""
+
+    def __init__(self, weights: Sequence[float], live: Sequence[bool]):
+        self.live = tuple(bool(x) for x in live)
+        self.idx = [i for i, ok in enumerate(self.live) if ok]
+        self.cum = [float(c) for c in np.cumsum([weights[i] for i in self.idx])]
+
+    def pick(self, u: float) -> int:
+        k = bisect.bisect_right(self.cum, u * self.cum[-1])
+        return self.idx[min(k, len(self.idx) - 1)]
+
+
+class Draws:
+    """The uniform draws of one (seed, epoch, worker), addressable by their index."""
+
+    def __init__(self, seed: int, epoch: int, worker: int, start: int = 0):
+        self.key = (int(seed), int(epoch), int(worker))
+        self.count = int(start)
+        self._chunk, self._values = -1, None
+
+    def next(self) -> float:
+        chunk, k = divmod(self.count, CHUNK)
+        if chunk != self._chunk:
+            seed, epoch, worker = self.key
+            self._values = np.random.default_rng([seed, epoch, worker, chunk, 0x6D6978]).random(CHUNK)
+            self._chunk = chunk
+        self.count += 1
+        return float(self._values[k])
+
+
+class MixedStream(IterableDataset):
+    """Items from several streams in proportion to weights; see the module docstring.
+
+    ``sources``: ``[(stream, weight), ...]``; each stream has ``__iter__``,
+    ``state_dict``/``load_state_dict`` and ``set_epoch`` (ShardStream, PackedStream, ...).
+    """
+
+    def __init__(self, sources, *, seed: int = 0, stop: str = "first_exhausted"):
+        super().__init__()
+        sources = list(sources)
+        if not sources:
+            raise ValueError("MixedStream needs at least one (stream, weight) source")
+        if stop not in STOP_RULES:
+            raise ValueError(f"stop={stop!r}; valid: {', '.join(STOP_RULES)}")
+        if int(seed) < 0:
+            raise ValueError(f"seed={seed}: must be >= 0")
+        for i, (_, w) in enumerate(sources):
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+                raise ValueError(f"source {i}: weight {w!r}; weights must be positive finite numbers")
+        self.streams = [s for s, _ in sources]
+        self.weights = [float(w) for _, w in sources]
+        self.seed, self.stop = int(seed), stop
+        self.epoch = 0
+        self.stats: Counter = Counter()
+        self._check_compatible()
+        self._resume: dict | None = None
+        self._reset()
+
+    def _check_compatible(self) -> None:
+        import shards
+
+        toks = [getattr(s, "tokenizer", None) for s in self.streams]
+        prints = {shards.fingerprint(t) for t in toks if t is not None}
+        if len(prints) > 1:
+            raise ValueError("MixedStream sources use different tokenizers; give every source the same one")
+        labels = {tuple(n) if n else None for n in (getattr(s, "label_names", None) for s in self.streams)}
+        if len(labels) > 1:
+            raise ValueError(f"MixedStream sources have different label names: {sorted(map(str, labels))}; "
+                             f"rebuild them with the same --label-names")
+
+    @property
+    def tokenizer(self):
+        return next((s.tokenizer for s in self.streams if getattr(s, "tokenizer", None) is not None), None)
+
+    @property
+    def label_names(self):
+        return getattr(self.streams[0], "label_names", None)
+
+    @property
+    def world(self):
+        return getattr(self.streams[0], "world", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for s in self.streams:
+            s.set_epoch(self.epoch)
+
+    # -- state ---------------------------------------------------------------
+    def _reset(self, state: dict | None = None) -> None:
+        n = len(self.streams)
+        self._draws = int(state["draws"]) if state else 0
+        self._passes = list(state["passes"]) if state else [0] * n
+        self._dropped = list(state["dropped"]) if state else [False] * n
+        # A source's own state is stale until it yields in this pass: store None until then.
+        self._started = [s is not None for s in state["sources"]] if state else [False] * n
+
+    def state_dict(self) -> dict:
+        sources = [s.state_dict() if started else None for s, started in zip(self.streams, self._started)]
+        stats = Counter(self.stats)
+        for s in self.streams:
+            stats.update(getattr(s, "stats", {}))
+        return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "stop": self.stop,
+                "weights": self.weights, "draws": self._draws, "passes": list(self._passes),
+                "dropped": list(self._dropped), "sources": sources, "stats": dict(stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"mixed state version {state.get('version')!r}; this reader knows {STATE_VERSION}")
+        saved = (state["seed"], state["stop"], list(state["weights"]))
+        if saved != (self.seed, self.stop, self.weights):
+            raise ValueError(f"state was saved by a mixture with seed, stop, weights = {saved}; this one has "
+                             f"{(self.seed, self.stop, self.weights)}. Resume with the same mixture, or start "
+                             f"at an epoch boundary")
+        self.set_epoch(state["epoch"])
+        for stream, sub in zip(self.streams, state["sources"]):
+            if sub is not None:
+                stream.load_state_dict(sub)
+        self._resume = dict(state)
+
+    # -- iteration -------------------------------------------------------------
+    def __iter__(self) -> Iterator:
+        # Not a generator itself, so that state_dict() is right before the first next().
+        state, self._resume = self._resume, None
+        self._reset(state)
+        worker_id, _ = world.worker()
+        return self._mix(Draws(self.seed, self.epoch, worker_id, self._draws))
+
+    def _mix(self, draws: Draws) -> Iterator:
+        iters = [None if dropped else iter(s) for s, dropped in zip(self.streams, self._dropped)]
+        table = None
+        while True:
+            live = tuple(not d for d in self._dropped)
+            if not any(live):
+                return
+            if table is None or table.live != live:
+                table = _Table(self.weights, live)
+            i = table.pick(draws.next())
+            self._draws = draws.count
+            item = next(iters[i], _END)
+            if item is _END:
+                item = self._exhausted(i, iters)
+                if item is None:
+                    return
+                if item is _END:
+                    continue  # source dropped: draw again
+            self._started[i] = True
+            yield {**item, "source": i} if isinstance(item, dict) else item
+
+    def _exhausted(self, i: int, iters: list):
+        """Apply the stopping rule to source i, just found empty: an item, _END (draw again) or None (stop)."""
+        self._passes[i] += 1
+        self._started[i] = False
+        if self.stop == "first_exhausted":
+            return None
+        if self.stop == "drain":
+            self._dropped[i] = True
+            return _END
+        if all(p >= 1 for p in self._passes):  # cycle: every source has been through once
+            return None
+        iters[i] = iter(self.streams[i])
+        item = next(iters[i], _END)
+        if item is _END:
+            log.warning("mixture source %d has no items in this worker; dropped from the cycle", i)
+            self.stats["empty_sources"] += 1
+            self._dropped[i] = True
+        return item
