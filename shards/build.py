@@ -13,16 +13,16 @@ import hashlib
 import json
 import logging
 import os
-import sys
+import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-import multiprocessing as mp
 
 from . import formats, storage
-from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, plan_units, read_unit
+from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, plan_units, read_unit, scan_labels
+from .engines import LocalEngine, Progress
 from .index import Manifest, ShardInfo, index_url, write_manifest
 from .tokenizer import fingerprint, load_tokenizer
 from .writer import Limits, Part, PartWriter
@@ -53,6 +53,10 @@ class UnitResult:
     bad: dict[str, int]
     records: int
     key: str
+    text_chars: int = 0
+    input_bytes: int = 0
+    seconds: float = 0.0  # time spent running the unit (0 when reused from a marker)
+    node: str = ""  # host that ran it, for the per-node summary of distributed engines
 
 
 @dataclass
@@ -61,6 +65,7 @@ class BuildResult:
     seconds: float
     input_bytes: int
     reused_units: int
+    units: list[UnitResult] = field(default_factory=list)  # the units run by this call
 
     @property
     def mb_per_s(self) -> float:
@@ -76,11 +81,6 @@ def sort_labels(values) -> list[str]:
         return sorted(values)
 
 
-def scan_labels(unit: Unit, spec: CorpusSpec, storage_options) -> set[str]:
-    bad = BadRecords("skip")  # counted for real in the write pass
-    return {r.label for r in read_unit(unit, spec, bad, storage_options)}
-
-
 _TOKENIZERS: dict = {}
 
 
@@ -93,10 +93,15 @@ def _tokenizer(path):
 
 
 def unit_key(cfg: BuildConfig, unit: Unit, labels, tok_fp) -> str:
-    """Everything that decides a unit's bytes; a marker with another key is stale."""
+    """Everything that decides a unit's bytes; a marker with another key is stale.
+
+    The input's fsspec checksum (size + mtime locally, ETag on S3) makes a
+    changed input invalidate its unit.
+    """
+    fs, path = storage.filesystem(unit.url, cfg.storage_options)
     desc = {"unit": asdict(unit), "format": cfg.format, "spec": asdict(cfg.spec),
             "limits": asdict(cfg.limits), "tokenizer": tok_fp, "max_length": cfg.max_length,
-            "labels": labels, "size": storage.size(unit.url, cfg.storage_options)}
+            "labels": labels, "input": str(fs.checksum(path))}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -110,40 +115,62 @@ def _marker_url(cfg: BuildConfig, index: int) -> str:
 
 def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None, key: str,
              on_progress=None) -> UnitResult:
-    """Write one unit's parts into the staging folder, then its done marker."""
+    """Write one unit's parts into the staging folder, then its done marker.
+
+    Idempotent: the same unit writes the same part names and bytes, so a
+    retried or repeated run (a killed worker, a Ray retry) replaces rather
+    than duplicates.  ``on_progress(records, text_chars)`` is called per batch.
+    Parts for an object store are written to a local temp folder, then uploaded.
+    """
+    t0 = time.perf_counter()
     bad = BadRecords(cfg.spec.on_bad_record)
-    label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
-    tok = _tokenizer(cfg.tokenizer)
-    fields = formats.fields_of(label_ids is not None, tok is not None)
     remote = storage.is_remote(cfg.out)
     local_dir = tempfile.mkdtemp(prefix="shards-") if remote else storage.filesystem(_staging(cfg))[1]
-    os.makedirs(local_dir, exist_ok=True)
-    counted = Counter()
+    try:
+        os.makedirs(local_dir, exist_ok=True)
+        records, text_chars = _labelled_records(cfg, unit, labels, bad)
+        tok = _tokenizer(cfg.tokenizer)
+        fields = formats.fields_of(labels is not None, tok is not None)
+        writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
+                            cfg.max_length, on_progress)
+        staged = []
+        for part in writer.write(records):
+            url = storage.join(_staging(cfg), os.path.basename(part.path))
+            if remote:
+                storage.publish_file(part.path, url, cfg.storage_options)
+            staged.append(Part(url, part.num_records, part.num_bytes, part.sha256))
+    finally:
+        if remote:
+            shutil.rmtree(local_dir, ignore_errors=True)
+    result = UnitResult(index, staged, dict(bad.counts), sum(p.num_records for p in staged), key,
+                        text_chars["n"], _unit_bytes(unit, cfg.storage_options), time.perf_counter() - t0,
+                        socket.gethostname())
+    marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad}
+    storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
+    return result
+
+
+def _labelled_records(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
+    """(generator of (text, label id), counter of text chars read) for one unit."""
+    label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
+    where = Where(unit, cfg.storage_options)
+    text_chars = Counter()
 
     def records():
         for raw in read_unit(unit, cfg.spec, bad, cfg.storage_options):
-            counted["n"] += 1
+            text_chars["n"] += len(raw.text)
             if label_ids is None:
                 yield raw.text, None
             elif raw.label in label_ids:
                 yield raw.text, label_ids[raw.label]
             else:
-                bad.add("unknown_label", f"{unit.url}:{raw.line}",
-                        f"{raw.label!r} not in {labels}")
+                bad.add("unknown_label", where(raw.line), f"{raw.label!r} not in {labels} (--label-names)")
 
-    writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
-                        cfg.max_length, on_progress)
-    parts = writer.write(records())
-    staged = []
-    for part in parts:
-        url = storage.join(_staging(cfg), os.path.basename(part.path))
-        if remote:
-            storage.publish_file(part.path, url, cfg.storage_options)
-        staged.append(Part(url, part.num_records, part.num_bytes, part.sha256))
-    result = UnitResult(index, staged, dict(bad.counts), sum(p.num_records for p in staged), key)
-    marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad}
-    storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
-    return result
+    return records(), text_chars
+
+
+def _unit_bytes(unit: Unit, storage_options) -> int:
+    return unit.end - unit.start if unit.end is not None else storage.size(unit.url, storage_options)
 
 
 def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
@@ -153,7 +180,10 @@ def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
     data = json.loads(storage.read_text(url, cfg.storage_options))
     if data.get("key") != key:
         return None
-    parts = [Part(**p) for p in data["parts"]]
+    # part names are resolved against this run's staging URL, so a marker
+    # written by a worker that saw the folder by another path still matches
+    parts = [Part(**{**p, "path": storage.join(_staging(cfg), p["path"].rsplit("/", 1)[-1])})
+             for p in data["parts"]]
     return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key)
 
 
@@ -198,28 +228,25 @@ def _remove_stale_shards(cfg: BuildConfig, keep: int) -> None:
                 fs.rm(name)
 
 
-def _progress_bar(cfg: BuildConfig):
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    if not show:
-        return None
-    from tqdm import tqdm
-    return tqdm(unit=" records", unit_scale=True, desc="shards build", file=sys.stderr, smoothing=0.1)
-
-
-def _labels(cfg: BuildConfig, units: list[Unit], pool) -> list[str] | None:
+def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
     if cfg.spec.label_field is None:
         return None
     if cfg.label_names is not None:
         return list(cfg.label_names)
-    if pool is None:
-        found = [scan_labels(u, cfg.spec, cfg.storage_options) for u in units]
+    scan = getattr(engine, "scan_labels", None)
+    if scan is not None:
+        found = scan(cfg, units)
     else:
-        found = list(pool.map(scan_labels, units, [cfg.spec] * len(units), [cfg.storage_options] * len(units)))
+        found = [scan_labels(u, cfg.spec, cfg.storage_options) for u in units]
     return sort_labels(set().union(*found)) if found else []
 
 
 def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
-    """Build a shard set at ``cfg.out`` from ``inputs``; see the module docstring."""
+    """Build a shard set at ``cfg.out`` from ``inputs``; see the module docstring.
+
+    ``engine`` runs the units (see :mod:`shards.engines`); default: a
+    :class:`~shards.engines.LocalEngine` with ``cfg.workers`` processes.
+    """
     formats.get(cfg.format)  # fail fast on a bad format name
     t0 = time.perf_counter()
     urls = storage.expand_inputs(inputs, ALL_SUFFIXES, cfg.storage_options)
@@ -229,35 +256,29 @@ def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
     storage.remove(index_url(cfg.out), cfg.storage_options)  # never leave an old manifest over new shards
     tok = _tokenizer(cfg.tokenizer)
     tok_fp = fingerprint(tok) if tok is not None else None
-    pool = (ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"))
-            if cfg.workers > 1 and engine is None else None)
+    own_engine = engine is None
+    engine = LocalEngine(cfg.workers) if own_engine else engine
+    bar = None
     try:
-        labels = _labels(cfg, units, pool)
+        labels = _labels(cfg, units, engine)
         keys = [unit_key(cfg, u, labels, tok_fp) for u in units]
         done = _finished_units(cfg, keys)
-        todo = [i for i in range(len(units)) if i not in done]
-        bar = _progress_bar(cfg)
-        results = dict(done)
-        if engine is not None:
-            results.update(engine(cfg, [(i, units[i], labels, keys[i]) for i in todo], bar))
-        elif pool is None:
-            for i in todo:
-                results[i] = run_unit(cfg, i, units[i], labels, keys[i], bar.update if bar else None)
-        else:
-            futures = [pool.submit(run_unit, cfg, i, units[i], labels, keys[i]) for i in todo]
-            for fut in as_completed(futures):
-                r = fut.result()
-                results[r.index] = r
-                if bar:
-                    bar.update(r.records)
-        if bar:
-            bar.close()
+        todo = [(i, units[i], labels, keys[i]) for i in range(len(units)) if i not in done]
+        bar = Progress(cfg.progress)
+        bar.update(sum(r.records for r in done.values()))
+        ran = engine(cfg, todo, bar)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+        if own_engine:
+            engine.close()
+    missing = [i for i, *_ in todo if i not in ran]
+    if missing:
+        raise RuntimeError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")
+    results = {**done, **ran}
     ordered = [results[i] for i in range(len(units))]
     manifest = _finish(cfg, urls, ordered, labels, tok_fp)
-    return BuildResult(manifest, time.perf_counter() - t0, input_bytes, len(done))
+    return BuildResult(manifest, time.perf_counter() - t0, input_bytes, len(done), list(ran.values()))
 
 
 def _finished_units(cfg: BuildConfig, keys: list[str]) -> dict[int, UnitResult]:

@@ -95,7 +95,13 @@ def cmd_build(args) -> int:
     if args.engine == "ray":
         from .ray_engine import make_engine
         engine = make_engine(args.ray_address)
+    elif args.ray_address:
+        raise ValueError("--ray-address is only used with --engine ray")
     result = build(args.inputs, cfg, engine=engine)
+    if engine is not None:
+        from .engines import node_summary
+        for line in node_summary(result.units):
+            print(line)
     m = result.manifest
     skipped = {k: v for k, v in m.bad_records.items()}
     print(f"built {m.num_records} records into {len(m.shards)} {m.format} shard(s), "

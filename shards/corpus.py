@@ -111,6 +111,15 @@ def plan_units(urls: list[str], split_bytes: int, storage_options: dict | None =
     return units
 
 
+def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> set[str]:
+    """The label values in a unit (first pass of a labelled build).
+
+    Bad records are counted for real in the write pass, so here they are
+    skipped whatever the policy.
+    """
+    return {r.label for r in read_unit(unit, spec, BadRecords("skip"), storage_options)}
+
+
 def read_unit(unit: Unit, spec: CorpusSpec, bad: BadRecords,
               storage_options: dict | None = None) -> Iterator[Raw]:
     kind, compression = kind_of(unit.url)
@@ -143,7 +152,7 @@ def _lines(unit: Unit, spec: CorpusSpec, bad: BadRecords, where, compression, st
         pos, line_no = 0, 0
         if unit.start > 0:
             f.seek(unit.start - 1)
-            pos = unit.start - 1 + len(f.readline())  # finish the line owned by the previous range
+            pos = unit.start - 1 + _drain_line(f)  # finish the line owned by the previous range
         while unit.end is None or pos < unit.end:
             line = f.readline(limit + 1)
             if not line:
@@ -151,14 +160,20 @@ def _lines(unit: Unit, spec: CorpusSpec, bad: BadRecords, where, compression, st
             line_no += 1
             pos += len(line)
             if len(line) > limit and not line.endswith(b"\n"):
-                while True:
-                    rest = f.readline(1 << 20)
-                    pos += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                bad.add("too_long", where(line_no), f"over {limit} bytes")
+                pos += _drain_line(f)
+                bad.add("too_long", where(line_no), f"over {limit} bytes (--max-record-bytes)")
                 continue
             yield line.rstrip(b"\r\n"), line_no
+
+
+def _drain_line(f) -> int:
+    """Skip to just after the next newline in bounded pieces; returns the bytes skipped."""
+    skipped = 0
+    while True:
+        rest = f.readline(1 << 20)
+        skipped += len(rest)
+        if not rest or rest.endswith(b"\n"):
+            return skipped
 
 
 def _line_offset(unit: Unit, storage_options) -> int:
@@ -177,7 +192,7 @@ def _line_offset(unit: Unit, storage_options) -> int:
     return count
 
 
-class _Where:
+class Where:
     """file:line for messages, computing a range's line offset only if needed."""
 
     def __init__(self, unit: Unit, storage_options):
@@ -201,7 +216,7 @@ def _decode(data: bytes, where, line: int, bad: BadRecords) -> str | None:
 
 
 def _read_txt(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
-    where = _Where(unit, storage_options)
+    where = Where(unit, storage_options)
     for data, line in _lines(unit, spec, bad, where, compression, storage_options):
         if not data.strip():
             bad.add(BLANK, where(line))
@@ -212,7 +227,7 @@ def _read_txt(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
 
 
 def _read_jsonl(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
-    where = _Where(unit, storage_options)
+    where = Where(unit, storage_options)
     for data, line in _lines(unit, spec, bad, where, compression, storage_options):
         if not data.strip():
             bad.add(BLANK, where(line))
@@ -240,9 +255,10 @@ def _from_mapping(obj: dict, spec: CorpusSpec, bad: BadRecords, where, line: int
         if value is None:
             bad.add("missing_field", where(line), f"no field {name!r} (fields: {', '.join(map(str, obj))})")
             return None
-        if not isinstance(value, str):
-            value = str(value)
-        parts.append(value)
+        if isinstance(value, (dict, list)):
+            bad.add("wrong_type", where(line), f"field {name!r} is a {type(value).__name__}, not text")
+            return None
+        parts.append(value if isinstance(value, str) else str(value))
     text = "\n".join(parts)
     if not text.strip():
         bad.add("empty_text", where(line))
@@ -256,55 +272,82 @@ def _from_mapping(obj: dict, spec: CorpusSpec, bad: BadRecords, where, line: int
         if value is None or value == "":
             bad.add("missing_field", where(line), f"no label field {spec.label_field!r}")
             return None
+        if isinstance(value, (dict, list)):
+            bad.add("wrong_type", where(line), f"label field {spec.label_field!r} is a {type(value).__name__}")
+            return None
         label = str(value).lower() if isinstance(value, bool) else str(value)
     return Raw(text, label, line)
 
 
 def _read_csv(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     kind, _ = kind_of(unit.url)
-    where = _Where(unit, storage_options)
+    where = Where(unit, storage_options)
     with _open_binary(unit.url, compression, storage_options) as raw:
         # surrogateescape keeps undecodable bytes visible so one bad row does
         # not abort the whole file; such rows are counted as invalid_utf8.
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        _raise_csv_field_limit(spec.max_record_bytes)
         rows = csv.reader(text, delimiter="\t" if kind == "tsv" else ",")
         header = list(spec.columns) if spec.columns else None
-        start_line = 1
+        for row, start in _csv_rows(rows, bad, where):
+            if header is None:
+                header = row
+                continue
+            record = _csv_record(row, header, spec, bad, where, start)
+            if record is not None:
+                yield record
+
+
+def _raise_csv_field_limit(limit: int) -> None:
+    # The csv module's limit is process-wide; only ever raise it, and check
+    # the per-record limit ourselves in _csv_record.
+    csv.field_size_limit(max(csv.field_size_limit(), limit + 1))
+
+
+def _csv_rows(rows, bad: BadRecords, where) -> Iterator[tuple[list[str], int]]:
+    """(row, first line) of a csv reader; a row it cannot parse is counted and skipped.
+
+    A quoted field may span lines, so a row starts on the line after the
+    previous row ended.
+    """
+    while True:
+        start = rows.line_num + 1
         try:
-            for row in rows:
-                line, start_line = start_line, rows.line_num + 1
-                if header is None:
-                    header = row
-                    continue
-                if not row or not any(cell.strip() for cell in row):
-                    bad.add(BLANK, where(line))
-                    continue
-                if not _utf8_clean(row):
-                    bad.add("invalid_utf8", where(line))
-                    continue
-                if len(row) != len(header):
-                    bad.add("malformed_csv", where(line), f"{len(row)} fields, header has {len(header)}")
-                    continue
-                record = _from_mapping(dict(zip(header, row)), spec, bad, where, line)
-                if record is not None:
-                    yield record
+            row = next(rows)
+        except StopIteration:
+            return
         except csv.Error as exc:
-            bad.add("malformed_csv", where(start_line), str(exc))
+            bad.add("malformed_csv", where(start), str(exc))
+            continue
+        yield row, start
 
 
-def _utf8_clean(row: list[str]) -> bool:
+def _csv_record(row: list[str], header: list[str], spec: CorpusSpec, bad: BadRecords, where,
+                line: int) -> Raw | None:
+    joined = "".join(row)
+    if not joined.strip():
+        bad.add(BLANK, where(line))
+        return None
     try:
-        "".join(row).encode("utf-8")
+        size = len(joined) if joined.isascii() else len(joined.encode("utf-8"))
     except UnicodeEncodeError:  # surrogate-escaped bytes that were not UTF-8
-        return False
-    return True
+        bad.add("invalid_utf8", where(line))
+        return None
+    if size > spec.max_record_bytes:
+        bad.add("too_long", where(line), f"over {spec.max_record_bytes} bytes (--max-record-bytes)")
+        return None
+    if len(row) != len(header):
+        bad.add("malformed_csv", where(line), f"{len(row)} fields, header has {len(header)}")
+        return None
+    return _from_mapping(dict(zip(header, row)), spec, bad, where, line)
 
 
 def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(unit.url, storage_options)
-    with fs.open(path, "rb") as f:
+    with _open_binary(unit.url, compression, storage_options) as raw:
+        # Parquet needs random access: a compressed file is decompressed into memory.
+        f = raw if compression is None else io.BytesIO(raw.read())
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         wanted = [*spec.text_fields] + ([spec.label_field] if spec.label_field else [])

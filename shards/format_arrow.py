@@ -16,9 +16,15 @@ EXT = ".arrow"
 MAGIC = b"ARROW1"
 
 
-def record_bytes(text_chars: int, n_ids: int | None, labelled: bool) -> int:
-    """Estimated bytes of one record (UTF-8 is >= 1 byte a char; offsets cost 4-8)."""
-    return text_chars + 4 + (4 * n_ids + 4 if n_ids is not None else 0) + (8 if labelled else 0)
+def record_bytes(text_bytes: int, n_ids: int | None, labelled: bool) -> int:
+    """Bytes of one record's values and offsets in the file."""
+    return text_bytes + 4 + (4 * n_ids + 4 if n_ids is not None else 0) + (8 if labelled else 0)
+
+
+def overhead_bytes(n_batches: int, n_fields: int) -> int:
+    """An upper bound on the file's bytes beyond its records (schema, footer, batch
+    metadata and 8-byte buffer padding), measured with pyarrow's IPC writer."""
+    return 1024 + n_batches * (256 + 128 * n_fields)
 
 
 def schema(fields: list[str]) -> pa.Schema:
@@ -87,6 +93,7 @@ def _to_batch(rb: pa.RecordBatch, start: int, names: set[str], columns) -> Batch
     if "input_ids" in names and "input_ids" in columns:
         col = rb.column("input_ids")
         offsets = col.offsets.to_numpy()
-        values = col.values.to_numpy()
-        ids = [values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+        # flatten() honours the slice; the copy keeps samples from pinning the whole shard
+        values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=True)
+        ids = np.split(values, offsets[1:-1] - offsets[0])
     return Batch(start, text, label, ids)

@@ -6,6 +6,7 @@ crash never leaves a partial file under a shard name.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -42,8 +43,6 @@ def _batched(records: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-
-
 class PartWriter:
     """Writes ``{prefix}-{k:05d}{ext}`` files into a local directory."""
 
@@ -55,7 +54,7 @@ class PartWriter:
         self.on_progress = on_progress
         self.parts: list[Part] = []
         self._writer = None
-        self._count = self._bytes = 0
+        self._count = self._bytes = self._batches = 0
         self._tmp = self._final = ""
         self._pending: tuple[list, list, list] = ([], [], [])
 
@@ -67,7 +66,8 @@ class PartWriter:
             labels = [label for _, label in batch] if labelled else None
             ids = encode_batch(self.tokenizer, texts, self.max_length) if self.tokenizer else None
             for i, text in enumerate(texts):
-                size = self.module.record_bytes(len(text), len(ids[i]) if ids is not None else None, labelled)
+                text_bytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+                size = self.module.record_bytes(text_bytes, len(ids[i]) if ids is not None else None, labelled)
                 if self._writer is not None and self._full(size):
                     self._close()
                 if self._writer is None:
@@ -79,7 +79,7 @@ class PartWriter:
                 self._bytes += size
             self._flush()
             if self.on_progress:
-                self.on_progress(len(batch))
+                self.on_progress(len(batch), sum(map(len, texts)))
         if self._writer is not None:
             self._close()
         return self.parts
@@ -87,20 +87,24 @@ class PartWriter:
     def _full(self, next_size: int) -> bool:
         if self.limits.max_records is not None and self._count >= self.limits.max_records:
             return True
-        return self._bytes + next_size > self.limits.max_bytes
+        # the file's own overhead (headers, footer, padding) counts towards max_bytes
+        overhead = self.module.overhead_bytes(self._batches + 1, len(self.fields))
+        return self._bytes + next_size + overhead > self.limits.max_bytes
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.parts):05d}{formats.EXTENSIONS[self.module.EXT[1:]]}"
         self._final = os.path.join(self.directory, name)
-        self._tmp = self._final + ".partial"
+        # unique per attempt: two attempts at one unit (a retried task) never share a temp file
+        self._tmp = f"{self._final}.partial-{uuid.uuid4().hex[:12]}"
         self._writer = self.module.Writer(self._tmp, self.fields)
-        self._count = self._bytes = 0
+        self._count = self._bytes = self._batches = 0
 
     def _flush(self) -> None:
         texts, labels, ids = self._pending
         if texts:
             self._writer.write(texts, labels if "label" in self.fields else None,
                                ids if "input_ids" in self.fields else None)
+            self._batches += 1
         self._pending = ([], [], [])
 
     def _close(self) -> None:
