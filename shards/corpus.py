@@ -177,19 +177,23 @@ def _drain_line(f) -> int:
 
 
 def _line_offset(unit: Unit, storage_options) -> int:
-    """Lines before a range's start: counted only when an error must name a line."""
+    """Lines before a range's first line: counted only when an error must name a line.
+
+    The range skips the line in progress at ``start - 1`` (it belongs to the
+    previous range), so that line and every line ended before it come first.
+    """
     if unit.start == 0:
         return 0
     fs, path = storage.filesystem(unit.url, storage_options)
-    count, done = 0, 0
+    count, done, stop = 0, 0, unit.start - 1
     with fs.open(path, "rb") as f:
-        while done < unit.start:
-            block = f.read(min(1 << 22, unit.start - done))
+        while done < stop:
+            block = f.read(min(1 << 22, stop - done))
             if not block:
                 break
             count += block.count(b"\n")
             done += len(block)
-    return count
+    return count + 1
 
 
 class Where:

@@ -184,7 +184,11 @@ def members(data, url: str) -> Iterator[tuple[str, int, int]]:
     while offset + BLOCK <= n:
         block = bytes(data[offset: offset + BLOCK])
         if block == _ZERO_BLOCK:
-            return  # end-of-archive
+            # end-of-archive: only zero padding may follow (catches a zeroed-out start)
+            if bytes(data[offset:]).strip(b"\x00"):
+                raise CorruptShardError(f"shard {url}: data after the end-of-archive block at byte "
+                                        f"{offset}; the shard is damaged, rebuild it")
+            return
         name, size = _parse_header(block, url, offset)
         start = offset + BLOCK
         if start + size > n:
