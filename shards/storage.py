@@ -10,6 +10,8 @@ jitter, resuming from the byte offset already read.
 """
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -31,12 +33,19 @@ class StorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for transient errors; defaults give up within ~20 s per object."""
+    """Backoff for transient errors of remote reads.
 
-    attempts: int = 6
-    base_delay_s: float = 0.1
-    max_delay_s: float = 4.0
-    timeout_s: float = 30.0
+    With the defaults a failing object gives up after 6 tries in a row (~3-6 s of
+    backoff when the server answers errors at once); a server that hangs costs at
+    most ``timeout_s`` plus one ``read_timeout_s``, so under 35 s in all.
+    """
+
+    attempts: int = 6              # failed tries in a row (no byte read in between) before giving up
+    base_delay_s: float = 0.2      # first backoff; doubles each try, times a jitter in [0.5, 1)
+    max_delay_s: float = 4.0       # cap of one backoff
+    timeout_s: float = 20.0        # give up after this long without reading a byte
+    connect_timeout_s: float = 5.0  # per try (S3: botocore's connect_timeout)
+    read_timeout_s: float = 10.0    # per socket read (S3: botocore's read_timeout)
 
 
 # Retry counts are per process; the loader sums them over workers.
@@ -87,9 +96,7 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = Non
     """Write a small object so that readers see all of it or nothing."""
     fs, path = filesystem(url, storage_options)
     if is_remote(url):
-        # Object stores publish a PUT atomically under its final key.
-        with fs.open(path, "wb") as f:
-            f.write(data)
+        fs.pipe_file(path, data)  # one PUT: object stores publish it whole under its final key
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -149,13 +156,102 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...],
     return list(dict.fromkeys(found))
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+def _transient_types() -> tuple[type, ...]:
+    """Exception types that mean "try again": network, timeouts, cut or garbled bodies."""
+    types: list[type] = [ConnectionError, TimeoutError, asyncio.TimeoutError, ShortReadError]
+    try:
+        import botocore.exceptions as boto
+
+        from botocore.parsers import ResponseParserError  # throttling answers with broken XML
+
+        types += [boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError, boto.FlexibleChecksumError,
+                  ResponseParserError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        types.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_TRANSIENT_TYPES: tuple[type, ...] | None = None
+# S3 error codes and errnos (as s3fs translates them) that a later try may not see.
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504"}
+TRANSIENT_ERRNOS = {errno.EIO, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+                    errno.EPIPE, errno.EAGAIN, getattr(errno, "EREMOTEIO", errno.EIO)}
+PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+class ShortReadError(OSError):
+    """A response body ended before the bytes asked for (a cut connection or a lying server)."""
+
+
+def _http_status(exc: BaseException) -> tuple[str | None, int | None]:
+    """(S3 error code, HTTP status) from a botocore ClientError anywhere in the cause chain."""
+    seen = 0
+    while exc is not None and seen < 8:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return response["Error"].get("Code"), status
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None, None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed read is worth another try: by type, S3 error code or HTTP status."""
+    global _TRANSIENT_TYPES
+    if isinstance(exc, PERMANENT_TYPES):
         return False
-    text = f"{type(exc).__name__} {exc}"
-    permanent = ("NoSuchKey", "AccessDenied", "403", "404", "InvalidAccessKeyId",
-                 "NoSuchBucket", "SignatureDoesNotMatch")
-    return not any(word in text for word in permanent)
+    code, status = _http_status(exc)
+    if code in TRANSIENT_CODES or (status is not None and (status >= 500 or status in (408, 429))):
+        return True
+    if status is not None:
+        return False  # other 4xx: bad request, auth, range: another try gets the same answer
+    if _TRANSIENT_TYPES is None:
+        _TRANSIENT_TYPES = _transient_types()
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+# Remote read filesystems, one per (process, protocol, options): created in the process
+# that uses them, because fsspec's async filesystems must not cross a fork.
+_READ_FS: dict[tuple, object] = {}
+
+
+def _read_filesystem(url: str, storage_options: dict | None, policy: "RetryPolicy"):
+    """(fs, path) for read_object: for S3, one whose own retry layers are switched off.
+
+    s3fs retries each call 5 times, around botocore's own 5 attempts (and aiohttp
+    retries a request that failed on a reused keep-alive connection once): up to 25
+    tries and ~40 s hidden per chunk, none of them counted.  Our loop is the one in
+    control, so the S3 client here makes one attempt (unless ``config_kwargs.retries``
+    is given in storage_options) with the policy's timeouts.
+    """
+    protocol = fsspec.utils.get_protocol(str(url))
+    if protocol not in ("s3", "s3a"):
+        return filesystem(url, storage_options)
+    key = (os.getpid(), fsspec.utils.tokenize(protocol, storage_options or {}, policy))
+    fs = _READ_FS.get(key)
+    if fs is None:
+        if any(k[0] != os.getpid() for k in _READ_FS):
+            _READ_FS.clear()  # inherited through fork: the parent's, unusable here
+        options = dict(storage_options or {})
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        config.setdefault("connect_timeout", policy.connect_timeout_s)
+        config.setdefault("read_timeout", policy.read_timeout_s)
+        options["config_kwargs"] = config
+        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+        fs.retries = 1  # s3fs's own loop: one try
+        _READ_FS[key] = fs
+    return fs, fs._strip_protocol(str(url))
 
 
 def read_object(url: str, storage_options: dict | None = None,
@@ -165,47 +261,76 @@ def read_object(url: str, storage_options: dict | None = None,
 
     A chunk cut short or failed with a transient error is fetched again from the
     offset already read, so a flaky connection costs time, not correctness.
+    Gives up (StorageError naming the URL and the last cause) after
+    ``policy.attempts`` failed tries in a row or ``policy.timeout_s`` without
+    progress; a missing object raises FileNotFoundError at once.
     ``hasher`` (e.g. ``hashlib.sha256()``) is fed while reading.
     """
-    fs, path = filesystem(url, storage_options)
     if not is_remote(url):
+        path = filesystem(url, storage_options)[1]
         with open(path, "rb") as f:
             data = f.read()
         if hasher is not None:
             hasher.update(data)
         return data
+    fs, path = _read_filesystem(url, storage_options, policy)
     total = expected_size
     parts: list[bytes] = []
-    offset = 0
-    attempt = 0
-    deadline = time.monotonic() + policy.timeout_s
+    offset = attempt = 0
+    last_progress = time.monotonic()
     while True:
         try:
             if total is None:
                 total = int(fs.size(path))
             if offset >= total:
                 break
-            end = min(offset + CHUNK_BYTES, total)
-            chunk = fs.cat_file(path, start=offset, end=end)
-            if len(chunk) != end - offset:
-                raise StorageError(f"short read: got {len(chunk)} of {end - offset} bytes at offset {offset}")
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised if permanent
+            want = min(CHUNK_BYTES, total - offset)
+            chunk = fs.cat_file(path, start=offset, end=offset + want)
+            if len(chunk) > want:
+                raise StorageError(f"{url}: asked for {want} bytes at offset {offset}, got {len(chunk)}; "
+                                   f"the server ignored the Range header")
+            _take(parts, chunk, hasher)
+            offset += len(chunk)
+            if len(chunk) < want:
+                # Keep what came (the right bytes, just too few) and ask for the rest.
+                raise ShortReadError(errno.EIO, f"short read: got {len(chunk)} of {want} bytes, "
+                                                f"resuming at byte {offset}")
+        except Exception as exc:  # noqa: BLE001 - classified by is_transient, re-raised when permanent
             attempt += 1
-            if not _transient(exc) or attempt >= policy.attempts or time.monotonic() > deadline:
-                raise StorageError(
-                    f"{url}: read failed at byte {offset} after {attempt} attempt(s): "
-                    f"{type(exc).__name__}: {exc}") from exc
-            _count_retry()
-            delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
-            time.sleep(delay * (0.5 + random.random() / 2))
+            _give_up_or_wait(url, exc, attempt, offset, total, policy, last_progress)
             _invalidate(fs)
             continue
+        attempt = 0
+        last_progress = time.monotonic()
+    return b"".join(parts)
+
+
+def _take(parts: list[bytes], chunk: bytes, hasher) -> None:
+    if chunk:
         parts.append(chunk)
         if hasher is not None:
             hasher.update(chunk)
-        offset += len(chunk)
-        attempt = 0
-    return b"".join(parts)
+
+
+def _give_up_or_wait(url: str, exc: Exception, attempt: int, offset: int, total: int | None,
+                     policy: "RetryPolicy", last_progress: float) -> None:
+    """Raise if ``exc`` is permanent or the policy is spent; else count a retry and back off."""
+    if isinstance(exc, FileNotFoundError):
+        raise FileNotFoundError(errno.ENOENT, f"no such object ({exc})", url) from exc
+    stalled = time.monotonic() - last_progress
+    if isinstance(exc, StorageError) or not is_transient(exc) or attempt >= policy.attempts \
+            or stalled > policy.timeout_s:
+        kind = "permanent error" if isinstance(exc, StorageError) or not is_transient(exc) else \
+            f"{attempt} failed attempt(s) in a row, {stalled:.1f} s without progress"
+        code, status = _http_status(exc)
+        http = f" (HTTP {status}, S3 code {code})" if status is not None else ""
+        raise StorageError(f"{url}: read failed at byte {offset} of {total if total is not None else '?'} "
+                           f"({kind}); last cause: {type(exc).__name__}: {exc}{http}") from exc
+    _count_retry()
+    delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
+    delay *= 0.5 + random.random() / 2  # jitter: workers hit by the same outage spread out
+    log.debug("retrying %s at byte %d in %.2f s after %s", url, offset, delay, type(exc).__name__)
+    time.sleep(min(delay, max(0.0, policy.timeout_s - stalled)))
 
 
 def _invalidate(fs) -> None:
