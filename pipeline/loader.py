@@ -11,24 +11,41 @@ from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .collate import Collator
+from .collate import Collator, to_tensors
+
+
+class ShardLoader(StatefulDataLoader):
+    """A StatefulDataLoader whose workers send numpy batches, made tensors here (see collate.py)."""
+
+    def __init__(self, *args, tensors_in_main: bool = False, pin_arrays: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tensors_in_main, self._pin_arrays = tensors_in_main, pin_arrays
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if not self._tensors_in_main:
+            return batches
+        return (to_tensors(b, self._pin_arrays) if isinstance(b, dict) else b for b in batches)
 
 
 def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=None,
                 pin_memory: bool = False, prefetch_factor: int | None = None,
                 persistent_workers: bool = False, pad_to_multiple_of: int | None = None,
-                multiprocessing_context: str | None = None) -> StatefulDataLoader:
+                multiprocessing_context: str | None = None) -> ShardLoader:
     """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id."""
-    if collate_fn is None:
-        pad_id = _pad_id(dataset)
-        collate_fn = Collator(pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    ours = collate_fn is None
+    if ours:
+        collate_fn = Collator(pad_id=_pad_id(dataset), pad_to_multiple_of=pad_to_multiple_of,
+                              as_numpy=num_workers > 0)
     kwargs = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor or 2
         kwargs["persistent_workers"] = persistent_workers
         kwargs["multiprocessing_context"] = multiprocessing_context
-    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                              collate_fn=collate_fn, pin_memory=pin_memory, **kwargs)
+    numpy_batches = ours and num_workers > 0
+    return ShardLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                       pin_memory=pin_memory and not numpy_batches, tensors_in_main=numpy_batches,
+                       pin_arrays=pin_memory and numpy_batches, **kwargs)
 
 
 def _pad_id(dataset) -> int:
