@@ -1,0 +1,118 @@
+"""The ``shards`` command: build summary, inspect, verify (exit codes), sizes, errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from shards.cli import main, parse_size, parse_storage_options
+from tests.conftest import labelled_records, write_jsonl
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def built(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "a.jsonl", labelled_records(60))
+    out = tmp_path / "out"
+    assert main(["build", src, "--out", str(out), "--label-field", "label", "--max-records", "10",
+                 "--format", "tar", "--no-progress"]) == 0
+    capsys.readouterr()
+    return out
+
+
+def test_build_prints_one_line_summary(tmp_path, capsys):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "a", "label": 1}\n{"text": "b"}\n\n{oops\n{"text": "c", "label": 2}\n')
+    code = main(["build", str(path), "--out", str(tmp_path / "o"), "--label-field", "label",
+                 "--on-bad-record", "skip", "--no-progress"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1
+    line = out[0]
+    assert line.startswith("built 2 records into 1 arrow shard(s)")
+    assert "MB/s input" in line and "records/s" in line
+    assert "skipped: {'blank_line': 1, 'malformed_json': 1, 'missing_field': 1}" in line
+
+
+def test_build_bad_record_exits_2_naming_file_line(tmp_path, capsys):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": "b\n')
+    assert main(["build", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: malformed_json" in err and "--on-bad-record skip" in err
+    assert not (tmp_path / "o" / "index.json").exists()
+
+
+def test_inspect_shows_summary_and_records(built, capsys):
+    assert main(["inspect", str(built), "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "records     60" in out and "shards      6" in out and "['neg', 'pos']" in out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["sample_id"] for r in rows] == ["00000:000000", "00000:000001", "00000:000002"]
+    assert rows[1] == {"sample_id": "00000:000001", "text": labelled_records(2)[1]["text"], "label": 1}
+
+
+def test_verify_ok_then_names_the_corrupted_shard(built, capsys):
+    assert main(["verify", str(built)]) == 0
+    assert "verified 6 shard(s), 60 records: OK" in capsys.readouterr().out
+    shard = built / "shard-00003.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0x01  # one bit inside a sample's text
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(built)]) == 1
+    captured = capsys.readouterr()
+    assert "1 bad shard(s): shard-00003.tar" in captured.out
+    assert "shard-00003.tar: sha256 mismatch" in captured.err
+
+
+def test_verify_missing_shard_and_record_count(built, capsys):
+    (built / "shard-00001.tar").unlink()
+    assert main(["verify", str(built)]) == 1
+    assert "shard-00001.tar" in capsys.readouterr().out
+
+
+def test_inspect_missing_manifest_is_a_clear_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs(built):
+    run = subprocess.run([sys.executable, "-m", "shards", "verify", str(built)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "OK" in run.stdout
+
+
+@pytest.mark.parametrize("text,value", [("64MB", 64_000_000), ("1GiB", 1 << 30), ("4096", 4096),
+                                        ("1.5kb", 1500), ("8MiB", 8 << 20), (" 2 GB ", 2_000_000_000)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "MB", "12 parsecs", "-1MB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="e.g. 64MB or 1GiB"):
+        parse_size(text)
+
+
+def test_storage_options_nest_and_parse_json():
+    assert parse_storage_options(["anon=true", "client_kwargs.endpoint_url=http://127.0.0.1:9"]) == {
+        "anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    assert parse_storage_options([]) is None
+
+
+def test_ray_address_without_ray_engine_is_refused(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "a.jsonl", labelled_records(3))
+    assert main(["build", src, "--out", str(tmp_path / "o"), "--ray-address", "auto", "--no-progress"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_records_and_mb_per_s(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "a.jsonl", labelled_records(3000))
+    assert main(["build", src, "--out", str(tmp_path / "o"), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "shards build: " in err and "3.00k records" in err and "MB/s text" in err
