@@ -9,7 +9,7 @@ DEMO_OUT ?= demo-out
 NPROC ?= 2
 STEPS ?= 150
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-slow test-all demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +21,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The default suite (~10 min on 2 cores); the slow tests run in CI too (.ci/run).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
-
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo --out $(DEMO_OUT) --nproc $(NPROC) --steps $(STEPS) $(if $(CORPUS),--corpus $(CORPUS),)
