@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 from . import formats, storage
 from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, plan_units, read_unit, scan_labels
-from .engines import LocalEngine, Progress
-from .index import Manifest, ShardInfo, index_url, write_manifest
+from .engines import EngineError, LocalEngine, Progress
+from .index import MANIFEST_NAME, Manifest, ShardInfo, index_url, write_manifest
 from .tokenizer import fingerprint, load_tokenizer
 from .writer import Limits, Part, PartWriter
 
@@ -218,14 +218,19 @@ def _publish_parts(cfg: BuildConfig, results: list[UnitResult]) -> list[ShardInf
     return shards
 
 
-def _remove_stale_shards(cfg: BuildConfig, keep: int) -> None:
+def _remove_leftovers(cfg: BuildConfig, keep: int) -> None:
+    """Remove what index.json does not list: shards numbered ``keep`` and up (or of the
+    other format) from earlier builds, and temp manifests of killed ones."""
     fs, path = storage.filesystem(cfg.out, cfg.storage_options)
     ext = formats.EXTENSIONS[cfg.format]
     for name in fs.ls(path, detail=False):
         base = name.rsplit("/", 1)[-1]
-        if base.startswith("shard-") and base.endswith(ext) and base[6:-len(ext)].isdigit():
-            if int(base[6:-len(ext)]) >= keep:
-                fs.rm(name)
+        stem, dot, suffix = base.rpartition(".")
+        number = stem[6:] if stem.startswith("shard-") else ""
+        stale_shard = number.isdigit() and f".{suffix}" in formats.EXTENSIONS.values() and (
+            int(number) >= keep or f".{suffix}" != ext)
+        if stale_shard or base.startswith(f"{MANIFEST_NAME}.tmp-"):
+            fs.rm(name)
 
 
 def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
@@ -274,7 +279,7 @@ def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
             engine.close()
     missing = [i for i, *_ in todo if i not in ran]
     if missing:
-        raise RuntimeError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")
+        raise EngineError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")
     results = {**done, **ran}
     ordered = [results[i] for i in range(len(units))]
     manifest = _finish(cfg, urls, ordered, labels, tok_fp)
@@ -317,7 +322,7 @@ def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels
         bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields), sources=urls)
     write_manifest(cfg.out, manifest, cfg.storage_options)
     storage.remove(_staging(cfg), cfg.storage_options, recursive=True)
-    _remove_stale_shards(cfg, len(shards))
+    _remove_leftovers(cfg, len(shards))
     return manifest
 
 

@@ -15,6 +15,7 @@ import sys
 
 from . import storage
 from .corpus import BAD_POLICIES, BadRecordError, CorpusSpec
+from .engines import EngineError, node_summary
 from .formats import CorruptShardError
 from .index import ManifestError, load_manifest
 from .writer import Limits
@@ -97,9 +98,12 @@ def cmd_build(args) -> int:
         engine = make_engine(args.ray_address)
     elif args.ray_address:
         raise ValueError("--ray-address is only used with --engine ray")
-    result = build(args.inputs, cfg, engine=engine)
+    try:
+        result = build(args.inputs, cfg, engine=engine)
+    finally:
+        if engine is not None:
+            engine.close()
     if engine is not None:
-        from .engines import node_summary
         for line in node_summary(result.units):
             print(line)
     m = result.manifest
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify, "audit": cmd_audit}
     try:
         return commands[args.command](args)
-    except (BadRecordError, ManifestError, CorruptShardError, FileNotFoundError, ValueError) as exc:
+    except (BadRecordError, ManifestError, CorruptShardError, EngineError, FileNotFoundError,
+            ValueError) as exc:
         print(f"shards {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from .corpus import scan_labels
 
 
+class EngineError(RuntimeError):
+    """An engine is missing, misconfigured, or lost units of work."""
+
+
 class Progress:
     """A tqdm bar counting records, with text MB/s in its postfix; inert when hidden."""
 

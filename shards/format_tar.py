@@ -70,6 +70,8 @@ def header(name: str, size: int) -> bytes:
     encoded = name.encode("utf-8")
     if len(encoded) > 100:
         raise ValueError(f"tar member name {name!r} is over 100 bytes")
+    if not 0 <= size < 8 ** 11:
+        raise ValueError(f"tar member {name!r}: {size} bytes does not fit a ustar header (< 8 GiB)")
     block = bytearray(_FIXED)
     block[: len(encoded)] = encoded
     size_field = b"%011o\x00" % size
