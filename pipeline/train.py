@@ -1,0 +1,376 @@
+"""DDP training over shard streams: fine-tune a classifier or train a small causal LM.
+
+    python -m pipeline.train --train shards/train --eval shards/dev --task classify --model minilm \
+        --steps 300 --batch-size 32 --out runs/sst2
+    torchrun --nproc_per_node 2 -m pipeline.train ... --checkpoint-every 50 --audit
+    torchrun --nproc_per_node 2 -m pipeline.train ... --resume     # same batches as if never stopped
+    shards audit runs/sst2                                          # every sample exactly once per epoch
+
+One process per device: gloo on CPU, nccl on CUDA (bf16 autocast with
+``--precision bf16``).  Rank and world size come from torchrun (through
+``pipeline.world.from_env``); each rank streams its own disjoint part of the
+shards and leaves the flagged pad samples out of the loss.  Writes
+``OUT/metrics.json``, ``OUT/train.png``, ``OUT/checkpoint/`` and, with
+``--audit``, ``OUT/audit/rank{R}.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import shards
+from shards.cli import parse_storage_options
+
+from . import checkpoint, metrics, models
+from .audit import AuditLog, absolute_url
+from .dataset import ShardStream
+from .loader import make_loader
+from .world import World, from_env
+
+log = logging.getLogger("pipeline.train")
+DEFAULT_LR = {"classify": 5e-5, "lm": 5e-4}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pipeline.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--train", required=True, help="train shard set (folder or index.json URL)")
+    p.add_argument("--eval", help="eval shard set; evaluated once at the end")
+    p.add_argument("--task", choices=models.TASKS, default="classify")
+    p.add_argument("--model", help=f"built-in name ({', '.join(models.BUILTIN)}) or local HF model dir; "
+                                   f"default: minilm for classify, gpt2-random for lm")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: the model's own; MiniLM's for gpt2-random)")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, required=True, help="samples per rank per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 classify, 5e-4 lm)")
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warm-up")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sample (truncated)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--audit", action="store_true", help="log every trained sample id per rank")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    args.model = args.model or models.DEFAULT_MODEL[args.task]
+    args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
+    args.lr = args.lr or DEFAULT_LR[args.task]
+    args.storage_options = parse_storage_options(args.storage_option)
+    return args
+
+
+# -- process group -------------------------------------------------------------
+def setup(world: World) -> torch.device:
+    """Join the process group (world size > 1) and pick this rank's device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", world.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world.world_size > 1:
+        dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.world_size,
+                                device_id=device if cuda else None)
+    return device
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather(obj, world: World) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# -- data ----------------------------------------------------------------------
+def make_stream(url: str, args, world: World, shuffle: bool) -> ShardStream:
+    return ShardStream(url, tokenizer=args.tokenizer, max_length=args.max_length, shuffle=shuffle,
+                       seed=args.seed, rank=world.rank, world_size=world.world_size,
+                       storage_options=args.storage_options)
+
+
+def train_dataset(args, world: World) -> ShardStream:
+    """The training stream of this rank.
+
+    For ``--task lm`` a packing stage (pipeline/pack.py) plugs in here: it must
+    wrap this stream, keep ``set_epoch`` / ``state_dict`` / ``load_state_dict``,
+    and yield items with ``input_ids`` (optionally 2-D ``labels``) and the
+    ``sample_id`` / ``is_pad`` fields the audit and the loss use.
+    """
+    return make_stream(args.train, args, world, shuffle=True)
+
+
+class Batches:
+    """Endless batches over epochs: when the loader runs out, the next epoch starts."""
+
+    def __init__(self, dataset, loader, epoch: int = 0):
+        self.dataset, self.loader, self.epoch = dataset, loader, epoch
+        self.dataset.set_epoch(epoch)
+        self._it = None
+
+    def _iter(self):
+        # creating an iterator draws a seed from the global RNG; fork it so the
+        # dropout stream does not depend on when epochs start or a resume happened
+        with torch.random.fork_rng(devices=[]):
+            return iter(self.loader)
+
+    def next(self) -> dict:
+        if self._it is None:
+            self._it = self._iter()
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.dataset.set_epoch(self.epoch)
+            self._it = self._iter()
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise ValueError("the training stream is empty: the shard set has no records") from None
+
+
+# -- model -----------------------------------------------------------------------
+@dataclass
+class Parts:
+    model: torch.nn.Module      # unwrapped
+    ddp: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
+    labels = train_ds.label_names
+    if args.task == "classify" and not labels:
+        raise ValueError(f"--train {args.train}: shards have no labels; rebuild them with --label-field "
+                         f"for --task classify, or use --task lm")
+    tok = train_ds.tokenizer
+    torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = models.load_model(args.task, args.model, num_labels=len(labels or []) or None,
+                              vocab_size=tok.get_vocab_size() if tok else None,
+                              max_positions=max(args.max_length, 128),
+                              pad_id=shards.special_ids(tok)["pad"] if tok else 0).to(device)
+    ddp = None
+    if world.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True)  # no extra copy of the gradients
+    # fused AdamW: one kernel over all parameters, several times faster than the loop on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * args.steps), args.steps)
+    return Parts(model, ddp, optimizer, scheduler)
+
+
+def autocast(args, device):
+    if args.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_loss(net, batch: dict, task: str, device) -> tuple[torch.Tensor, int, int]:
+    """(loss, samples counted, tokens counted) of one micro-batch; pads weigh nothing."""
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    mask = batch["attention_mask"].to(device, non_blocking=True)
+    logits = net(input_ids=ids, attention_mask=mask).logits
+    real = ~batch["is_pad"]
+    tokens = int(batch["attention_mask"][real].sum())
+    if task == "classify":
+        loss, n = models.classify_loss(logits, batch)
+        return loss, n, tokens
+    loss, _, _ = models.lm_loss(logits, models.lm_labels(batch))
+    return loss, int(real.sum()), tokens
+
+
+# -- the loop --------------------------------------------------------------------
+@dataclass
+class Result:
+    summary: dict
+    history: list[dict]
+    parts: Parts
+    label_names: list[str] | None
+
+
+def train(args, world: World, device) -> Result:
+    train_ds = train_dataset(args, world)
+    loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
+    parts = build_parts(args, train_ds, world, device)
+    ckpt = checkpoint.load(args.out, device) if args.resume else None
+    start, epoch, history = 0, 0, []
+    if ckpt is not None:
+        start, epoch, history = restore(ckpt, parts, train_ds, loader, args, world)
+    elif args.resume:
+        log.warning("--resume: no checkpoint in %s, starting from step 0", checkpoint.checkpoint_root(args.out))
+    elif checkpoint.latest_name(checkpoint.checkpoint_root(args.out)):
+        log.warning("%s holds a checkpoint; starting from step 0 (pass --resume to continue it)", args.out)
+    torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
+    if ckpt is not None:
+        checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
+    batches = Batches(train_ds, loader, epoch)
+    audit = AuditLog(args.out, world.rank, audit_header(args, train_ds, world), start) if args.audit else None
+    meter = metrics.Meter(world.world_size)
+    net = parts.ddp or parts.model
+    net.train()
+    for step in range(start + 1, args.steps + 1):
+        loss_value, samples, tokens = 0.0, 0, 0
+        for micro in range(args.grad_accum):
+            t = meter.clock()
+            batch = batches.next()
+            meter.waited(t)
+            if audit:
+                audit.record(step, batches.epoch, batch["sample_id"], batch["is_pad"])
+            last = micro == args.grad_accum - 1
+            sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(args, device):
+                    loss, n, k = forward_loss(net, batch, args.task, device)
+                (loss / args.grad_accum).backward()
+            loss_value += loss.item() / args.grad_accum
+            samples, tokens = samples + n, tokens + k
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), 1.0)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        meter.step(loss_value, samples, tokens)
+        if step % args.log_every == 0 or step == args.steps:
+            text, point = meter.line(step, args.steps, parts.scheduler.get_last_lr()[0], batches.epoch,
+                                     args.log_every)
+            history.append(point)
+            log.info("%s", text)
+        if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
+            save(args, world, parts, loader, batches, step, history, audit)
+    if audit:
+        audit.close()
+    summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
+    summary.update(resumed_from=start, epochs_started=batches.epoch + 1)
+    return Result(summary, history, parts, train_ds.label_names)
+
+
+def audit_header(args, ds: ShardStream, world: World) -> dict:
+    return {"train": absolute_url(args.train), "world_size": world.world_size, "seed": args.seed,
+            "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
+            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
+
+
+def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit) -> None:
+    if audit:
+        audit.sync()  # the audit lines a checkpoint vouches for are on disk before it is
+    mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), "epoch": batches.epoch}
+    ranks = all_gather(mine, world)
+    if world.rank == 0:
+        meta = {"epoch": batches.epoch, "world_size": world.world_size, "num_workers": args.num_workers,
+                "seed": args.seed, "task": args.task, "train": args.train, "history": history}
+        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta)
+        log.info("checkpoint step %d -> %s", step, path)
+    if dist.is_initialized():
+        dist.barrier()  # nobody runs ahead of a checkpoint that may still fail to write
+
+
+def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, args, world: World):
+    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, epoch, history)."""
+    saved = (ckpt.state["world_size"], ckpt.state["num_workers"], ckpt.state["seed"])
+    if saved != (world.world_size, args.num_workers, args.seed):
+        raise ValueError(f"{ckpt.path}: saved with world size {saved[0]}, --num-workers {saved[1]}, --seed "
+                         f"{saved[2]}; this run has {world.world_size}, {args.num_workers}, {args.seed}. "
+                         f"Resume with the same values (the data order depends on them) or use a new --out")
+    parts.model.load_state_dict(ckpt.model)
+    parts.optimizer.load_state_dict(ckpt.optimizer)
+    parts.scheduler.load_state_dict(ckpt.scheduler)
+    mine = ckpt.state["ranks"][world.rank]
+    ds.set_epoch(mine["epoch"])
+    loader.load_state_dict(mine["loader"])
+    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, ckpt.step, mine["epoch"])
+    return ckpt.step, mine["epoch"], list(ckpt.state.get("history", []))
+
+
+# -- evaluation ------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(args, model, world: World, device, train_labels) -> dict:
+    """Every rank scores its part of the eval stream (pads excluded); the sums are all-reduced."""
+    ds = make_stream(args.eval, args, world, shuffle=False)
+    if args.task == "classify" and ds.label_names != train_labels:
+        raise ValueError(f"--eval {args.eval}: label names {ds.label_names} differ from the train set's "
+                         f"{train_labels}; build both with the same --label-names")
+    model.eval()
+    correct = count = loss_sum = loss_count = 0.0
+    for batch in make_loader(ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda"):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with autocast(args, device):
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        real = (~batch["is_pad"]).to(device)
+        if args.task == "classify":
+            labels = batch["labels"].to(device)
+            per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            correct += float(((logits.argmax(-1) == labels) & real).sum())
+            count += float(real.sum())
+            loss_sum, loss_count = loss_sum + float((per * real).sum()), count
+        else:
+            _, n, summed = models.lm_loss(logits, models.lm_labels(batch))
+            loss_sum, loss_count = loss_sum + float(summed), loss_count + n
+    model.train()
+    sums = all_sum([correct, count, loss_sum, loss_count], device)
+    return metrics.eval_figures(args.task, *sums)
+
+
+def quiet_libraries(rank: int) -> None:
+    """Progress bars and load reports once (rank 0), not once per process."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if rank:
+        transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 calls a deprecated torch API
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    world = from_env()
+    logging.basicConfig(level=logging.INFO if world.rank == 0 else logging.WARNING,
+                        format=f"[rank {world.rank}] %(message)s", stream=sys.stdout, force=True)
+    quiet_libraries(world.rank)
+    device = setup(world)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        result = train(args, world, device)
+        summary = result.summary
+        if args.eval:
+            summary.update(evaluate(args, result.parts.model, world, device, result.label_names))
+        if world.rank == 0:
+            result.parts.model.save_pretrained(os.path.join(args.out, "model"))
+            summary.update(task=args.task, model=args.model, precision=args.precision, device=device.type,
+                           batch_size=args.batch_size, grad_accum=args.grad_accum, num_workers=args.num_workers)
+            metrics.write_json(os.path.join(args.out, "metrics.json"), summary)
+            metrics.plot(os.path.join(args.out, "train.png"), result.history)
+            log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

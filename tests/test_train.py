@@ -1,0 +1,179 @@
+"""pipeline.train: 1- and 2-process runs of both tasks, checkpoints, resume, metrics."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from pipeline import checkpoint, train
+from tests.conftest import minilm_path
+from tests.trainkit import (audit_lines, final_weights, metrics, run_torchrun, same_weights, shard_sets,
+                            tiny_bert, tiny_gpt2, train_args)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    tr, ev = shard_sets(tmp)
+    return {"train": tr, "eval": ev, "bert": tiny_bert(tmp / "bert"), "gpt2": tiny_gpt2(tmp / "gpt2")}
+
+
+@pytest.mark.timeout(120)
+def test_classify_one_process_writes_metrics_plot_checkpoint(kit, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(kit["train"], kit["eval"], kit["bert"], out, 6, 4, "classify",
+                                 "--checkpoint-every", "4", "--audit")) == 0
+    m = metrics(out)
+    for key in ("steps", "train_loss", "eval_accuracy", "samples_per_s", "tokens_per_s",
+                "data_wait_fraction", "world_size"):
+        assert key in m, key
+    assert m["steps"] == 6 and m["world_size"] == 1 and m["eval_samples"] == 13
+    assert 0 <= m["eval_accuracy"] <= 1 and 0 <= m["data_wait_fraction"] <= 1
+    assert (out / "train.png").stat().st_size > 0
+    assert (out / "checkpoint" / "latest").read_text() == "step-0000006"
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-0000006"]
+    assert (out / "model" / "config.json").exists()
+    assert sum(len(x["ids"]) for x in audit_lines(out, 0)) == 24
+
+
+@pytest.mark.timeout(120)
+def test_lm_one_process_builtin_gpt2_reports_perplexity(kit, tmp_path):
+    out = tmp_path / "lm"
+    assert train.main(train_args(kit["train"], kit["eval"], "gpt2-random", out, 3, 4, "lm")) == 0
+    m = metrics(out)
+    assert m["perplexity"] == pytest.approx(2.718281828 ** m["eval_loss"], rel=1e-6)
+    assert m["eval_tokens"] > 0 and m["tokens_per_s"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_bf16_autocast_path_runs_on_cpu(kit, tmp_path):
+    out = tmp_path / "bf16"
+    assert train.main(train_args(kit["train"], kit["eval"], kit["bert"], out, 2, 4, "classify",
+                                 "--precision", "bf16", "--grad-accum", "2")) == 0
+    assert metrics(out)["precision"] == "bf16"
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_two_processes_gloo(kit, tmp_path, task):
+    out = tmp_path / task
+    model = kit["bert"] if task == "classify" else kit["gpt2"]
+    run_torchrun(2, train_args(kit["train"], kit["eval"], model, out, 4, 4, task,
+                               "--grad-accum", "2", "--num-workers", "2", "--audit"))
+    m = metrics(out)
+    assert m["world_size"] == 2 and m["steps"] == 4
+    assert ("eval_accuracy" in m) if task == "classify" else ("perplexity" in m)
+    ids = [set(i for x in audit_lines(out, r) if x["epoch"] == 0 for i in x["ids"]) for r in (0, 1)]
+    assert ids[0].isdisjoint(ids[1])  # ranks train on disjoint samples within the epoch
+    assert len(audit_lines(out, 0)) == len(audit_lines(out, 1)) == 8
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(monkeypatch, step: int):
+    """Make the run die right after optimizer step ``step`` (after any checkpoint before it)."""
+    real = train.metrics.Meter.step
+    seen = {"n": 0}
+
+    def step_then_crash(self, *a):
+        real(self, *a)
+        seen["n"] += 1
+        if seen["n"] == step:
+            raise Crash(f"simulated crash at step {step}")
+    monkeypatch.setattr(train.metrics.Meter, "step", step_then_crash)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers,accum", [(0, 1), (2, 2)])
+def test_crash_and_resume_gives_same_batches_and_weights(kit, tmp_path, monkeypatch, workers, accum):
+    extra = ["--checkpoint-every", "4", "--audit", "--num-workers", str(workers), "--grad-accum", str(accum),
+             "--seed", "3"]
+    ref, out = tmp_path / "ref", tmp_path / "resumed"
+    steps = 14  # 14 * 4 * accum samples: crosses the epoch boundary of 41 samples
+    assert train.main(train_args(kit["train"], None, kit["bert"], ref, steps, 4, "classify", *extra)) == 0
+    with monkeypatch.context() as m:
+        crash_at(m, 6)
+        with pytest.raises(Crash):
+            train.main(train_args(kit["train"], None, kit["bert"], out, steps, 4, "classify", *extra))
+    assert json.loads((out / "checkpoint" / "step-0000004" / "state.json").read_text())["step"] == 4
+    assert max(x["step"] for x in audit_lines(out, 0)) == 6  # steps 5-6 will be replayed
+    assert train.main(train_args(kit["train"], None, kit["bert"], out, steps, 4, "classify",
+                                 *extra, "--resume")) == 0
+    assert audit_lines(out, 0) == audit_lines(ref, 0)
+    assert {0, 1} <= {x["epoch"] for x in audit_lines(ref, 0)}  # crossed an epoch boundary
+    assert same_weights(final_weights(ref), final_weights(out)) == []
+    assert metrics(out)["resumed_from"] == 4
+
+
+@pytest.mark.timeout(60)
+def test_resume_refuses_other_worker_count(kit, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(kit["train"], None, kit["bert"], out, 2, 4, "classify")) == 0
+    with pytest.raises(ValueError, match="num-workers"):
+        train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
+                              "--num-workers", "1"))
+
+
+@pytest.mark.timeout(60)
+def test_eval_set_with_other_labels_is_refused(kit, tmp_path):
+    from tests.conftest import build_set
+
+    other = build_set(tmp_path, n=10, max_records=5, name="other", label_names=("neg", "pos", "zzz"))
+    with pytest.raises(ValueError, match="label names"):
+        train.main(train_args(kit["train"], other, kit["bert"], tmp_path / "run", 1, 4, "classify"))
+
+
+def test_unlabelled_shards_refused_for_classify(tmp_path, kit):
+    from tests.conftest import build_set
+
+    plain = build_set(tmp_path, n=10, max_records=5, name="plain", labels=False)
+    with pytest.raises(ValueError, match="--label-field"):
+        train.main(train_args(plain, None, kit["bert"], tmp_path / "run", 1, 4, "classify"))
+
+
+def test_unknown_model_name_lists_choices():
+    with pytest.raises(ValueError, match="minilm, gpt2-random"):
+        train.models.model_dir("no-such-model")
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    meta = {"epoch": 0, "world_size": 1, "num_workers": 0, "seed": 0}
+    checkpoint.save(str(tmp_path), 1, model, opt, sched, [{"loader": {}, "rng": checkpoint.rng_state()}], meta)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        real_save(obj, path)
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        checkpoint.save(str(tmp_path), 2, model, opt, sched, [{"loader": {}, "rng": {}}], meta)
+    assert sorted(os.listdir(tmp_path / "checkpoint")) == ["latest", "step-0000001"]
+    assert checkpoint.load(str(tmp_path)).step == 1
+
+
+def test_rng_state_round_trips_through_json():
+    state = json.loads(json.dumps(checkpoint.rng_state()))
+    a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    checkpoint.set_rng_state(state)
+    b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+@pytest.mark.timeout(300)
+def test_real_minilm_fine_tunes_a_few_steps(kit, tmp_path):
+    out = tmp_path / "minilm"
+    assert train.main(train_args(kit["train"], kit["eval"], "minilm", out, 3, 8, "classify")) == 0
+    m = metrics(out)
+    assert m["model"] == "minilm" and m["eval_samples"] == 13
+    assert minilm_path()  # the bundled model loaded offline

@@ -1,0 +1,91 @@
+"""Helpers shared by the training tests: tiny models, torchrun commands, audit logs, final weights."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import ROOT, build_set, minilm_path
+
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT)}
+
+
+def tiny_bert(path: pathlib.Path) -> str:
+    """A 1-layer, 32-wide BERT classifier with the MiniLM tokenizer (fast to train)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)
+        BertForSequenceClassification(cfg).save_pretrained(path)
+        AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return str(path)
+
+
+def tiny_gpt2(path: pathlib.Path) -> str:
+    """A 1-layer, 32-wide GPT-2 over the MiniLM vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_positions=128, n_embd=32, n_layer=1, n_head=2)) \
+            .save_pretrained(path)
+    return str(path)
+
+
+def shard_sets(tmp: pathlib.Path, n_train: int = 41, n_eval: int = 13) -> tuple[str, str]:
+    """Train and eval sets with many small shards; odd sizes so 2 ranks need a pad."""
+    return (build_set(tmp, n=n_train, max_records=5, name="train"),
+            build_set(tmp, n=n_eval, max_records=5, name="eval"))
+
+
+def train_args(train: str, evalset: str | None, model: str, out, steps: int = 6, batch: int = 4,
+               task: str = "classify", *extra: str) -> list[str]:
+    args = ["--train", train, "--task", task, "--model", model, "--steps", str(steps),
+            "--batch-size", str(batch), "--out", str(out), "--max-length", "32", "--log-every", "2",
+            "--tokenizer", minilm_path()]
+    if evalset:
+        args += ["--eval", evalset]
+    return args + list(extra)
+
+
+def torchrun(nproc: int, args: list[str], **kw) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "pipeline.train", *args]
+
+
+def run_torchrun(nproc: int, args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(torchrun(nproc, args), env=ENV, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def audit_lines(out, rank: int) -> list[dict]:
+    """The per-micro-batch lines of a rank's audit log (header dropped)."""
+    with open(pathlib.Path(out) / "audit" / f"rank{rank}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f.read().splitlines()[1:] if line.strip()]
+
+
+def final_weights(out) -> dict:
+    ckpt = pathlib.Path(out) / "checkpoint"
+    name = (ckpt / "latest").read_text().strip()
+    return torch.load(ckpt / name / "model.pt", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that differ (empty when identical)."""
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def metrics(out) -> dict:
+    with open(pathlib.Path(out) / "metrics.json", encoding="utf-8") as f:
+        return json.load(f)
