@@ -72,7 +72,7 @@ def test_random_sigkills_never_publish_a_partial_set(tmp_path):
     for _ in range(KILLS):
         proc = subprocess.Popen(command(inputs, out), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.0, full * 1.1))
+        time.sleep(rng.uniform(0.0, full * 0.9))  # a resumed run is shorter than a full one
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         phases["finished before the kill" if proc.returncode == 0 else phase(out, n_units)] += 1
