@@ -35,14 +35,15 @@ class StorageError(RuntimeError):
 class RetryPolicy:
     """Backoff for transient errors of remote reads.
 
-    With the defaults a failing object gives up after 6 tries in a row (~3-6 s of
-    backoff when the server answers errors at once); a server that hangs costs at
-    most ``timeout_s`` plus one ``read_timeout_s``, so under 35 s in all.
+    With the defaults a failing object gives up after 8 tries in a row, i.e. after
+    ~4-8 s of backoff when the server answers errors at once (0.1 s doubling to a
+    5 s cap, each times a jitter in [0.5, 1)); a server that hangs costs at most
+    ``timeout_s`` plus one ``read_timeout_s``: 30 s.
     """
 
-    attempts: int = 6              # failed tries in a row (no byte read in between) before giving up
-    base_delay_s: float = 0.2      # first backoff; doubles each try, times a jitter in [0.5, 1)
-    max_delay_s: float = 4.0       # cap of one backoff
+    attempts: int = 8              # failed tries in a row (no byte read in between) before giving up
+    base_delay_s: float = 0.1      # first backoff; doubles each try
+    max_delay_s: float = 5.0       # cap of one backoff
     timeout_s: float = 20.0        # give up after this long without reading a byte
     connect_timeout_s: float = 5.0  # per try (S3: botocore's connect_timeout)
     read_timeout_s: float = 10.0    # per socket read (S3: botocore's read_timeout)
@@ -223,6 +224,7 @@ def is_transient(exc: BaseException) -> bool:
 # Remote read filesystems, one per (process, protocol, options): created in the process
 # that uses them, because fsspec's async filesystems must not cross a fork.
 _READ_FS: dict[tuple, object] = {}
+_INHERITED: list = []
 
 
 def _read_filesystem(url: str, storage_options: dict | None, policy: "RetryPolicy"):
@@ -240,8 +242,10 @@ def _read_filesystem(url: str, storage_options: dict | None, policy: "RetryPolic
     key = (os.getpid(), fsspec.utils.tokenize(protocol, storage_options or {}, policy))
     fs = _READ_FS.get(key)
     if fs is None:
-        if any(k[0] != os.getpid() for k in _READ_FS):
-            _READ_FS.clear()  # inherited through fork: the parent's, unusable here
+        for stale in [k for k in _READ_FS if k[0] != os.getpid()]:
+            # Inherited through fork: the parent's, bound to its event loop.  Kept referenced,
+            # because collecting one runs s3fs's finalizer against that loop (noisy errors).
+            _INHERITED.append(_READ_FS.pop(stale))
         options = dict(storage_options or {})
         config = dict(options.get("config_kwargs") or {})
         config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
