@@ -95,14 +95,23 @@ def _tokenizer(path):
 def unit_key(cfg: BuildConfig, unit: Unit, labels, tok_fp) -> str:
     """Everything that decides a unit's bytes; a marker with another key is stale.
 
-    The input's fsspec checksum (size + mtime locally, ETag on S3) makes a
-    changed input invalidate its unit.
+    The input's size and version (mtime locally, ETag on S3) make a changed
+    input invalidate its unit.
     """
-    fs, path = storage.filesystem(unit.url, cfg.storage_options)
     desc = {"unit": asdict(unit), "format": cfg.format, "spec": asdict(cfg.spec),
             "limits": asdict(cfg.limits), "tokenizer": tok_fp, "max_length": cfg.max_length,
-            "labels": labels, "input": str(fs.checksum(path))}
+            "labels": labels, "input": _input_version(unit.url, cfg.storage_options)}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+# Fields of fsspec's info() that change when an object's content does (local, S3, GCS).
+VERSION_FIELDS = ("size", "mtime", "ETag", "LastModified", "md5Hash", "generation")
+
+
+def _input_version(url: str, storage_options) -> dict:
+    fs, path = storage.filesystem(url, storage_options)
+    info = fs.info(path)
+    return {k: str(info[k]) for k in VERSION_FIELDS if k in info}
 
 
 def _staging(cfg: BuildConfig) -> str:

@@ -78,11 +78,16 @@ def read_batches(data, url: str, start: int = 0, stop: int | None = None,
     for i in range(reader.num_record_batches):
         if stop is not None and offset >= stop:
             return
-        batch = reader.get_batch(i)
-        n = batch.num_rows
-        lo, hi = max(start - offset, 0), n if stop is None else min(stop - offset, n)
-        if lo < hi:
-            yield _to_batch(batch.slice(lo, hi - lo), offset + lo, names, columns)
+        try:
+            batch = reader.get_batch(i)
+            batch.validate()  # offsets and lengths in range, so a damaged batch cannot misread
+            n = batch.num_rows
+            lo, hi = max(start - offset, 0), n if stop is None else min(stop - offset, n)
+            out = _to_batch(batch.slice(lo, hi - lo), offset + lo, names, columns) if lo < hi else None
+        except (pa.ArrowException, ValueError) as exc:
+            raise CorruptShardError(f"shard {url}: record batch {i} is damaged ({exc}); rebuild it") from exc
+        if out is not None:
+            yield out
         offset += n
 
 

@@ -66,12 +66,29 @@ class Manifest:
         if fmt not in FORMATS:
             raise ManifestError(f"{where}: unknown shard format {fmt!r}; valid: {', '.join(FORMATS)}")
         try:
-            shards = [ShardInfo(**s) for s in data["shards"]]
+            shards = [_checked_shard(ShardInfo(**s), where) for s in data["shards"]]
             known = {f for f in cls.__dataclass_fields__ if f != "shards"}
             rest = {k: v for k, v in data.items() if k in known}
             return cls(shards=shards, **rest)
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{where}: malformed manifest ({exc}); rebuild it with `shards build`") from exc
+
+
+def _checked_shard(info: ShardInfo, where: str) -> ShardInfo:
+    """A shard entry must name a file under index.json's folder and carry sane counts."""
+    path = info.path
+    parts = path.split("/") if isinstance(path, str) else [""]
+    if "\\" in path or ":" in path or any(p in ("", ".", "..") for p in parts):
+        raise ManifestError(f"{where}: shard path {path!r} must be relative to index.json, without "
+                            f"'..'; rebuild with `shards build`")
+    for name in ("num_records", "num_bytes"):
+        value = getattr(info, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ManifestError(f"{where}: shard {path}: {name}={value!r} is not a count; rebuild it")
+    if not (isinstance(info.sha256, str) and len(info.sha256) == 64
+            and all(c in "0123456789abcdef" for c in info.sha256)):
+        raise ManifestError(f"{where}: shard {path}: sha256={info.sha256!r} is not a hex digest; rebuild it")
+    return info
 
 
 def index_url(url: str) -> str:

@@ -192,3 +192,35 @@ def test_overhead_bound_holds(tmp_path, fmt):
         w.close()
         size = (tmp_path / f"o{module.EXT}").stat().st_size
         assert est <= size <= est + module.overhead_bytes(n_batches, len(ALL))
+
+
+@pytest.mark.parametrize("path", ["../x.arrow", "/etc/passwd", "s3://other/x.arrow", "a//b.arrow", "", "a/./b"])
+def test_manifest_refuses_shard_paths_outside_its_folder(path):
+    from shards.index import Manifest, ManifestError
+
+    entry = {"path": path, "num_records": 1, "num_bytes": 10, "sha256": "0" * 64}
+    with pytest.raises(ManifestError, match="relative to index.json"):
+        Manifest.from_dict({"version": 1, "format": "arrow", "num_records": 1, "fields": ["text"],
+                            "shards": [entry]})
+
+
+@pytest.mark.parametrize("field,value", [("num_records", -1), ("num_bytes", "10"), ("sha256", "xyz")])
+def test_manifest_refuses_bad_shard_counts(field, value):
+    from shards.index import Manifest, ManifestError
+
+    entry = {"path": "sub/shard-00000.arrow", "num_records": 1, "num_bytes": 10, "sha256": "0" * 64, field: value}
+    with pytest.raises(ManifestError, match=field):
+        Manifest.from_dict({"version": 1, "format": "arrow", "num_records": 1, "fields": ["text"],
+                            "shards": [entry]})
+
+
+def test_arrow_damaged_batch_body_raises(tmp_path):
+    """Damage past the header (what verify='size' would miss) is caught by the reader."""
+    data = bytearray(write(format_arrow, tmp_path / "s.arrow", ALL, batch=500))
+    for pos in range(2000, len(data) - 2000, 997):
+        data[pos] ^= 0xFF
+    try:
+        batches = list(format_arrow.read_batches(bytes(data), "s"))
+    except CorruptShardError:
+        return
+    assert [t for b in batches for t in b.text] != TEXTS  # flipped bytes inside values: content differs
