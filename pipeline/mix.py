@@ -176,6 +176,16 @@ class MixedStream(IterableDataset):
     def world(self):
         return getattr(self.streams[0], "world", None)
 
+    def collator(self):
+        """The first source's collator (PackedStream: BlockCollator), else the padding Collator."""
+        first = self.streams[0]
+        if hasattr(first, "collator"):
+            return first.collator()
+        from shards import special_ids
+
+        from .collate import Collator
+        return Collator(pad_id=special_ids(self.tokenizer)["pad"] if self.tokenizer is not None else 0)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         for s in self.streams:

@@ -253,3 +253,33 @@ def test_lockstep_gives_every_rank_the_same_number_of_steps(tmp_path):
     r0 = json.loads((tmp_path / "out.0").read_text())
     r1 = json.loads((tmp_path / "out.1").read_text())
     assert r0 == [0, 1, 2, "filler", "filler"] and r1 == [0, 1, 2, 3, 4]
+
+
+# -- the runnable tools ----------------------------------------------------------------
+def tiny_corpus(tmp_path) -> str:
+    lines = [f"line {i} of a small play, where the {'king' if i % 3 else 'queen'} speaks to act {i % 5}."
+             for i in range(400)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_lm_smoke_perplexity_falls(tmp_path, capsys):
+    from tools import lm_smoke
+
+    rc = lm_smoke.main(["--corpus", tiny_corpus(tmp_path), "--work", str(tmp_path / "w"), "--steps", "12",
+                        "--seq-len", "32", "--batch-size", "4", "--eval-batches", "2", "--workers", "0",
+                        "--d-model", "32", "--layers", "1", "--heads", "2"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and result["ppl_after"] < result["ppl_before"]
+
+
+@pytest.mark.slow
+def test_pack_bench_reports_every_mode(tmp_path, capsys):
+    from tools import pack_bench
+
+    assert pack_bench.main(["--corpus", tiny_corpus(tmp_path), "--work", str(tmp_path / "w"), "--repeats", "1",
+                            "--seq-len", "64", "--workers", "0"]) == 0
+    modes = [json.loads(line)["mode"] for line in capsys.readouterr().out.strip().splitlines()]
+    assert modes == ["classify", "raw_pretok", "packed", "packed_pretok", "classify_loader", "packed_loader"]
