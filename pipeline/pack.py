@@ -29,8 +29,11 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
   a per-document causal mask from these restarts (masking_utils' packed-sequence
   detection); padding is trailing, so causal attention never lets a real token see it.
 - ``doc_ids``: the document's index within the block (0, 1, ...), -1 on padding;
-  ``attention_mask``: 1 on real tokens; ``sample_ids``: the documents in the block.
-  The collator adds ``cu_seqlens``/``max_seqlen`` (flash-attn varlen form).
+  ``attention_mask``: 1 on real tokens; ``sample_ids``: the documents in the block;
+  ``starts``: per document, whether it starts in this block (False for the one
+  continued from the previous block).  The collator adds ``started_ids`` (the
+  documents that start in the batch: each document exactly once per epoch, what an
+  audit records) and ``cu_seqlens``/``max_seqlen`` (flash-attn varlen form).
 - Items with ``is_pad`` (repeats that even out ranks, corrupt-shard placeholders) and
   documents with no tokens are not packed; they are counted in ``stats``.
 
@@ -129,7 +132,8 @@ def block_arrays(pieces: list[Piece], seq_len: int, pad_id: int) -> dict:
         positions[at:] = np.arange(seq_len - at)
         seqlens.append(seq_len - at)
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "doc_ids": doc_ids,
-            "attention_mask": mask, "seqlens": seqlens, "num_tokens": at, "is_pad": False}
+            "attention_mask": mask, "seqlens": seqlens, "num_tokens": at, "is_pad": False,
+            "starts": [p.start == 0 for p in pieces]}
 
 
 @dataclass(frozen=True)
@@ -303,8 +307,9 @@ def _resolve_tokenizer(stream, tokenizer):
 @dataclass(frozen=True)
 class BlockCollator:
     """Blocks → a batch: the arrays stacked to LongTensors [B, seq_len], ``is_pad`` [B],
-    ``sample_ids`` (list per block), ``num_tokens`` (real tokens, int) and the flash-attn
-    varlen description of the flattened batch: ``cu_seqlens`` (int32) and ``max_seqlen``."""
+    ``sample_ids`` (list per block), ``started_ids`` (flat list of the documents starting
+    in the batch), ``num_tokens`` (real tokens, int) and the flash-attn varlen description
+    of the flattened batch: ``cu_seqlens`` (int32) and ``max_seqlen``."""
 
     seq_len: int
     pad_id: int = 0
@@ -313,6 +318,7 @@ class BlockCollator:
         batch = {k: torch.from_numpy(np.stack([b[k] for b in blocks])) for k in ARRAY_KEYS}
         batch["is_pad"] = torch.tensor([bool(b["is_pad"]) for b in blocks])
         batch["sample_ids"] = [list(b["sample_ids"]) for b in blocks]
+        batch["started_ids"] = [sid for b in blocks for sid, first in zip(b["sample_ids"], b["starts"]) if first]
         batch["num_tokens"] = sum(int(b["num_tokens"]) for b in blocks)
         seqlens = [n for b in blocks for n in b["seqlens"]]
         batch["cu_seqlens"] = torch.tensor([0, *accumulate(seqlens)], dtype=torch.int32)

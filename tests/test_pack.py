@@ -106,6 +106,7 @@ def test_collator_stacks_and_describes_segments():
     assert batch["cu_seqlens"].tolist() == [0, 5, 8, 14, 16, 17, 24]  # the last run is padding
     assert batch["max_seqlen"] == 7 and batch["num_tokens"] == 17
     assert batch["sample_ids"] == [["0", "1"], ["1", "2"], ["2"]]
+    assert batch["started_ids"] == ["0", "1", "2"]  # each document once, in the block it starts in
     filler = BlockCollator(8).filler(2)
     assert filler["is_pad"].all() and (filler["labels"] == IGNORE_INDEX).all() and filler["num_tokens"] == 0
 
@@ -161,7 +162,9 @@ def test_ranks_pack_every_document_exactly_once(tmp_path, minilm):
         packed = PackedStream(ShardStream(url, tokenizer=minilm, rank=rank, world_size=2), seq_len=9)
         blocks = list(packed)
         ids = [s for b in blocks for s in b["sample_ids"]]
-        seen += [s for i, s in enumerate(ids) if i == 0 or ids[i - 1] != s]  # a split document: once
+        assert [s for i, s in enumerate(ids) if i == 0 or ids[i - 1] != s] == \
+            packed.collator()(blocks)["started_ids"]  # a split document counts once, where it starts
+        seen += packed.collator()(blocks)["started_ids"]
         pads += packed.stats["pad_documents"]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 31
     assert pads == 1
