@@ -33,7 +33,7 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
   ``starts``: per document, whether it starts in this block (False for the one
   continued from the previous block).  The collator adds ``started_ids`` (the
   documents that start in the batch: each document exactly once per epoch, what an
-  audit records) and ``cu_seqlens``/``max_seqlen`` (flash-attn varlen form).
+  audit records; ``SOURCE/`` prefixed under a MixedStream) and ``cu_seqlens``/``max_seqlen`` (flash-attn varlen form).
 - Items with ``is_pad`` (repeats that even out ranks, corrupt-shard placeholders) and
   documents with no tokens are not packed; they are counted in ``stats``.
 
@@ -318,7 +318,8 @@ class BlockCollator:
         batch = {k: torch.from_numpy(np.stack([b[k] for b in blocks])) for k in ARRAY_KEYS}
         batch["is_pad"] = torch.tensor([bool(b["is_pad"]) for b in blocks])
         batch["sample_ids"] = [list(b["sample_ids"]) for b in blocks]
-        batch["started_ids"] = [sid for b in blocks for sid, first in zip(b["sample_ids"], b["starts"]) if first]
+        batch["started_ids"] = [_qualified(b, sid) for b in blocks
+                                for sid, first in zip(b["sample_ids"], b["starts"]) if first]
         batch["num_tokens"] = sum(int(b["num_tokens"]) for b in blocks)
         seqlens = [n for b in blocks for n in b["seqlens"]]
         batch["cu_seqlens"] = torch.tensor([0, *accumulate(seqlens)], dtype=torch.int32)
@@ -333,6 +334,11 @@ class BlockCollator:
         block = block_arrays([], self.seq_len, self.pad_id)
         block.update(attention_mask=np.ones(self.seq_len, dtype=np.int64), is_pad=True, sample_ids=[])
         return self([block] * batch_size)
+
+
+def _qualified(block: dict, sample_id: str) -> str:
+    """``SOURCE/SSSSS:RRRRRR`` for blocks drawn by a MixedStream (ids repeat across shard sets)."""
+    return f"{block['source']}/{sample_id}" if "source" in block else sample_id
 
 
 def lockstep(batches: Iterable[dict], filler: dict, *, device=None, group=None) -> Iterator[dict]:

@@ -225,3 +225,5 @@ def test_mixture_of_packed_streams_resumes(tmp_path, minilm):
     loader2 = make_loader(make(), 3, collate_fn=collate)
     loader2.load_state_dict(state)
     assert first + [(b["source"].tolist(), b["input_ids"].tolist()) for b in loader2] == full
+    started = [sid for b in make_loader(make(), 3, collate_fn=collate) for sid in b["started_ids"]]
+    assert len(started) == len(set(started)) and {s.split("/")[0] for s in started} == {"0", "1"}
