@@ -7,6 +7,9 @@
 from .collate import Collator
 from .dataset import ShardStream, StreamConfig
 from .loader import loader_stats, make_loader
+from .mix import MixedStream, open_mixture, parse_mixture
+from .pack import BlockCollator, PackedStream, lockstep
 from .world import World, from_env
 
-__all__ = ["Collator", "ShardStream", "StreamConfig", "World", "from_env", "loader_stats", "make_loader"]
+__all__ = ["BlockCollator", "Collator", "MixedStream", "PackedStream", "ShardStream", "StreamConfig", "World",
+           "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture", "parse_mixture"]

@@ -140,9 +140,14 @@ class ShardStream(IterableDataset):
 
     # -- the stream --------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
+        # Not a generator itself: the resume offset and the consumed count are set when the
+        # iterator is made, because StatefulDataLoader snapshots state before the first next().
         worker_id, workers = world.worker()
         skip = self._resume_offset(worker_id, workers)
         self._consumed = skip
+        return self._stream(worker_id, workers, skip)
+
+    def _stream(self, worker_id: int, workers: int, skip: int) -> Iterator[dict]:
         plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
                           workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
         records = self._records(plan)

@@ -33,6 +33,8 @@ def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=No
                 persistent_workers: bool = False, pad_to_multiple_of: int | None = None,
                 multiprocessing_context: str | None = None) -> ShardLoader:
     """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id."""
+    if collate_fn is None and hasattr(dataset, "collator"):
+        collate_fn = dataset.collator()  # packed / mixed streams know their own batch layout
     ours = collate_fn is None
     if ours:
         collate_fn = Collator(pad_id=_pad_id(dataset), pad_to_multiple_of=pad_to_multiple_of,

@@ -160,3 +160,18 @@ def test_sst2_every_id_once_for_world_sizes(tmp_path, corpora, fmt):
         print(f"sst2 {fmt} world {world}: {len(real)} distinct ids, {pads} pads, batches/rank {batches}")
         assert len(real) == 67349 and set(real.values()) == {1}
         assert len(set(batches)) == 1
+
+
+def test_state_taken_right_after_iter_in_a_later_epoch_resumes_that_epoch(tmp_path):
+    # StatefulDataLoader snapshots state when the iterator is made; it must not carry the
+    # previous epoch's consumed count (which would skip the whole new epoch on resume).
+    url = build_set(tmp_path, n=20, max_records=6)
+    ds = ShardStream(url)
+    loader = make_loader(ds, 4, num_workers=0)
+    assert sum(1 for _ in loader) == 5
+    ds.set_epoch(1)
+    it = iter(loader)
+    state = json.dumps(loader.state_dict())
+    del it
+    resumed, _ = run(url, 0, 4, state=state)
+    assert len(resumed) == 5
