@@ -49,18 +49,29 @@ class RetryPolicy:
     read_timeout_s: float = 10.0    # per socket read (S3: botocore's read_timeout)
 
 
-# Retry counts are per process; the loader sums them over workers.
+# Retry counts are per process (a forked DataLoader worker starts from 0, not from its
+# parent's count); the loader sums them over workers.
 _stats_lock = threading.Lock()
 _stats = {"retries": 0}
 
 
 def retry_count() -> int:
+    """Transient read failures retried by read_object in this process so far."""
     return _stats["retries"]
 
 
 def _count_retry() -> None:
     with _stats_lock:
         _stats["retries"] += 1
+
+
+def _reset_after_fork() -> None:
+    global _stats_lock
+    _stats_lock = threading.Lock()  # another thread may have held it at fork time
+    _stats["retries"] = 0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def is_remote(url: str) -> bool:

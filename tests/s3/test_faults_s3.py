@@ -9,7 +9,7 @@ from pipeline import ShardStream, StreamConfig, loader_stats, make_loader
 from shards import storage
 from tests.conftest import build_set
 
-pytestmark = [pytest.mark.s3, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(300)]
 
 RECORDS, PER_SHARD, WORLD, WORKERS = 1000, 5, 2, 2
 

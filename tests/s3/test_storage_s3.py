@@ -107,7 +107,7 @@ def test_is_transient(exc, expected):
 
 
 class _FsProbe(torch.utils.data.IterableDataset):
-    """Yields (pid, pid that created the fs used, bytes read) from inside a DataLoader worker."""
+    """Yields (pid, pids that created the fs used, bytes read, retry count) from inside a worker."""
 
     def __init__(self, url, so):
         self.url, self.so = url, so
@@ -116,15 +116,16 @@ class _FsProbe(torch.utils.data.IterableDataset):
         fs, _ = storage.filesystem(self.url, self.so)
         read_fs, _ = storage._read_filesystem(self.url, self.so, storage.RetryPolicy())
         data = storage.read_object(self.url, self.so)
-        yield os.getpid(), fs._pid, read_fs._pid, len(data)
+        yield os.getpid(), fs._pid, read_fs._pid, len(data), storage.retry_count()
 
 
 def test_filesystems_are_made_in_each_forked_worker(blob, s3_options):
     url, data = blob
     assert storage.read_object(url, s3_options) == data  # the parent's fs and event loop now exist
+    storage._count_retry()  # a count the workers must not inherit: theirs are their own
     loader = torch.utils.data.DataLoader(_FsProbe(url, s3_options), batch_size=None, num_workers=2,
                                          multiprocessing_context="fork")
     rows = [tuple(int(x) for x in row) for row in loader]
     assert len(rows) == 2 and len({pid for pid, *_ in rows}) == 2
-    for pid, fs_pid, read_pid, n in rows:
-        assert pid != os.getpid() and fs_pid == pid and read_pid == pid and n == len(data)
+    for pid, fs_pid, read_pid, n, retries in rows:
+        assert pid != os.getpid() and fs_pid == pid and read_pid == pid and n == len(data) and retries == 0
