@@ -203,14 +203,18 @@ class ShortReadError(OSError):
 
 
 def _http_status(exc: BaseException) -> tuple[str | None, int | None]:
-    """(S3 error code, HTTP status) from a botocore ClientError anywhere in the cause chain."""
+    """(S3 error code, HTTP status) of a botocore ClientError in the explicit cause chain.
+
+    Only ``__cause__`` is followed (s3fs sets it when translating): an implicit
+    ``__context__`` may be an unrelated error handled earlier (a 404 probe).
+    """
     seen = 0
     while exc is not None and seen < 8:
         response = getattr(exc, "response", None)
         if isinstance(response, dict) and "Error" in response:
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return response["Error"].get("Code"), status
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
         seen += 1
     return None, None
 
@@ -241,11 +245,12 @@ _INHERITED: list = []
 def _read_filesystem(url: str, storage_options: dict | None, policy: "RetryPolicy"):
     """(fs, path) for read_object: for S3, one whose own retry layers are switched off.
 
-    s3fs retries each call 5 times, around botocore's own 5 attempts (and aiohttp
-    retries a request that failed on a reused keep-alive connection once): up to 25
-    tries and ~40 s hidden per chunk, none of them counted.  Our loop is the one in
-    control, so the S3 client here makes one attempt (unless ``config_kwargs.retries``
-    is given in storage_options) with the policy's timeouts.
+    By default s3fs retries each call 5 times around botocore's own 5 attempts: up to
+    25 tries and ~40 s hidden per chunk (measured: a 503 SlowDown object), none of them
+    counted.  Our loop is the one in control, so the S3 client here makes one attempt
+    (unless ``config_kwargs.retries`` is given in storage_options) with the policy's
+    timeouts.  What remains below us: aiohttp resends once a request that failed on a
+    reused keep-alive connection (a server may close idle ones), uncounted.
     """
     protocol = fsspec.utils.get_protocol(str(url))
     if protocol not in ("s3", "s3a"):
