@@ -217,42 +217,68 @@ def members(data, url: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def _samples(data, url: str) -> Iterator[dict[str, tuple[int, int]]]:
-    """Members grouped into samples: {extension: (start, end)} per consecutive key.
+class _Index:
+    """Where each sample's members lie: ``spans[ext]`` is an (n, 2) array of (start, end)."""
 
-    webdataset's grouping: the key is the path up to the first dot of the file name.
-    """
-    key, parts = None, {}
+    def __init__(self, n: int, spans: dict[str, np.ndarray]):
+        self.n, self.spans = n, spans
+
+
+# The index of the shard read last, by identity: a reader asks for several record
+# ranges of one shard in turn, and a tar (unlike Arrow) has no random access.
+# Holding it keeps no extra shard alive: the caller holds the shard while it reads.
+_last: tuple = (None, None)
+
+
+def _index(data, url: str) -> _Index:
+    global _last
+    cached, index = _last
+    if cached is data:
+        return index
+    index = _build_index(data, url)
+    _last = (data, index)
+    return index
+
+
+def _build_index(data, url: str) -> _Index:
+    """Members grouped into samples (webdataset's rule: the key is the path up to the
+    first dot of the file name); every sample must have the same members."""
+    spans: dict[str, list] = {}
+    key, parts, n = None, {}, 0
+
+    def close_sample():
+        if n == 0:
+            for ext in parts:
+                spans[ext] = []
+        if parts.keys() != spans.keys():
+            raise CorruptShardError(f"shard {url}: sample {key!r} has members {sorted(parts)}, the first "
+                                    f"sample has {sorted(spans)}; rebuild the shard")
+        for ext, span in parts.items():
+            spans[ext].append(span)
+
     for name, start, end in members(data, url):
         slash = name.rfind("/") + 1
         dot = name.find(".", slash)
         k, ext = (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
         if k != key and key is not None:
-            yield parts
+            close_sample()
+            n += 1
             parts = {}
         key = k
         parts[ext] = (start, end)
     if key is not None:
-        yield parts
+        close_sample()
+        n += 1
+    return _Index(n, {ext: np.asarray(v, dtype=np.int64).reshape(-1, 2) for ext, v in spans.items()})
 
 
 def read_batches(data, url: str, start: int = 0, stop: int | None = None,
                  columns: tuple[str, ...] = ("text", "label", "input_ids")) -> Iterator[Batch]:
+    index = _index(data, url)
+    stop = index.n if stop is None else min(stop, index.n)
     view = memoryview(data)
-    rows: list[dict] = []
-    first = start
-    for index, parts in enumerate(_samples(data, url)):
-        if stop is not None and index >= stop:
-            break
-        if index < start:
-            continue
-        rows.append(parts)
-        if len(rows) == BATCH_ROWS:
-            yield _to_batch(view, rows, first, columns, url)
-            first += len(rows)
-            rows = []
-    if rows:
-        yield _to_batch(view, rows, first, columns, url)
+    for lo in range(start, stop, BATCH_ROWS):
+        yield _to_batch(view, index, lo, min(lo + BATCH_ROWS, stop), columns, url)
 
 
 def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
@@ -268,16 +294,16 @@ def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-def _to_batch(view: memoryview, rows: list[dict], start: int, columns, url: str) -> Batch:
+def _to_batch(view: memoryview, index: _Index, lo: int, hi: int, columns, url: str) -> Batch:
+    def spans(ext: str, column: str):
+        return index.spans[ext][lo:hi].tolist() if ext in index.spans and column in columns else None
+
+    txt, cls, npy = spans("txt", "text"), spans("cls", "label"), spans("input_ids.npy", "input_ids")
     try:
-        text = ([str(view[a:b], "utf-8") for a, b in (r["txt"] for r in rows)]
-                if "txt" in rows[0] and "text" in columns else None)
-        label = (np.array([int(bytes(view[a:b])) for a, b in (r["cls"] for r in rows)], dtype=np.int64)
-                 if "cls" in rows[0] and "label" in columns else None)
-        ids = ([_load_npy(view[a:b], url, start + i) for i, (a, b) in
-                enumerate(r["input_ids.npy"] for r in rows)]
-               if "input_ids.npy" in rows[0] and "input_ids" in columns else None)
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise CorruptShardError(f"shard {url}: malformed sample near record {start} ({exc!r}); "
+        text = [str(view[a:b], "utf-8") for a, b in txt] if txt is not None else None
+        label = np.array([int(view[a:b]) for a, b in cls], dtype=np.int64) if cls is not None else None
+        ids = [_load_npy(view[a:b], url, lo + i) for i, (a, b) in enumerate(npy)] if npy is not None else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptShardError(f"shard {url}: malformed sample in records {lo}..{hi - 1} ({exc!r}); "
                                 f"rebuild it") from exc
-    return Batch(start, text, label, ids)
+    return Batch(lo, text, label, ids)

@@ -224,3 +224,25 @@ def test_arrow_damaged_batch_body_raises(tmp_path):
     except CorruptShardError:
         return
     assert [t for b in batches for t in b.text] != TEXTS  # flipped bytes inside values: content differs
+
+
+def test_tar_ranges_read_in_turn_match_whole(tmp_path):
+    """Readers ask for many record ranges of one shard; the member index is built once."""
+    data = write(format_tar, tmp_path / "s.tar")
+    whole = [t for b in format_tar.read_batches(data, "s") for t in b.text]
+    pieces = [t for lo in range(0, len(TEXTS), 100)
+              for b in format_tar.read_batches(data, "s", lo, lo + 100) for t in b.text]
+    assert pieces == whole == TEXTS
+
+
+def test_tar_samples_with_different_members_refused():
+    import tarfile as tf
+
+    buf = io.BytesIO()
+    with tf.open(fileobj=buf, mode="w", format=tf.USTAR_FORMAT) as tar:
+        for name in ("a.txt", "a.cls", "b.txt"):
+            info = tf.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"1"))
+    with pytest.raises(CorruptShardError, match=r"sample 'b' has members \['txt'\], the first sample has"):
+        list(format_tar.read_batches(buf.getvalue(), "mixed.tar"))
