@@ -112,7 +112,14 @@ class ShardStream(IterableDataset):
         self.epoch = int(epoch)
 
     # -- state -------------------------------------------------------------
+    def _update_retries(self) -> None:
+        # Only this stream's retries since its iterator started, counted per process.
+        now = storage.retry_count()
+        self.stats["retries"] += now - getattr(self, "_retries_seen", now)
+        self._retries_seen = now
+
     def state_dict(self) -> dict:
+        self._update_retries()
         worker_id, workers = world.worker()
         return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "consumed": self._consumed,
                 "rank": self.world.rank, "world_size": self.world.world_size, "worker": worker_id,
@@ -145,6 +152,7 @@ class ShardStream(IterableDataset):
         worker_id, workers = world.worker()
         skip = self._resume_offset(worker_id, workers)
         self._consumed = skip
+        self._retries_seen = storage.retry_count()
         return self._stream(worker_id, workers, skip)
 
     def _stream(self, worker_id: int, workers: int, skip: int) -> Iterator[dict]:
@@ -256,7 +264,7 @@ class ShardStream(IterableDataset):
                                    self.config.add_special_tokens)
 
     def _report_epoch(self) -> None:
-        self.stats["retries"] = storage.retry_count()
+        self._update_retries()
         if self.stats["skipped_shards"]:
             log.warning("epoch %d rank %d: skipped %d corrupt shard read(s), %d samples padded: %s",
                         self.epoch, self.world.rank, self.stats["skipped_shards"],
