@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (BadRecordError, ManifestError, CorruptShardError, EngineError, FileNotFoundError,
-            ValueError) as exc:
+            PermissionError, storage.StorageError, ValueError) as exc:
         print(f"shards {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
