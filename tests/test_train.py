@@ -177,3 +177,35 @@ def test_real_minilm_fine_tunes_a_few_steps(kit, tmp_path):
     m = metrics(out)
     assert m["model"] == "minilm" and m["eval_samples"] == 13
     assert minilm_path()  # the bundled model loaded offline
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_resume_at_every_step_across_epochs(kit, workers):
+    """The data side of --resume: saved after any step (epoch ends and partial batches included),
+    a fresh loader continues with exactly the batches and epoch numbers of the uninterrupted run."""
+    from pipeline import ShardStream, make_loader
+
+    def fresh():
+        ds = ShardStream(kit["train"], tokenizer=minilm_path(), max_length=16, shuffle=True, seed=7,
+                         rank=1, world_size=2)
+        return ds, make_loader(ds, 4, workers)
+
+    ds, loader = fresh()
+    batches = train.Batches(ds, loader, 0)
+    ref, states = [], []
+    for _ in range(14):  # 21 samples per rank per epoch: 6 batches (the last partial) → 2+ epochs
+        ids = batches.next()["sample_id"]
+        ref.append((batches.epoch, ids))
+        states.append((json.loads(json.dumps(loader.state_dict())), batches.epoch))
+    assert {e for e, _ in ref} == {0, 1, 2}
+    for step, (state, epoch) in enumerate(states[:-1]):
+        ds2, loader2 = fresh()
+        ds2.set_epoch(epoch)
+        loader2.load_state_dict(state)
+        again = train.Batches(ds2, loader2, epoch)
+        got = []
+        for _ in range(step + 1, len(ref)):
+            ids = again.next()["sample_id"]
+            got.append((again.epoch, ids))
+        assert got == ref[step + 1:], f"resumed after step {step}"
