@@ -158,7 +158,8 @@ def fail_dependents(build: list[Job], stream: list[Job]) -> None:
     for s in stream:
         writer = next((w for w, r in made.items() if r == s.name), None)
         if writer and status.get(writer, OK) != OK and not s.done:
-            s.status = f"failed: its build failed ({status[writer]})"
+            failed = status[writer]
+            s.status = failed if failed.startswith("not installed") else f"failed: its build failed ({failed})"
 
 
 def memory_section(args, work, tok, corpus1, stream_jobs, log) -> dict:
@@ -225,6 +226,17 @@ def versions_of(python: str | None) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def git_state() -> dict:
+    """The commit measured, and whether the project's code differed from it (others may be editing)."""
+    def git(*a):
+        out = subprocess.run(["git", *a], capture_output=True, text=True, cwd=str(ROOT))
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--", "shards", "pipeline")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "modified": [line[3:] for line in dirty.splitlines()] if dirty else []}
+
+
 def run(args) -> dict:
     t_start = time.time()
     peers = selected_peers(args.peers)
@@ -236,7 +248,7 @@ def run(args) -> dict:
     corpus = make_corpus(str(work), args.scale, base)
     print(f"corpus: {corpus.records:,} records, {corpus.bytes / 1e6:.1f} MB ({corpus.source} x{args.scale:g})", flush=True)
     meta = {"command": "python -m tools.bench " + " ".join(sys.argv[1:]), "scale": args.scale, "reps": args.reps,
-            "corpus": corpus.as_dict(), "machine": machine(), "peers": peers, "peer_python": ppy,
+            "corpus": corpus.as_dict(), "machine": machine(), "git": git_state(), "peers": peers, "peer_python": ppy,
             "settings": {"batch": 64, "workers": 2, "max_length": 128, "shuffle": True, "shuffle_buffer": 8192,
                          "shards_per_set": SHARDS_PER_SET, "tokenizer": tok, "tokenizers_parallelism": "false"},
             "versions": {"project_venv": versions_of(sys.executable), "peer_venv": versions_of(ppy) if peers else {}}}

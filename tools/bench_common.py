@@ -110,16 +110,38 @@ def count_padded(batch) -> tuple[int, int]:
     return int(mask.shape[0]), int(mask.sum())
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its children that have been waited for."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _live_children() -> int:
+    try:
+        import psutil
+    except ImportError:
+        return -1
+    return len(psutil.Process().children(recursive=True))
+
+
 def time_epoch(make_loader, expected: int | None = None, count=count_padded) -> dict:
     """One epoch through the loader ``make_loader()`` returns, timed from before its creation.
 
     ``ttfb_s``: creation (dataset, workers) to the first batch; ``count(batch)``
     gives (samples, real tokens), by default from the attention masks.
+    ``cpu_s``: CPU time of main + workers over the epoch (workers are reaped
+    when the loader is done), which other users of a shared machine disturb
+    far less than wall time; ``cpu_partial`` says some child was still alive.
     """
+    import gc
+
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     loader = make_loader()
     samples = tokens = batches = 0
-    ttfb = None
+    ttfb = batch = None
     for batch in loader:
         if ttfb is None:
             ttfb = time.perf_counter() - t0
@@ -128,12 +150,15 @@ def time_epoch(make_loader, expected: int | None = None, count=count_padded) -> 
         tokens += t
         batches += 1
     seconds = time.perf_counter() - t0
+    del loader, batch
+    gc.collect()
+    cpu = cpu_seconds() - cpu0
     out = {"samples": samples, "tokens": tokens, "batches": batches, "epoch_s": seconds,
            "ttfb_s": ttfb if ttfb is not None else float("nan"),
-           "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds}
+           "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+           "cpu_s": cpu, "samples_per_cpu_s": samples / cpu, "cpu_partial": _live_children() > 0}
     if expected is not None:
         out["expected_samples"] = expected
-    del loader
     return out
 
 
@@ -173,14 +198,14 @@ def versions(names) -> dict:
 
 
 # -- the raw tokenizer ceiling -------------------------------------------------
-def _tokenize_all(tok, texts: list[str]) -> tuple[int, float, float]:
-    """(tokens, start, end): ``tok(1024 texts)`` in a loop, ids pulled out as the stream must."""
-    start = time.perf_counter()
+def _tokenize_all(tok, texts: list[str]) -> tuple[int, float, float, float]:
+    """(tokens, start, end, cpu s): ``tok(1024 texts)`` in a loop, ids pulled out as the stream must."""
+    start, cpu0 = time.perf_counter(), time.process_time()
     tokens = 0
     for i in range(0, len(texts), CEILING_CHUNK):
         encs = encode(tok, texts[i:i + CEILING_CHUNK])
         tokens += sum(len(ids) for ids in (e.ids for e in encs))
-    return tokens, start, time.perf_counter()
+    return tokens, start, time.perf_counter(), time.process_time() - cpu0
 
 
 def _ceiling_child(path, texts, barrier, conn):
@@ -198,7 +223,7 @@ def ceiling_once(path: str, texts: list[str], procs: int) -> dict:
     the system-wide monotonic clock on Linux).
     """
     if procs == 1:
-        tokens, start, end = _tokenize_all(load_tok(path), texts)
+        tokens, start, end, cpu = _tokenize_all(load_tok(path), texts)
     else:
         import multiprocessing as mp
 
@@ -217,9 +242,11 @@ def ceiling_once(path: str, texts: list[str], procs: int) -> dict:
             child.join()
         tokens = sum(p[0] for p in parts)
         start, end = min(p[1] for p in parts), max(p[2] for p in parts)
+        cpu = sum(p[3] for p in parts)
     seconds = end - start
-    return {"samples": len(texts), "tokens": tokens, "seconds": seconds,
-            "samples_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds}
+    return {"samples": len(texts), "tokens": tokens, "seconds": seconds, "cpu_s": cpu,
+            "samples_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds,
+            "samples_per_cpu_s": len(texts) / cpu}
 
 
 def task_ceiling(corpus: str, tokenizer: str, procs: int = 1, reps: int = 3, transformers: bool = False) -> dict:
@@ -231,14 +258,15 @@ def task_ceiling(corpus: str, tokenizer: str, procs: int = 1, reps: int = 3, tra
         hf = AutoTokenizer.from_pretrained(tokenizer)
         runs = []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             tokens = 0
             for i in range(0, len(texts), CEILING_CHUNK):
                 out = hf(texts[i:i + CEILING_CHUNK], truncation=True, max_length=MAX_LENGTH)
                 tokens += sum(len(x) for x in out["input_ids"])
-            s = time.perf_counter() - t0
-            runs.append({"samples": len(texts), "tokens": tokens, "seconds": s,
-                         "samples_per_s": len(texts) / s, "tokens_per_s": tokens / s})
+            s, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            runs.append({"samples": len(texts), "tokens": tokens, "seconds": s, "cpu_s": cpu,
+                         "samples_per_s": len(texts) / s, "tokens_per_s": tokens / s,
+                         "samples_per_cpu_s": len(texts) / cpu})
     else:
         runs = [ceiling_once(tokenizer, texts, procs) for _ in range(reps)]
     out = median_of(runs)
