@@ -141,7 +141,9 @@ def plan(work: pathlib.Path, corpus, tok: str, peers: list[str], ppy: str | None
     stream = [job("stream", "ours-otf", "stream_ours", dict(url=d("ours-arrow"), tokenizer=tok, **n)),
               job("stream", "ours-otf-tar", "stream_ours", dict(url=d("ours-tar"), tokenizer=tok, **n)),
               job("stream", "ours-pretok", "stream_ours", dict(url=d("ours-pretok"), tokenizer=tok, pretokenized=True, **n)),
-              job("stream", "map-style", "stream_mapstyle", dict(corpus=c, tokenizer=tok, **n))]
+              job("stream", "map-style", "stream_mapstyle", dict(corpus=c, tokenizer=tok, **n)),
+              job("stream", "map-style-numpy-ipc", "stream_mapstyle", dict(corpus=c, tokenizer=tok, numpy_ipc=True,
+                                                                           **n))]
     readers = {"webdataset": ("stream_webdataset", "wds"), "hf-datasets": ("stream_hf", "hf"),
                "mosaic": ("stream_mosaic", "mds"), "litdata": ("stream_litdata", "litdata")}
     for p in peers:

@@ -90,12 +90,29 @@ class ListDataset:
         return self.texts[i], self.labels[i]
 
 
+class NumpyCollate(PadCollate):
+    """The shared collate, returning numpy arrays: the workers pickle them instead of
+    passing torch tensors through shared memory (what the project's loader does)."""
+
+    def __call__(self, items) -> dict:
+        return {k: v.numpy() for k, v in super().__call__(items).items()}
+
+
+def _tensors(loader):
+    import torch
+
+    for batch in loader:
+        yield {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
 def task_stream_mapstyle(corpus: str, tokenizer: str, seed: int = 0, expected: int | None = None,
-                         workers: int = WORKERS) -> dict:
+                         workers: int = WORKERS, numpy_ipc: bool = False) -> dict:
     """Lists in a Dataset + DataLoader(shuffle=True, 2 workers) + the shared tokenizing collate.
 
     Reading the JSONL into lists is setup, paid once per run: it counts in
-    the time to first batch, not in the epoch's samples/s.
+    the time to first batch, not in the epoch's samples/s.  ``numpy_ipc``:
+    batches cross from the workers as numpy arrays, tensors made in the main
+    process, to show how much of a gap is that choice alone.
     """
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -107,8 +124,10 @@ def task_stream_mapstyle(corpus: str, tokenizer: str, seed: int = 0, expected: i
     gen = torch.Generator().manual_seed(seed)
 
     def make():
-        return DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=gen, num_workers=workers,
-                          collate_fn=PadCollate(tokenizer), prefetch_factor=2 if workers else None)
+        collate = (NumpyCollate if numpy_ipc else PadCollate)(tokenizer)
+        loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=gen, num_workers=workers,
+                            collate_fn=collate, prefetch_factor=2 if workers else None)
+        return _tensors(loader) if numpy_ipc else loader
 
     out = time_epoch(make, expected)
     out["load_s"] = load_s
