@@ -59,8 +59,20 @@ def _from_transformers(path: str):
     return load_tokenizer(fast)
 
 
+_FINGERPRINTS: dict[int, tuple[object, str]] = {}
+
+
 def fingerprint(tok) -> str:
-    """sha256 of the tokenizer's serialized vocabulary, model and pipeline."""
+    """sha256 of the tokenizer's serialized vocabulary, model and pipeline (memoised per object)."""
+    known = _FINGERPRINTS.get(id(tok))
+    if known is not None and known[0] is tok:
+        return known[1]
+    digest = _fingerprint(tok)
+    _FINGERPRINTS[id(tok)] = (tok, digest)  # keeps tok alive, so the id cannot be reused
+    return digest
+
+
+def _fingerprint(tok) -> str:
     data = json.loads(tok.to_str())
     data.pop("padding", None)
     data.pop("truncation", None)
