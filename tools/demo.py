@@ -115,12 +115,14 @@ def main(argv=None) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (the shards above are reused)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     t_train = time.perf_counter()
-    train = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-                 "-m", "pipeline.train", "--train", os.path.join(args.out, "shards", "train"),
-                 "--eval", os.path.join(args.out, "shards", "dev"), "--task", "classify", "--model", "minilm",
-                 "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                 "--max-length", str(args.max_length), "--num-workers", str(args.num_workers),
-                 "--seed", str(args.seed), "--out", run_dir, "--checkpoint-every", "50", "--audit"], env)
+    shard_dir = os.path.join(args.out, "shards")
+    train = run([sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port, not 29500
+                 "--nproc_per_node", str(args.nproc), "-m", "pipeline.train",
+                 "--train", os.path.join(shard_dir, "train"), "--eval", os.path.join(shard_dir, "dev"),
+                 "--task", "classify", "--model", "minilm", "--steps", str(args.steps),
+                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
+                 "--num-workers", str(args.num_workers), "--seed", str(args.seed), "--out", run_dir,
+                 "--checkpoint-every", "50", "--audit"], env)
     train_s = time.perf_counter() - t_train
     if train.returncode:
         print(f"demo: training failed with exit status {train.returncode} (see above)", file=sys.stderr)
