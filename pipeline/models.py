@@ -111,12 +111,14 @@ def lm_labels(batch: dict) -> torch.Tensor:
     return labels
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Mean next-token cross-entropy over the counted tokens; also (count, summed loss)."""
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the counted tokens (labels != IGNORE), and their count.
+
+    The caller divides by the count it wants (this rank's, or all ranks'); an
+    all-ignored batch sums to a zero that is still connected to the graph.
+    """
     labels = labels.to(logits.device)
     shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
     shift_labels = labels[:, 1:].reshape(-1)
     summed = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
-    count = int((shift_labels != IGNORE).sum().item())
-    # an all-ignored batch still yields a (zero) loss with a graph, so DDP's all-reduce runs
-    return summed / max(count, 1), count, summed.detach()
+    return summed, int((shift_labels != IGNORE).sum().item())

@@ -31,7 +31,9 @@ from shards.cli import parse_storage_options
 
 from . import checkpoint, metrics, models
 from .audit import AuditLog, absolute_url
-from .dataset import ShardStream
+from .batches import Batches
+from .dataset import ShardStream, StreamConfig
+from .evaluate import all_sum, autocast, evaluate
 from .loader import make_loader
 from .world import World, from_env
 
@@ -53,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 classify, 5e-4 lm)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warm-up")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sample (truncated)")
+    p.add_argument("--pack", type=int, metavar="SEQ_LEN",
+                   help="lm: pack documents into blocks of SEQ_LEN tokens (pipeline.pack) instead of padding")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train")
@@ -66,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.pack is not None and (args.task != "lm" or args.pack < 2):
+        p.error(f"--pack {args.pack}: needs --task lm and a block length >= 2 (typical: 512-4096)")
+    if args.pack is not None and args.audit:
+        p.error("--audit counts whole samples; packed blocks split documents, so use it without --pack")
     args.model = args.model or models.DEFAULT_MODEL[args.task]
     args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
     args.lr = args.lr or DEFAULT_LR[args.task]
@@ -86,13 +94,6 @@ def setup(world: World) -> torch.device:
     return device
 
 
-def all_sum(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 def all_gather(obj, world: World) -> list:
     if not dist.is_initialized():
         return [obj]
@@ -108,44 +109,18 @@ def make_stream(url: str, args, world: World, shuffle: bool) -> ShardStream:
                        storage_options=args.storage_options)
 
 
-def train_dataset(args, world: World) -> ShardStream:
-    """The training stream of this rank.
+def train_dataset(args, world: World):
+    """(this rank's ShardStream, what its loader reads: the stream or, with --pack, its LM blocks)."""
+    if args.pack is None:
+        stream = make_stream(args.train, args, world, shuffle=True)
+        return stream, stream
+    from .pack import PackedStream
 
-    For ``--task lm`` a packing stage (pipeline/pack.py) plugs in here: it must
-    wrap this stream, keep ``set_epoch`` / ``state_dict`` / ``load_state_dict``,
-    and yield items with ``input_ids`` (optionally 2-D ``labels``) and the
-    ``sample_id`` / ``is_pad`` fields the audit and the loss use.
-    """
-    return make_stream(args.train, args, world, shuffle=True)
-
-
-class Batches:
-    """Endless batches over epochs: when the loader runs out, the next epoch starts."""
-
-    def __init__(self, dataset, loader, epoch: int = 0):
-        self.dataset, self.loader, self.epoch = dataset, loader, epoch
-        self.dataset.set_epoch(epoch)
-        self._it = None
-
-    def _iter(self):
-        # creating an iterator draws a seed from the global RNG; fork it so the
-        # dropout stream does not depend on when epochs start or a resume happened
-        with torch.random.fork_rng(devices=[]):
-            return iter(self.loader)
-
-    def next(self) -> dict:
-        if self._it is None:
-            self._it = self._iter()
-        try:
-            return next(self._it)
-        except StopIteration:
-            self.epoch += 1
-            self.dataset.set_epoch(self.epoch)
-            self._it = self._iter()
-        try:
-            return next(self._it)
-        except StopIteration:
-            raise ValueError("the training stream is empty: the shard set has no records") from None
+    # whole documents go into blocks: no truncation at --max-length, no text carried along
+    stream = ShardStream(args.train, tokenizer=args.tokenizer, shuffle=True, seed=args.seed, rank=world.rank,
+                         world_size=world.world_size, storage_options=args.storage_options,
+                         config=StreamConfig(keep_text=False))
+    return stream, PackedStream(stream, args.pack)
 
 
 # -- model -----------------------------------------------------------------------
@@ -158,6 +133,7 @@ class Parts:
 
 
 def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
+    """Model (DDP-wrapped when world size > 1), AdamW and the linear warm-up/decay schedule."""
     labels = train_ds.label_names
     if args.task == "classify" and not labels:
         raise ValueError(f"--train {args.train}: shards have no labels; rebuild them with --label-field "
@@ -166,7 +142,7 @@ def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = models.load_model(args.task, args.model, num_labels=len(labels or []) or None,
                               vocab_size=tok.get_vocab_size() if tok else None,
-                              max_positions=max(args.max_length, 128),
+                              max_positions=max(args.max_length, args.pack or 0, 128),
                               pad_id=shards.special_ids(tok)["pad"] if tok else 0).to(device)
     ddp = None
     if world.world_size > 1:
@@ -182,24 +158,26 @@ def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
     return Parts(model, ddp, optimizer, scheduler)
 
 
-def autocast(args, device):
-    if args.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def forward_loss(net, batch: dict, task: str, device) -> tuple[torch.Tensor, int, int]:
     """(loss, samples counted, tokens counted) of one micro-batch; pads weigh nothing."""
     ids = batch["input_ids"].to(device, non_blocking=True)
-    mask = batch["attention_mask"].to(device, non_blocking=True)
-    logits = net(input_ids=ids, attention_mask=mask).logits
     real = ~batch["is_pad"]
-    tokens = int(batch["attention_mask"][real].sum())
+    if "position_ids" in batch:  # packed blocks: positions restart per document, which HF turns
+        # into a per-document causal mask when no attention_mask is given
+        logits = net(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False).logits
+        tokens = int(batch["num_tokens"])
+    else:
+        logits = net(input_ids=ids, attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+        tokens = int(batch["attention_mask"][real].sum())
     if task == "classify":
         loss, n = models.classify_loss(logits, batch)
         return loss, n, tokens
-    loss, _, _ = models.lm_loss(logits, models.lm_labels(batch))
-    return loss, int(real.sum()), tokens
+    summed, count = models.lm_loss(logits, models.lm_labels(batch))
+    # mean over the tokens of all ranks: DDP averages gradients, so scale by world / global count;
+    # a rank with fewer (or no: lockstep filler) tokens then weighs exactly its share
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    total = all_sum([float(count)], device)[0]
+    return summed * (world_size / max(total, 1.0)), int(real.sum()), tokens
 
 
 # -- the loop --------------------------------------------------------------------
@@ -212,13 +190,13 @@ class Result:
 
 
 def train(args, world: World, device) -> Result:
-    train_ds = train_dataset(args, world)
+    stream, train_ds = train_dataset(args, world)
     loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
-    parts = build_parts(args, train_ds, world, device)
+    parts = build_parts(args, stream, world, device)
     ckpt = checkpoint.load(args.out, device) if args.resume else None
-    start, epoch, history = 0, 0, []
+    start, position, history = 0, {"epoch": 0, "exhausted": False}, []
     if ckpt is not None:
-        start, epoch, history = restore(ckpt, parts, train_ds, loader, args, world)
+        start, position, history = restore(ckpt, parts, train_ds, loader, args, world)
     elif args.resume:
         log.warning("--resume: no checkpoint in %s, starting from step 0", checkpoint.checkpoint_root(args.out))
     elif checkpoint.latest_name(checkpoint.checkpoint_root(args.out)):
@@ -226,8 +204,9 @@ def train(args, world: World, device) -> Result:
     torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
     if ckpt is not None:
         checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
-    batches = Batches(train_ds, loader, epoch)
-    audit = AuditLog(args.out, world.rank, audit_header(args, train_ds, world), start) if args.audit else None
+    filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
+    batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
+    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start) if args.audit else None
     meter = metrics.Meter(world.world_size)
     net = parts.ddp or parts.model
     net.train()
@@ -242,7 +221,7 @@ def train(args, world: World, device) -> Result:
             last = micro == args.grad_accum - 1
             sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
             with sync:
-                with autocast(args, device):
+                with autocast(args.precision, device):
                     loss, n, k = forward_loss(net, batch, args.task, device)
                 (loss / args.grad_accum).backward()
             loss_value += loss.item() / args.grad_accum
@@ -263,7 +242,7 @@ def train(args, world: World, device) -> Result:
         audit.close()
     summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
     summary.update(resumed_from=start, epochs_started=batches.epoch + 1)
-    return Result(summary, history, parts, train_ds.label_names)
+    return Result(summary, history, parts, stream.label_names)
 
 
 def audit_header(args, ds: ShardStream, world: World) -> dict:
@@ -275,7 +254,7 @@ def audit_header(args, ds: ShardStream, world: World) -> dict:
 def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit) -> None:
     if audit:
         audit.sync()  # the audit lines a checkpoint vouches for are on disk before it is
-    mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), "epoch": batches.epoch}
+    mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
     ranks = all_gather(mine, world)
     if world.rank == 0:
         meta = {"epoch": batches.epoch, "world_size": world.world_size, "num_workers": args.num_workers,
@@ -287,7 +266,7 @@ def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, 
 
 
 def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, args, world: World):
-    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, epoch, history)."""
+    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history)."""
     saved = (ckpt.state["world_size"], ckpt.state["num_workers"], ckpt.state["seed"])
     if saved != (world.world_size, args.num_workers, args.seed):
         raise ValueError(f"{ckpt.path}: saved with world size {saved[0]}, --num-workers {saved[1]}, --seed "
@@ -298,38 +277,20 @@ def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, 
     parts.scheduler.load_state_dict(ckpt.scheduler)
     mine = ckpt.state["ranks"][world.rank]
     ds.set_epoch(mine["epoch"])
-    loader.load_state_dict(mine["loader"])
+    if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
+        loader.load_state_dict(mine["loader"])
     log.info("resumed from %s (step %d, epoch %d)", ckpt.path, ckpt.step, mine["epoch"])
-    return ckpt.step, mine["epoch"], list(ckpt.state.get("history", []))
+    position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
+    return ckpt.step, position, list(ckpt.state.get("history", []))
 
 
-# -- evaluation ------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(args, model, world: World, device, train_labels) -> dict:
-    """Every rank scores its part of the eval stream (pads excluded); the sums are all-reduced."""
+def evaluate_run(args, model, world: World, device, train_labels) -> dict:
     ds = make_stream(args.eval, args, world, shuffle=False)
     if args.task == "classify" and ds.label_names != train_labels:
         raise ValueError(f"--eval {args.eval}: label names {ds.label_names} differ from the train set's "
                          f"{train_labels}; build both with the same --label-names")
-    model.eval()
-    correct = count = loss_sum = loss_count = 0.0
-    for batch in make_loader(ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda"):
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        with autocast(args, device):
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        real = (~batch["is_pad"]).to(device)
-        if args.task == "classify":
-            labels = batch["labels"].to(device)
-            per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-            correct += float(((logits.argmax(-1) == labels) & real).sum())
-            count += float(real.sum())
-            loss_sum, loss_count = loss_sum + float((per * real).sum()), count
-        else:
-            _, n, summed = models.lm_loss(logits, models.lm_labels(batch))
-            loss_sum, loss_count = loss_sum + float(summed), loss_count + n
-    model.train()
-    sums = all_sum([correct, count, loss_sum, loss_count], device)
-    return metrics.eval_figures(args.task, *sums)
+    loader = make_loader(ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
+    return evaluate(model, loader, args.task, device, args.precision)
 
 
 def quiet_libraries(rank: int) -> None:
@@ -354,7 +315,7 @@ def main(argv=None) -> int:
         result = train(args, world, device)
         summary = result.summary
         if args.eval:
-            summary.update(evaluate(args, result.parts.model, world, device, result.label_names))
+            summary.update(evaluate_run(args, result.parts.model, world, device, result.label_names))
         if world.rank == 0:
             result.parts.model.save_pretrained(os.path.join(args.out, "model"))
             summary.update(task=args.task, model=args.model, precision=args.precision, device=device.type,

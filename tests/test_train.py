@@ -209,3 +209,87 @@ def test_batches_resume_at_every_step_across_epochs(kit, workers):
             ids = again.next()["sample_id"]
             got.append((again.epoch, ids))
         assert got == ref[step + 1:], f"resumed after step {step}"
+
+
+@pytest.mark.timeout(120)
+def test_lm_packed_blocks_one_process_and_crash_resume(kit, tmp_path, monkeypatch):
+    extra = ["--pack", "24", "--checkpoint-every", "3", "--seed", "1"]
+    ref, out = tmp_path / "ref", tmp_path / "resumed"
+    assert train.main(train_args(kit["train"], kit["eval"], kit["gpt2"], ref, 8, 2, "lm", *extra)) == 0
+    m = metrics(ref)
+    assert m["perplexity"] > 1 and m["tokens_per_s"] > 0
+    with monkeypatch.context() as mp:
+        crash_at(mp, 5)
+        with pytest.raises(Crash):
+            train.main(train_args(kit["train"], kit["eval"], kit["gpt2"], out, 8, 2, "lm", *extra))
+    assert train.main(train_args(kit["train"], kit["eval"], kit["gpt2"], out, 8, 2, "lm", *extra, "--resume")) == 0
+    assert same_weights(final_weights(ref), final_weights(out)) == []
+
+
+@pytest.mark.parametrize("bad", [["--task", "classify", "--pack", "16"], ["--task", "lm", "--pack", "16", "--audit"],
+                                 ["--task", "lm", "--pack", "1"]])
+def test_pack_flag_is_validated(bad, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--train", "x", "--steps", "1", "--batch-size", "1", *bad])
+    assert "--pack" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_lockstep_filler_steps_resume_without_replaying_the_epoch(kit, monkeypatch):
+    """A checkpoint taken while this rank's loader is spent and lockstep hands out fillers
+    (other ranks still have blocks) resumes with fillers, then the next epoch, exactly."""
+    import pipeline.pack as pack
+    from pipeline import ShardStream, make_loader
+
+    filler = {"filler": True}
+    other = {"pos": 0}  # steps the (simulated) other rank has taken in this epoch; it takes 8 per epoch
+
+    def lockstep_with_a_longer_rank(batches, fill, **kw):
+        it, done = iter(batches), False
+        while True:
+            b = None if done else next(it, None)
+            done = b is None
+            if done and other["pos"] >= 8:
+                other["pos"] = 0
+                return
+            other["pos"] += 1
+            yield fill if b is None else b
+    monkeypatch.setattr(pack, "lockstep", lockstep_with_a_longer_rank)
+
+    def fresh():
+        ds = ShardStream(kit["train"], tokenizer=minilm_path(), max_length=16, shuffle=True, seed=2)
+        return ds, make_loader(ds, 8, 0)
+
+    def key(b):
+        return "filler" if "filler" in b else tuple(b["sample_id"])
+
+    ds, loader = fresh()
+    batches = train.Batches(ds, loader, 0, lockstep=filler)
+    ref, states = [], []
+    for _ in range(15):  # 41 samples, batch 8: 6 batches + 2 fillers per epoch
+        b = batches.next()
+        ref.append((batches.epoch, key(b)))
+        states.append((json.loads(json.dumps(loader.state_dict())), batches.state_dict()))
+    assert [k for _, k in ref[:9]].count("filler") == 2 and ref[8][0] == 1
+    for step, (state, position) in enumerate(states[:-1]):
+        ds2, loader2 = fresh()
+        ds2.set_epoch(position["epoch"])
+        if not position["exhausted"]:
+            loader2.load_state_dict(state)
+        again = train.Batches(ds2, loader2, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
+        other["pos"] = [e for e, _ in ref[:step + 1]].count(position["epoch"])  # the other rank resumes too
+        got = []
+        for _ in range(step + 1, len(ref)):
+            b = again.next()
+            got.append((again.epoch, key(b)))
+        assert got == ref[step + 1:], f"resumed after step {step} ({position})"
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(240)
+def test_two_processes_packed_lm_with_workers(kit, tmp_path):
+    out = tmp_path / "packed"
+    run_torchrun(2, train_args(kit["train"], kit["eval"], kit["gpt2"], out, 6, 2, "lm", "--pack", "24",
+                               "--num-workers", "2", "--checkpoint-every", "2"))
+    m = metrics(out)
+    assert m["world_size"] == 2 and m["perplexity"] > 1
