@@ -257,21 +257,26 @@ def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, 
     mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
     ranks = all_gather(mine, world)
     if world.rank == 0:
-        meta = {"epoch": batches.epoch, "world_size": world.world_size, "num_workers": args.num_workers,
-                "seed": args.seed, "task": args.task, "train": args.train, "history": history}
+        meta = {"epoch": batches.epoch, **run_settings(args, world), "train": args.train, "history": history}
         path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta)
         log.info("checkpoint step %d -> %s", step, path)
     if dist.is_initialized():
         dist.barrier()  # nobody runs ahead of a checkpoint that may still fail to write
 
 
+def run_settings(args, world: World) -> dict:
+    """What the sequence of batches depends on: a resume must not change it."""
+    return {"world_size": world.world_size, "num_workers": args.num_workers, "seed": args.seed,
+            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "task": args.task, "pack": args.pack}
+
+
 def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, args, world: World):
     """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history)."""
-    saved = (ckpt.state["world_size"], ckpt.state["num_workers"], ckpt.state["seed"])
-    if saved != (world.world_size, args.num_workers, args.seed):
-        raise ValueError(f"{ckpt.path}: saved with world size {saved[0]}, --num-workers {saved[1]}, --seed "
-                         f"{saved[2]}; this run has {world.world_size}, {args.num_workers}, {args.seed}. "
-                         f"Resume with the same values (the data order depends on them) or use a new --out")
+    now = run_settings(args, world)
+    changed = {k: (ckpt.state.get(k), v) for k, v in now.items() if ckpt.state.get(k) != v}
+    if changed:
+        raise ValueError(f"{ckpt.path}: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                         + ". Resume with the same values (the batches depend on them) or use a new --out")
     parts.model.load_state_dict(ckpt.model)
     parts.optimizer.load_state_dict(ckpt.optimizer)
     parts.scheduler.load_state_dict(ckpt.scheduler)

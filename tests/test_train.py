@@ -114,7 +114,7 @@ def test_crash_and_resume_gives_same_batches_and_weights(kit, tmp_path, monkeypa
 def test_resume_refuses_other_worker_count(kit, tmp_path):
     out = tmp_path / "run"
     assert train.main(train_args(kit["train"], None, kit["bert"], out, 2, 4, "classify")) == 0
-    with pytest.raises(ValueError, match="num-workers"):
+    with pytest.raises(ValueError, match="num_workers was 0, now 1"):
         train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
                               "--num-workers", "1"))
 
