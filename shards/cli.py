@@ -171,7 +171,7 @@ def cmd_verify(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import main as audit_main
 
-    return audit_main([args.dir] + (["--storage-option", *args.storage_option] if args.storage_option else []))
+    return audit_main([args.dir] + [a for pair in args.storage_option for a in ("--storage-option", pair)])
 
 
 def main(argv: list[str] | None = None) -> int:
