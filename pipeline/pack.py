@@ -348,7 +348,7 @@ def lockstep(batches: Iterable[dict], filler: dict, *, device=None, group=None) 
     same number of steps even when block counts differ.  Without an initialised
     process group the batches pass through.  ``device``: where the flag lives (CUDA
     for NCCL; the default follows the backend).  Losses must be token sums divided by
-    the global count of labels != -100 so filler steps add nothing (see the report).
+    the global count of labels != -100 so filler steps add nothing (as pipeline.train does).
     """
     import torch.distributed as dist
 
