@@ -65,6 +65,7 @@ def test_pss_counts_children():
     m = run_measured([sys.executable, "-c", code], interval=0.02)
     assert m.returncode == 0
     assert m.peak_pss > 80 << 20 and m.peak_processes == 2
+    assert 80 << 20 < m.peak_pss_data <= m.peak_pss
 
 
 def test_corpus_scales_and_reuses(tmp_path):

@@ -21,6 +21,7 @@ from .bench_memory import run_measured
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OK = "ok"
+COUNTS = {"samples", "tokens", "records", "batches", "shards", "expected_samples"}
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Job:
     python: str | None = sys.executable   # None: the peer venv is missing
     missing_reason: str = ""
     runs: list = field(default_factory=list)
-    pss: list = field(default_factory=list)
+    pss: list = field(default_factory=list)       # peak PSS per run, bytes
+    pss_data: list = field(default_factory=list)  # peak anon + shmem PSS per run, bytes
     status: str = OK
 
     @property
@@ -75,10 +77,12 @@ def run_once(job: Job, timeout: float, log) -> None:
     else:
         job.runs.append(result)
         job.pss.append(measured.peak_pss)
+        job.pss_data.append(measured.peak_pss_data)
     if job.done:
         (pathlib.Path(log.name).parent / f"{job.section}-{job.name}.stderr.txt").write_text(measured.stderr)
     log.write(json.dumps({"section": job.section, "name": job.name, "status": job.status,
                           "seconds": round(measured.seconds, 2), "peak_pss": measured.peak_pss,
+                          "peak_pss_data": measured.peak_pss_data,
                           "result": result}) + "\n")
     log.flush()
 
@@ -104,8 +108,8 @@ def summary(job: Job) -> dict:
     keys = [k for k, v in job.runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     for key in keys:
         values = [r[key] for r in job.runs if isinstance(r.get(key), (int, float))]
-        if all(isinstance(v, int) for v in values):
-            out[key] = values[0] if len(set(values)) == 1 else values
+        if all(isinstance(v, int) for v in values) and (len(set(values)) == 1 or key in COUNTS):
+            out[key] = values[0] if len(set(values)) == 1 else values  # counts that differ: a finding, keep all
         else:
             out[key] = statistics.median(values)
     for key, value in job.runs[0].items():
@@ -117,6 +121,7 @@ def summary(job: Job) -> dict:
         out["spread"] = {"key": rate, "min": min(values), "max": max(values)}
     if job.pss:
         out["peak_pss_mb"] = max(job.pss) / 2**20
+        out["peak_pss_data_mb"] = max(job.pss_data) / 2**20
     out["reps"] = len(job.runs)
     out["runs"] = job.runs
     return out
