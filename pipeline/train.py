@@ -43,7 +43,8 @@ DEFAULT_LR = {"classify": 5e-5, "lm": 5e-4}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pipeline.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", required=True, help="train shard set (folder or index.json URL)")
+    p.add_argument("--train", required=True,
+                   help="train shard set (folder or index.json URL), or a mixture URL:WEIGHT,URL:WEIGHT")
     p.add_argument("--eval", help="eval shard set; evaluated once at the end")
     p.add_argument("--task", choices=models.TASKS, default="classify")
     p.add_argument("--model", help=f"built-in name ({', '.join(models.BUILTIN)}) or local HF model dir; "
@@ -74,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--pack {args.pack}: needs --task lm and a block length >= 2 (typical: 512-4096)")
     if args.pack is not None and args.audit:
         p.error("--audit counts whole samples; packed blocks split documents, so use it without --pack")
+    if args.audit and "," in args.train:
+        p.error("--audit checks one shard set; a --train mixture repeats and cuts sets, so audit runs of one set")
     args.model = args.model or models.DEFAULT_MODEL[args.task]
     args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
     args.lr = args.lr or DEFAULT_LR[args.task]
@@ -110,17 +113,28 @@ def make_stream(url: str, args, world: World, shuffle: bool) -> ShardStream:
 
 
 def train_dataset(args, world: World):
-    """(this rank's ShardStream, what its loader reads: the stream or, with --pack, its LM blocks)."""
-    if args.pack is None:
-        stream = make_stream(args.train, args, world, shuffle=True)
-        return stream, stream
+    """(this rank's first ShardStream, what its loader reads).
+
+    ``--train a/:0.7,b/:0.3`` mixes shard sets (pipeline.mix, stopping when the first runs out);
+    with ``--pack`` the (mixed) documents are packed into LM blocks.
+    """
+    from .mix import MixedStream, parse_mixture
     from .pack import PackedStream
 
-    # whole documents go into blocks: no truncation at --max-length, no text carried along
-    stream = ShardStream(args.train, tokenizer=args.tokenizer, shuffle=True, seed=args.seed, rank=world.rank,
-                         world_size=world.world_size, storage_options=args.storage_options,
-                         config=StreamConfig(keep_text=False))
-    return stream, PackedStream(stream, args.pack)
+    sources = parse_mixture(args.train)
+    if args.pack is None:
+        streams = [make_stream(url, args, world, shuffle=True) for url, _ in sources]
+    else:  # whole documents go into blocks: no truncation at --max-length, no text carried along
+        streams = [ShardStream(url, tokenizer=args.tokenizer, shuffle=True, seed=args.seed, rank=world.rank,
+                               world_size=world.world_size, storage_options=args.storage_options,
+                               config=StreamConfig(keep_text=False)) for url, _ in sources]
+    names = {tuple(s.label_names or ()) for s in streams}
+    if args.task == "classify" and len(names) > 1:
+        raise ValueError(f"--train {args.train}: the mixed sets have different label names {sorted(names)}; "
+                         f"build them with the same --label-names")
+    docs = streams[0] if len(streams) == 1 else MixedStream(
+        [(s, w) for s, (_, w) in zip(streams, sources)], seed=args.seed, stop="first_exhausted")
+    return streams[0], docs if args.pack is None else PackedStream(docs, args.pack)
 
 
 # -- model -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import checkpoint, train
-from tests.conftest import minilm_path
+from tests.conftest import build_set, minilm_path
 from tests.trainkit import (audit_lines, final_weights, metrics, run_torchrun, same_weights, shard_sets,
                             tiny_bert, tiny_gpt2, train_args)
 
@@ -293,3 +293,15 @@ def test_two_processes_packed_lm_with_workers(kit, tmp_path):
                                "--num-workers", "2", "--checkpoint-every", "2"))
     m = metrics(out)
     assert m["world_size"] == 2 and m["perplexity"] > 1
+
+
+@pytest.mark.timeout(240)
+def test_train_on_a_weighted_mixture_of_shard_sets(kit, tmp_path):
+    other = build_set(tmp_path, n=30, max_records=5, name="other")
+    out = tmp_path / "mixed"
+    train.main(train_args(f"{kit['train']}:0.7,{other}:0.3", kit["eval"], kit["bert"], out, 4, 4, "classify",
+                          "--checkpoint-every", "2"))
+    assert metrics(out)["steps"] == 4
+    train.main(train_args(f"{kit['train']}:0.7,{other}:0.3", kit["eval"], kit["bert"], out, 6, 4, "classify",
+                          "--resume"))
+    assert metrics(out)["steps"] == 6 and metrics(out)["resumed_from"] == 4
