@@ -232,14 +232,18 @@ def versions_of(python: str | None) -> dict:
 
 
 def git_state() -> dict:
-    """The commit measured, and whether the project's code differed from it (others may be editing)."""
-    def git(*a):
-        out = subprocess.run(["git", *a], capture_output=True, text=True, cwd=str(ROOT))
-        return out.stdout.strip() if out.returncode == 0 else None
+    """The commit measured and a hash of the project's code (others may be editing while it runs)."""
+    import hashlib
 
-    dirty = git("status", "--porcelain", "--", "shards", "pipeline")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "modified": [line[3:] for line in dirty.splitlines()] if dirty else []}
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=str(ROOT))
+    files = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+             for pkg in ("shards", "pipeline") for p in sorted((ROOT / pkg).rglob("*.py"))}
+    return {"commit": out.stdout.strip() if out.returncode == 0 else None, "files": files}
+
+
+def changed_files(start: dict, end: dict) -> list[str]:
+    a, b = start.get("files", {}), end.get("files", {})
+    return sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f))
 
 
 def run(args) -> dict:
@@ -276,9 +280,10 @@ def run(args) -> dict:
     results["targets"] = bench_report.targets(results, results["ratios"])
     results["mismatches"] = bench_report.mismatches(results)
     meta["machine"]["load_avg_end"] = os.getloadavg()
-    meta["git_end"] = git_state()
-    if meta["git_end"] != meta["git"]:
-        print(f"warning: the project's code changed during the run ({meta['git']} -> {meta['git_end']}); "
+    end = git_state()
+    meta["git_end"] = {"commit": end["commit"], "changed_during_run": changed_files(meta["git"], end)}
+    if meta["git_end"]["changed_during_run"]:
+        print(f"warning: project files changed during the run: {', '.join(meta['git_end']['changed_during_run'])}; "
               f"figures may mix versions: rerun for a clean table", file=sys.stderr)
     meta["duration_s"] = time.time() - t_start
     return results

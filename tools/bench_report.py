@@ -226,6 +226,7 @@ def plot(results: dict, path: str) -> None:
             bound = float(t["target"].split()[1])
             b.plot([bound, bound], [i - 0.4, i + 0.4], color="k", lw=1.5)
         b.set_xscale("log")
+        b.set_xticks([0.2, 0.5, 1, 2, 3, 5, 10])
         b.xaxis.set_major_formatter(ScalarFormatter())
         b.xaxis.set_minor_formatter(NullFormatter())
         b.set_title("Targets, wall time (black tick = bound; green = met)")
