@@ -9,7 +9,7 @@ DEMO_OUT ?= demo-out
 NPROC ?= 2
 STEPS ?= 150
 
-.PHONY: install test test-slow test-all demo bench clean
+.PHONY: install test test-slow test-all demo bench bench-setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo --out $(DEMO_OUT) --nproc $(NPROC) --steps $(STEPS) $(if $(CORPUS),--corpus $(CORPUS),)
+
+bench-setup: $(STAMP)
+	$(BIN)/python -m tools.bench --setup-peers
 
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench --out bench.json --plot bench.png

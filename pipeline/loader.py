@@ -7,6 +7,7 @@ sequence, with ``num_workers`` 0 or more.
 """
 from __future__ import annotations
 
+import gc
 from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -22,6 +23,10 @@ class ShardLoader(StatefulDataLoader):
         self._tensors_in_main, self._pin_arrays = tensors_in_main, pin_arrays
 
     def __iter__(self):
+        if self.num_workers > 0:
+            # Objects inherited by forked workers stay shared until a worker's first full GC
+            # touches them (copy-on-write); freezing them keeps worker memory flat.
+            gc.freeze()
         batches = super().__iter__()
         if not self._tensors_in_main:
             return batches
