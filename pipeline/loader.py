@@ -23,11 +23,16 @@ class ShardLoader(StatefulDataLoader):
         self._tensors_in_main, self._pin_arrays = tensors_in_main, pin_arrays
 
     def __iter__(self):
+        # Objects inherited by forked workers stay shared until a worker's first full GC
+        # touches them (copy-on-write); frozen while the workers fork, they stay untouched
+        # there.  The parent unfreezes at once, so its own garbage is still collected.
         if self.num_workers > 0:
-            # Objects inherited by forked workers stay shared until a worker's first full GC
-            # touches them (copy-on-write); freezing them keeps worker memory flat.
             gc.freeze()
-        batches = super().__iter__()
+        try:
+            batches = super().__iter__()
+        finally:
+            if self.num_workers > 0:
+                gc.unfreeze()
         if not self._tensors_in_main:
             return batches
         return (to_tensors(b, self._pin_arrays) if isinstance(b, dict) else b for b in batches)
