@@ -70,7 +70,7 @@ class ShardStream(IterableDataset):
         self.config = config or StreamConfig()
         self.tokenizer = shards.load_tokenizer(tokenizer) if tokenizer is not None else None
         self._check_tokenizer()
-        shards.formats.get(self.manifest.format)  # import the reader here, not after fork in every worker
+        shards.format_reader(self.manifest.format)  # import the reader here, not after fork in every worker
         self.epoch = 0
         self.stats: Counter = Counter()
         self._consumed = 0
@@ -180,8 +180,7 @@ class ShardStream(IterableDataset):
         if self.config.cache_dir is None or not storage.is_remote(self.url):
             return None
         if self._cache is None:
-            from shards.cache import ShardCache
-            self._cache = ShardCache(self.config.cache_dir, self.config.cache_limit)
+            self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
         return self._cache
 
     def _records(self, plan: list[split.Slice]) -> Iterator[dict]:

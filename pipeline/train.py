@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 import shards
-from shards.cli import parse_storage_options
 
 from . import checkpoint, metrics, models
 from .audit import AuditLog, absolute_url
@@ -80,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = args.model or models.DEFAULT_MODEL[args.task]
     args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
     args.lr = args.lr or DEFAULT_LR[args.task]
-    args.storage_options = parse_storage_options(args.storage_option)
+    args.storage_options = shards.parse_storage_options(args.storage_option)
     return args
 
 

@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from .index import load_manifest
+from .storage import parse_storage_options
 
 EXAMPLES = 5  # ids shown per failure kind
 
@@ -162,12 +163,6 @@ def audit(run_dir: str, storage_options: dict | None = None, train_url: str | No
             f"{len(epochs) - complete} partial; each sample trained "
             f"{'exactly once per complete epoch' if out.ok else 'NOT exactly once (see FAIL lines)'}")
     return out
-
-
-def parse_storage_options(pairs: list[str]) -> dict | None:
-    from .cli import parse_storage_options as parse
-
-    return parse(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

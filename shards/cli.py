@@ -14,6 +14,7 @@ import re
 import sys
 
 from . import storage
+from .storage import parse_storage_options
 from .corpus import BAD_POLICIES, BadRecordError, CorpusSpec
 from .engines import EngineError, node_summary
 from .formats import CorruptShardError
@@ -31,27 +32,6 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected a number with an optional unit "
                                          f"(B, KB, MB, GB, KiB, MiB, GiB), e.g. 64MB or 1GiB")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
-
-
-def parse_storage_options(pairs: list[str]) -> dict | None:
-    """--storage-option key=value (repeatable); values parsed as JSON when they can be."""
-    if not pairs:
-        return None
-    options: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--storage-option {key!r}: expected key=value")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        target = options
-        *path, last = key.split(".")  # client_kwargs.endpoint_url=... nests
-        for part in path:
-            target = target.setdefault(part, {})
-        target[last] = parsed
-    return options
 
 
 def _csv_list(text: str | None) -> tuple[str, ...] | None:

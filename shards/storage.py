@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import logging
 import os
 import random
@@ -370,3 +371,25 @@ def sha256_file(path: str) -> tuple[str, int]:
             digest.update(block)
             n += len(block)
     return digest.hexdigest(), n
+
+
+def parse_storage_options(pairs: list[str]) -> dict | None:
+    """--storage-option key=value (repeatable); values parsed as JSON when they can be."""
+    if not pairs:
+        return None
+    options: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--storage-option {key!r}: expected KEY=VALUE, e.g. "
+                             f"client_kwargs.endpoint_url=http://127.0.0.1:9000")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        target = options
+        *path, last = key.split(".")  # client_kwargs.endpoint_url=... nests
+        for part in path:
+            target = target.setdefault(part, {})
+        target[last] = parsed
+    return options
