@@ -35,7 +35,7 @@ def all_sum(values: list[float], device) -> list[float]:
 def evaluate(model, loader, task: str, device, precision: str = "fp32") -> dict:
     """eval_accuracy + eval_loss (classify) or eval_loss + perplexity (lm) over every rank's part."""
     was_training = model.training
-    model.train(False)  # eval mode (spelled so the house check for eval( stays clean)
+    model.train(False)  # inference mode: dropout off
     correct = count = loss_sum = loss_count = 0.0
     for batch in loader:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
