@@ -105,10 +105,12 @@ def all_gather(obj, world: World) -> list:
 
 
 # -- data ----------------------------------------------------------------------
-def make_stream(url: str, args, world: World, shuffle: bool) -> ShardStream:
-    return ShardStream(url, tokenizer=args.tokenizer, max_length=args.max_length, shuffle=shuffle,
-                       seed=args.seed, rank=world.rank, world_size=world.world_size,
-                       storage_options=args.storage_options)
+def make_stream(url: str, args, world: World, shuffle: bool, whole_documents: bool = False) -> ShardStream:
+    """This rank's stream; ``whole_documents`` (for packing): no truncation, no text carried along."""
+    return ShardStream(url, tokenizer=args.tokenizer, max_length=None if whole_documents else args.max_length,
+                       shuffle=shuffle, seed=args.seed, rank=world.rank, world_size=world.world_size,
+                       storage_options=args.storage_options,
+                       config=StreamConfig(keep_text=False) if whole_documents else None)
 
 
 def train_dataset(args, world: World):
@@ -121,12 +123,8 @@ def train_dataset(args, world: World):
     from .pack import PackedStream
 
     sources = parse_mixture(args.train)
-    if args.pack is None:
-        streams = [make_stream(url, args, world, shuffle=True) for url, _ in sources]
-    else:  # whole documents go into blocks: no truncation at --max-length, no text carried along
-        streams = [ShardStream(url, tokenizer=args.tokenizer, shuffle=True, seed=args.seed, rank=world.rank,
-                               world_size=world.world_size, storage_options=args.storage_options,
-                               config=StreamConfig(keep_text=False)) for url, _ in sources]
+    streams = [make_stream(url, args, world, shuffle=True, whole_documents=args.pack is not None)
+               for url, _ in sources]
     names = {tuple(s.label_names or ()) for s in streams}
     if args.task == "classify" and len(names) > 1:
         raise ValueError(f"--train {args.train}: the mixed sets have different label names {sorted(names)}; "
