@@ -8,11 +8,12 @@ from .corpus import BadRecordError, CorpusSpec
 from .formats import Batch, CorruptShardError
 from .formats import get as format_reader
 from .index import Manifest, ManifestError, ShardInfo, index_url, load_manifest, shard_url
+from .ragged import Ragged
 from .reader import fetch_shard, read_batches, verify_shard
 from .storage import parse_storage_options
-from .tokenizer import TokenizerError, encode_batch, fingerprint, load_tokenizer, special_ids
+from .tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
 
 __all__ = ["BadRecordError", "Batch", "CorpusSpec", "CorruptShardError", "Manifest", "ManifestError",
-           "ShardInfo", "TokenizerError", "encode_batch", "fetch_shard", "fingerprint", "index_url",
+           "ShardInfo", "TokenizerError", "encode_batch", "encode_ragged", "fetch_shard", "fingerprint", "index_url",
            "load_manifest", "load_tokenizer", "read_batches", "shard_url", "special_ids", "verify_shard",
-           "ShardCache", "format_reader", "parse_storage_options"]
+           "Ragged", "ShardCache", "format_reader", "parse_storage_options"]

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from .formats import Batch, CorruptShardError
+from .ragged import Ragged
 
 EXT = ".arrow"
 MAGIC = b"ARROW1"
@@ -97,8 +98,8 @@ def _to_batch(rb: pa.RecordBatch, start: int, names: set[str], columns) -> Batch
     ids = None
     if "input_ids" in names and "input_ids" in columns:
         col = rb.column("input_ids")
-        offsets = col.offsets.to_numpy()
+        offsets = col.offsets.to_numpy().astype(np.int64)
         # flatten() honours the slice; the copy keeps samples from pinning the whole shard
         values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=True)
-        ids = np.split(values, offsets[1:-1] - offsets[0])
+        ids = Ragged(values, offsets - offsets[0])
     return Batch(start, text, label, ids)

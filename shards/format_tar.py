@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .formats import Batch, CorruptShardError
+from .ragged import Ragged
 
 EXT = ".tar"
 MAX_MEMBER_BYTES = 256 << 20
@@ -303,6 +304,7 @@ def _to_batch(view: memoryview, index: _Index, lo: int, hi: int, columns, url: s
         text = [str(view[a:b], "utf-8") for a, b in txt] if txt is not None else None
         label = np.array([int(view[a:b]) for a, b in cls], dtype=np.int64) if cls is not None else None
         ids = [_load_npy(view[a:b], url, lo + i) for i, (a, b) in enumerate(npy)] if npy is not None else None
+        ids = Ragged.from_lists(ids) if ids is not None else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptShardError(f"shard {url}: malformed sample in records {lo}..{hi - 1} ({exc!r}); "
                                 f"rebuild it") from exc

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ragged import Ragged
+
 
 class CorruptShardError(RuntimeError):
     """A shard failed a check (size, sha256, format); names the URL and the fix."""
@@ -21,13 +23,18 @@ class Batch:
     start: int  # index in the shard of the first record
     text: list[str] | None
     label: np.ndarray | None
-    input_ids: list[np.ndarray] | None
+    ids: Ragged | None  # token ids, flat + offsets
 
     def __len__(self) -> int:
-        for column in (self.text, self.label, self.input_ids):
+        for column in (self.text, self.label, self.ids):
             if column is not None:
                 return len(column)
         return 0
+
+    @property
+    def input_ids(self) -> list[np.ndarray] | None:
+        """Token ids as one int32 array per record."""
+        return None if self.ids is None else self.ids.rows()
 
 
 def fields_of(labelled: bool, tokenized: bool, with_text: bool = True) -> list[str]:

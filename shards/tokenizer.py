@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from .ragged import Ragged
+
 
 class TokenizerError(ValueError):
     """A tokenizer could not be loaded or does not match the shards."""
@@ -90,9 +92,19 @@ def special_ids(tok) -> dict[str, int | None]:
 def encode_batch(tok, texts: list[str], max_length: int | None = None,
                  add_special_tokens: bool = True) -> list[np.ndarray]:
     """Token ids per text (int32), truncated to ``max_length`` (special tokens kept)."""
+    return [np.asarray(ids, dtype=np.int32) for ids in _encode(tok, texts, max_length, add_special_tokens)]
+
+
+def encode_ragged(tok, texts: list[str], max_length: int | None = None,
+                  add_special_tokens: bool = True) -> Ragged:
+    """``encode_batch`` as one flat array + offsets (no per-text arrays)."""
+    return Ragged.from_lists(_encode(tok, texts, max_length, add_special_tokens))
+
+
+def _encode(tok, texts: list[str], max_length: int | None, add_special_tokens: bool) -> list[list[int]]:
     if max_length is not None:
         tok.enable_truncation(max_length)
     else:
         tok.no_truncation()
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=add_special_tokens)]
+    return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
