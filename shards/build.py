@@ -20,12 +20,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from . import formats, storage
-from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, plan_units, read_unit, scan_labels
+from . import corpus_jsonl, formats, storage
+from .corpus import (ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit,
+                     scan_labels)
 from .engines import EngineError, LocalEngine, Progress
 from .index import MANIFEST_NAME, Manifest, ShardInfo, index_url, write_manifest
 from .tokenizer import fingerprint, load_tokenizer
-from .writer import Limits, Part, PartWriter
+from .writer import Limits, Part, PartWriter, columns_of
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"
@@ -137,13 +138,13 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
     local_dir = tempfile.mkdtemp(prefix="shards-") if remote else storage.filesystem(_staging(cfg))[1]
     try:
         os.makedirs(local_dir, exist_ok=True)
-        records, text_chars = _labelled_records(cfg, unit, labels, bad)
+        columns, text_chars = _unit_columns(cfg, unit, labels, bad)
         tok = _tokenizer(cfg.tokenizer)
         fields = formats.fields_of(labels is not None, tok is not None)
         writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
                             cfg.max_length, on_progress)
         staged = []
-        for part in writer.write(records):
+        for part in writer.write_columns(columns):
             url = storage.join(_staging(cfg), os.path.basename(part.path))
             if remote:
                 storage.publish_file(part.path, url, cfg.storage_options)
@@ -159,11 +160,22 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
     return result
 
 
-def _labelled_records(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
-    """(generator of (text, label id), counter of text chars read) for one unit."""
+def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
+    """(generator of :class:`Columns` with label ids, counter of text chars read) for one unit.
+
+    JSONL goes through pyarrow's JSON reader (:mod:`shards.corpus_jsonl`), which
+    gives the same records, counts and errors as the per-record path below.
+    """
+    text_chars = Counter()
+    kind, _ = kind_of(unit.url)
+    if kind == "jsonl" and corpus_jsonl.enabled():
+        def columns():
+            for col in corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options):
+                text_chars["n"] += col.text_chars
+                yield col
+        return columns(), text_chars
     label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
     where = Where(unit, cfg.storage_options)
-    text_chars = Counter()
 
     def records():
         for raw in read_unit(unit, cfg.spec, bad, cfg.storage_options):
@@ -175,7 +187,7 @@ def _labelled_records(cfg: BuildConfig, unit: Unit, labels: list[str] | None, ba
             else:
                 bad.add("unknown_label", where(raw.line), f"{raw.label!r} not in {labels} (--label-names)")
 
-    return records(), text_chars
+    return columns_of(records(), labels is not None), text_chars
 
 
 def _unit_bytes(unit: Unit, storage_options) -> int:

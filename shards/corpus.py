@@ -12,7 +12,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from . import storage
 
@@ -77,6 +77,13 @@ class BadRecords:
                                  f"(pass --on-bad-record skip to skip and count such records)")
         self.counts[reason] += 1
 
+    def add_many(self, reason: str, n: int) -> None:
+        """Count ``n`` records skipped for one reason (found column-wise; skip policy only)."""
+        if n and reason != BLANK and self.policy == "error":
+            raise ValueError("add_many is for the skip policy; under error, report the first record with add()")
+        if n:
+            self.counts[reason] += n
+
 
 def kind_of(url: str) -> tuple[str, str | None]:
     """(reader kind, compression) from the file name, or a clear error."""
@@ -117,6 +124,11 @@ def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = Non
     Bad records are counted for real in the write pass, so here they are
     skipped whatever the policy.
     """
+    if kind_of(unit.url)[0] == "jsonl":
+        from . import corpus_jsonl  # imports this module
+
+        if corpus_jsonl.enabled():
+            return corpus_jsonl.scan_labels(unit, spec, storage_options)
     return {r.label for r in read_unit(unit, spec, BadRecords("skip"), storage_options)}
 
 
@@ -130,7 +142,8 @@ def read_unit(unit: Unit, spec: CorpusSpec, bad: BadRecords,
 
 def _open_binary(url: str, compression: str | None, storage_options: dict | None):
     fs, path = storage.filesystem(url, storage_options)
-    raw = fs.open(path, "rb")
+    # a local file is opened plainly: fsspec's LocalFileOpener wraps every readline in Python
+    raw = open(path, "rb", buffering=1 << 20) if not storage.is_remote(url) else fs.open(path, "rb")
     if compression == "gzip":
         import gzip
         return io.BufferedReader(gzip.GzipFile(fileobj=raw))
@@ -232,7 +245,27 @@ def _read_txt(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
 
 def _read_jsonl(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     where = Where(unit, storage_options)
-    for data, line in _lines(unit, spec, bad, where, compression, storage_options):
+    yield from jsonl_records(_lines(unit, spec, bad, where, compression, storage_options), spec, bad, where)
+
+
+def block_lines(block: bytes, first_line: int, spec: CorpusSpec, bad: BadRecords, where
+                ) -> Iterator[tuple[bytes, int]]:
+    """The lines of a block of whole lines as :func:`_lines` gives them (same numbers, same too_long)."""
+    pieces = block.split(b"\n")
+    if block.endswith(b"\n"):
+        pieces.pop()
+    limit = spec.max_record_bytes
+    for k, piece in enumerate(pieces):
+        if len(piece) > limit:
+            bad.add("too_long", where(first_line + k), f"over {limit} bytes (--max-record-bytes)")
+            continue
+        yield piece.rstrip(b"\r"), first_line + k
+
+
+def jsonl_records(lines: Iterable[tuple[bytes, int]], spec: CorpusSpec, bad: BadRecords, where
+                  ) -> Iterator[Raw]:
+    """Records of JSONL lines, one JSON object per line."""
+    for data, line in lines:
         if not data.strip():
             bad.add(BLANK, where(line))
             continue

@@ -15,6 +15,7 @@ from .ragged import Ragged
 
 EXT = ".arrow"
 MAGIC = b"ARROW1"
+ACCEPTS_ARROW = True  # Writer.write takes an Arrow string array and a numpy label array as they are
 
 
 def record_bytes(text_bytes: int, n_ids: int | None, labelled: bool) -> int:
@@ -40,11 +41,12 @@ class Writer:
         self._schema = schema(fields)
         self._writer = pa.ipc.new_file(self._sink, self._schema)
 
-    def write(self, texts: list[str], labels: list[int] | None, ids: list[np.ndarray] | None) -> None:
+    def write(self, texts: list[str] | pa.Array, labels: list[int] | np.ndarray | None,
+              ids: list[np.ndarray] | None) -> None:
         columns = []
         for f in self.fields:
             if f == "text":
-                columns.append(pa.array(texts, pa.string()))
+                columns.append(_compact(texts) if isinstance(texts, pa.Array) else pa.array(texts, pa.string()))
             elif f == "label":
                 columns.append(pa.array(labels, pa.int64()))
             else:
@@ -54,6 +56,22 @@ class Writer:
     def close(self) -> None:
         self._writer.close()
         self._sink.close()
+
+
+def _compact(texts: pa.Array) -> pa.StringArray:
+    """A string array (no nulls) with offsets from 0 and exactly its own bytes.
+
+    The IPC writer lays out a slice of a larger array differently from a fresh
+    one; rebuilt like this the file is byte-identical to ``pa.array(list)``'s.
+    """
+    if texts.null_count:
+        raise ValueError("text column has nulls; the reader must drop records without text")
+    n = len(texts)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32, n + 1, texts.offset * 4)
+    first = int(offsets[0])
+    data = texts.buffers()[2]
+    data = data.slice(first, int(offsets[-1]) - first) if data is not None else pa.py_buffer(b"")
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets - first), data])
 
 
 def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
