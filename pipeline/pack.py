@@ -37,10 +37,15 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
 - Items with ``is_pad`` (repeats that even out ranks, corrupt-shard placeholders) and
   documents with no tokens are not packed; they are counted in ``stats``.
 
+Speed: documents are read a chunk at a time (up to ``CHUNK_TOKENS`` tokens) and cut
+with numpy (pack_cut.py): no per-document or per-token Python beyond reading the item.
+
 State: blocks are cut in the DataLoader worker, so ``state_dict()`` is the worker's.
-The leftover between blocks is always the tail of one document, so it is kept as
-(the inner stream's state before that document, tokens of it already emitted):
-constant size however long the document; resume re-reads the document and skips.
+What the next block starts with is always a position inside one document, kept as
+(the inner stream's state at the start of the chunk that document was read in,
+items to skip from there, tokens of the document already emitted): the inner state
+is taken once per chunk, the size is constant however long the document, and a
+resume re-reads at most a chunk and skips.
 
 Equal steps per rank: ranks get equal document counts, not equal token counts, so
 block counts differ by a few.  :func:`lockstep` all-reduces a "have a batch" flag
@@ -52,8 +57,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
-from itertools import accumulate
-from typing import Iterable, Iterator, NamedTuple
+from itertools import accumulate, islice
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -61,126 +66,15 @@ from torch.utils.data import IterableDataset
 
 import shards
 
-IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
-STATE_VERSION = 1
-ARRAY_KEYS = ("input_ids", "labels", "position_ids", "doc_ids", "attention_mask")
+from .pack_cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
 
-
-# -- pure cutting logic ------------------------------------------------------
-class Piece(NamedTuple):
-    """Tokens [start, start + len(tokens)) of document ``doc`` (0 = first document fed)."""
-
-    doc: int
-    start: int
-    tokens: np.ndarray
-
-
-class Cursor(NamedTuple):
-    """Where the stream stands after a block: next token is token ``offset`` of document ``doc``."""
-
-    doc: int
-    offset: int
-
-
-def cut_blocks(docs: Iterable[np.ndarray], seq_len: int, split_documents: bool = True,
-               skip: int = 0) -> Iterator[tuple[list[Piece], Cursor]]:
-    """Greedy blocks of at most ``seq_len`` tokens; only the last one (or, with
-    ``split_documents=False``, one closed early) is short.  ``skip`` drops the first
-    tokens of the first document (already emitted before a resume).  Documents are
-    pulled lazily, one at a time, so a block is yielded before the next one is read."""
-    pieces: list[Piece] = []
-    used = 0
-    index = -1
-    for index, tokens in enumerate(docs):
-        start = skip if index == 0 else 0
-        n = len(tokens)
-        if not split_documents and used and n - start > seq_len - used:
-            yield pieces, Cursor(index, start)  # does not fit: close this block, start anew
-            pieces, used = [], 0
-        while start < n:
-            take = min(n - start, seq_len - used)
-            pieces.append(Piece(index, start, tokens[start:start + take]))
-            used += take
-            start += take
-            if used == seq_len:
-                yield pieces, (Cursor(index, start) if start < n else Cursor(index + 1, 0))
-                pieces, used = [], 0
-    if pieces:
-        yield pieces, Cursor(index + 1, 0)
-
-
-def block_arrays(pieces: list[Piece], seq_len: int, pad_id: int) -> dict:
-    """One block's arrays (see the module docstring) and ``seqlens`` (runs incl. padding)."""
-    ids = np.full(seq_len, pad_id, dtype=np.int64)
-    labels = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
-    positions = np.zeros(seq_len, dtype=np.int64)
-    doc_ids = np.full(seq_len, -1, dtype=np.int64)
-    mask = np.zeros(seq_len, dtype=np.int64)
-    seqlens: list[int] = []
-    at = 0
-    for k, piece in enumerate(pieces):
-        n = len(piece.tokens)
-        end = at + n
-        ids[at:end] = piece.tokens
-        labels[at:end] = piece.tokens
-        positions[at:end] = np.arange(n)
-        doc_ids[at:end] = k
-        mask[at:end] = 1
-        seqlens.append(n)
-        at = end
-    if at < seq_len:
-        positions[at:] = np.arange(seq_len - at)
-        seqlens.append(seq_len - at)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "doc_ids": doc_ids,
-            "attention_mask": mask, "seqlens": seqlens, "num_tokens": at, "is_pad": False,
-            "starts": [p.start == 0 for p in pieces]}
-
-
-@dataclass(frozen=True)
-class DocFormat:
-    """How an item's ids become a document: strip the tokenizer's specials, append ``sep_id``."""
-
-    sep_id: int
-    prefix: tuple[int, ...] = ()
-    suffix: tuple[int, ...] = ()
-
-    def tokens(self, ids) -> np.ndarray | None:
-        """The document's tokens with the separator, or None when it has no tokens."""
-        body = np.asarray(ids)
-        p, s = len(self.prefix), len(self.suffix)
-        if p and len(body) >= p and tuple(body[:p].tolist()) == self.prefix:
-            body = body[p:]
-        if s and len(body) >= s and tuple(body[len(body) - s:].tolist()) == self.suffix:
-            body = body[:len(body) - s]
-        if len(body) == 0:
-            return None
-        out = np.empty(len(body) + 1, dtype=np.int64)
-        out[:-1] = body
-        out[-1] = self.sep_id
-        return out
-
-
-def added_specials(tok) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(prefix, suffix) ids the tokenizer adds around a text, e.g. ([CLS],), ([SEP],) for BERT."""
-    plain = tok.encode("a", add_special_tokens=False).ids
-    full = tok.encode("a", add_special_tokens=True).ids
-    for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
-            return tuple(full[:i]), tuple(full[i + len(plain):])
-    return (), ()
+__all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
+STATE_VERSION = 2           # 1: no "skip" (read as 0)
+CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at least 8 blocks)
+CHUNK_ITEMS = 8192          # ... and at most this many items
 
 
 # -- the stream --------------------------------------------------------------
-class _Tracker:
-    """Inner-stream states around the last document pulled (what a snapshot needs)."""
-
-    def __init__(self, start_state: dict | None):
-        self.last = -1               # index of the last document pulled
-        self.before = start_state    # inner state just before it (None = start of the pass)
-        self.current = start_state   # inner state after the last item pulled
-        self.names: dict[int, str] = {}
-
-
 class PackedStream(IterableDataset):
     """Blocks of ``seq_len`` tokens cut from a document stream; see the module docstring.
 
@@ -189,10 +83,12 @@ class PackedStream(IterableDataset):
     ``set_epoch``).  ``sep_id``/``pad_id`` default to the tokenizer's (``shards.special_ids``);
     the tokenizer is ``tokenizer``, else ``stream.tokenizer``, else the one named in the
     manifest of pre-tokenized shards when it is a local path with the same fingerprint.
+    ``chunk_tokens``: tokens read from ``stream`` and cut at once (default ``max(32768,
+    8 * seq_len)``); the worker holds ~40 bytes per token of a chunk.
     """
 
     def __init__(self, stream, seq_len: int, *, split_documents: bool = True, sep_id: int | None = None,
-                 pad_id: int | None = None, tokenizer=None):
+                 pad_id: int | None = None, tokenizer=None, chunk_tokens: int | None = None):
         super().__init__()
         if int(seq_len) < 2:
             raise ValueError(f"seq_len={seq_len}: a block needs at least 2 tokens (typical: 512-4096)")
@@ -207,10 +103,11 @@ class PackedStream(IterableDataset):
         prefix, suffix = added_specials(self.tokenizer) if self.tokenizer is not None else ((), ())
         self.format = DocFormat(int(sep), prefix, suffix)
         self.pad_id = int(pad_id if pad_id is not None else specials.get("pad", sep))
+        self.chunk_tokens = max(1, int(chunk_tokens)) if chunk_tokens is not None else max(CHUNK_TOKENS, 8 * self.seq_len)
         self.epoch = int(getattr(stream, "epoch", 0))
         self.stats: Counter = Counter()
         self._resume: dict | None = None
-        self._snapshot: tuple[dict | None, int] = (None, 0)
+        self._snapshot: tuple[dict | None, int, int] = (None, 0, 0)  # (inner state, items to skip, tokens)
 
     def collator(self) -> "BlockCollator":
         return BlockCollator(self.seq_len, self.pad_id)
@@ -221,16 +118,16 @@ class PackedStream(IterableDataset):
 
     # -- state ---------------------------------------------------------------
     def state_dict(self) -> dict:
-        inner, offset = self._snapshot
+        inner, skip, offset = self._snapshot
         stats = Counter(getattr(self.stream, "stats", {}))
         stats.update(self.stats)
         return {"version": STATE_VERSION, "epoch": self.epoch, "seq_len": self.seq_len,
-                "split_documents": self.split_documents, "inner": inner, "offset": offset,
+                "split_documents": self.split_documents, "inner": inner, "skip": skip, "offset": offset,
                 "stats": dict(stats)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"packed state version {state.get('version')!r}; this reader knows {STATE_VERSION}")
+        if state.get("version") not in (1, STATE_VERSION):
+            raise ValueError(f"packed state version {state.get('version')!r}; this reader knows 1 and {STATE_VERSION}")
         saved = (state["seq_len"], state["split_documents"])
         if saved != (self.seq_len, self.split_documents):
             raise ValueError(f"state was saved with seq_len={saved[0]}, split_documents={saved[1]}; this stream "
@@ -244,49 +141,92 @@ class PackedStream(IterableDataset):
         # Not a generator itself: the snapshot must be right before the first next(),
         # since StatefulDataLoader asks for state as soon as the iterator exists.
         state, self._resume = self._resume, None
-        inner, offset = (state["inner"], int(state["offset"])) if state else (None, 0)
+        inner, skip, offset = (state["inner"], int(state.get("skip", 0)), int(state["offset"])) if state else \
+            (None, 0, 0)
         if inner is not None:
             self.stream.load_state_dict(inner)
-        self._snapshot = (inner, offset)
-        return self._blocks(inner, offset)
+        self._snapshot = (inner, skip, offset)
+        return self._blocks(inner, skip, offset)
 
-    def _blocks(self, start_state: dict | None, skip: int) -> Iterator[dict]:
-        tracker = _Tracker(start_state)
-        docs = self._documents(iter(self.stream), tracker)
-        for pieces, cursor in cut_blocks(docs, self.seq_len, self.split_documents, skip):
-            block = block_arrays(pieces, self.seq_len, self.pad_id)
-            block["sample_ids"] = [tracker.names[p.doc] for p in pieces]
-            for done in [d for d in tracker.names if d < cursor.doc]:
-                del tracker.names[done]
-            if cursor.doc == tracker.last:   # mid-document (or it did not fit): resume before it
-                self._snapshot = (tracker.before, cursor.offset)
-            else:                            # between documents
-                self._snapshot = (tracker.current, 0)
-            self.stats["blocks"] += 1
-            self.stats["tokens"] += block["num_tokens"]
-            self.stats["pad_tokens"] += self.seq_len - block["num_tokens"]
-            yield block
+    def _blocks(self, start_state: dict | None, skip: int, offset: int) -> Iterator[dict]:
+        """Read a chunk of items, cut every block it completes, carry the rest; repeat.
 
-    def _documents(self, items: Iterator[dict], tracker: _Tracker) -> Iterator[np.ndarray]:
+        A resume state is (inner state at the start of the chunk a document was read
+        in, items to skip from there, tokens of the document already emitted): the
+        inner stream's state is taken once per chunk, not per document."""
+        items = iter(self.stream)
+        for _ in islice(items, skip):  # re-read what the chunk had before the resumed document
+            pass
+        states = {0: start_state}      # chunk number -> inner state before its first item
+        carry, chunk, first = Docs.empty(), 0, skip
+        budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
+        while True:
+            new, exhausted = self._read(items, chunk, first, budget)
+            states[chunk + 1] = self.stream.state_dict()
+            if offset and len(new):    # the resumed document: its first tokens were emitted before
+                new, offset = new.skip_first(offset), 0
+            docs = carry + new
+            result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
+            yield from self._emit(result, docs, states, chunk + 1)
+            carry = result.carry
+            if exhausted:
+                return
+            for old in [c for c in states if c <= chunk and (not len(carry) or c < int(carry.chunks[0]))]:
+                del states[old]
+            chunk, first = chunk + 1, 0
+            budget = min(2 * budget, self.chunk_tokens)
+
+    def _read(self, items: Iterator[dict], chunk: int, first: int, budget: int) -> tuple[Docs, bool]:
+        """Up to ``budget`` tokens of documents from ``items``, and whether it ran out."""
+        arrays, names, where = [], [], []
+        tokens = pads = 0
+        index = first
+        exhausted = True
         for item in items:
-            state = self.stream.state_dict()
             if item.get("is_pad"):
-                self.stats["pad_documents"] += 1
-                tracker.current = state
-                continue
-            if "input_ids" not in item:
-                raise ValueError("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
-                                 "build the shards with --tokenizer")
-            tokens = self.format.tokens(item["input_ids"])
-            if tokens is None:
-                self.stats["empty_documents"] += 1
-                tracker.current = state
-                continue
-            tracker.before, tracker.current = tracker.current, state
-            tracker.last += 1
-            tracker.names[tracker.last] = item["sample_id"]
-            self.stats["documents"] += 1
-            yield tokens
+                pads += 1
+            else:
+                try:
+                    ids = item["input_ids"]
+                except KeyError:
+                    raise ValueError("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
+                                     "build the shards with --tokenizer") from None
+                arrays.append(ids)
+                names.append(item["sample_id"])
+                where.append(index)
+                tokens += len(ids)
+            index += 1
+            if tokens >= budget or index - first >= CHUNK_ITEMS:
+                exhausted = False
+                break
+        joined, lengths, kept = self.format.join(arrays)
+        n = len(lengths)
+        if n < len(arrays):
+            names = [s for s, k in zip(names, kept.tolist()) if k]
+            where = np.asarray(where, dtype=np.int64)[kept]
+        self.stats["pad_documents"] += pads
+        self.stats["empty_documents"] += len(arrays) - n
+        self.stats["documents"] += n
+        return Docs(joined, lengths, np.zeros(n, dtype=np.int64), names, np.full(n, chunk, dtype=np.int64),
+                    np.asarray(where, dtype=np.int64)), exhausted
+
+    def _emit(self, result, docs: Docs, states: dict, after: int) -> Iterator[dict]:
+        arrays = result.arrays
+        ids, labels, positions, doc_ids, mask = (arrays[k] for k in ARRAY_KEYS)
+        n_docs = len(docs)
+        chunks, items = docs.chunks.tolist(), docs.items.tolist()
+        for b, (nxt, emitted) in enumerate(result.cursors):
+            if nxt < n_docs:  # the next token is in a document already read
+                self._snapshot = (states[chunks[nxt]], items[nxt], emitted)
+            else:             # every token read so far is out: resume after this chunk
+                self._snapshot = (states[after], 0, 0)
+            real = result.num_tokens[b]
+            self.stats["blocks"] += 1
+            self.stats["tokens"] += real
+            self.stats["pad_tokens"] += self.seq_len - real
+            yield {"input_ids": ids[b], "labels": labels[b], "position_ids": positions[b], "doc_ids": doc_ids[b],
+                   "attention_mask": mask[b], "seqlens": result.seqlens[b], "num_tokens": real, "is_pad": False,
+                   "starts": result.starts[b], "sample_ids": result.sample_ids[b]}
 
 
 def _resolve_tokenizer(stream, tokenizer):
@@ -331,7 +271,7 @@ class BlockCollator:
     def filler(self, batch_size: int) -> dict:
         """A batch that trains nothing (labels all -100, ``is_pad`` True), for :func:`lockstep`.
         Its attention_mask is 1 so that any attention path stays finite (no all-masked rows)."""
-        block = block_arrays([], self.seq_len, self.pad_id)
+        block = empty_block(self.seq_len, self.pad_id)
         block.update(attention_mask=np.ones(self.seq_len, dtype=np.int64), is_pad=True, sample_ids=[])
         return self([block] * batch_size)
 

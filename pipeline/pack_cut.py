@@ -1,0 +1,274 @@
+"""Cutting documents into LM blocks a chunk at a time, with numpy instead of a loop per document.
+
+The conventions (separators, padding, positions, doc ids, what ``starts`` means)
+are pack.py's; this module is its arithmetic.  Documents are laid on a *virtual
+stream*: document ``i`` occupies positions ``[start_i, start_i + n_i)`` and block
+``b`` is positions ``[b * seq_len, (b + 1) * seq_len)``.  With
+``split_documents=True`` the starts are the running sum of the lengths; with
+``False`` a document that does not fit in the space left in its block moves to the
+next block start (the gap is padding), which is a sequential rule and the one
+Python loop here (integers only).  Every other array of a chunk — pieces (a
+document's part in one block), token destinations, positions, doc ids, the resume
+cursor after each block and the tail carried to the next chunk — comes from
+``cumsum``/``repeat``/``searchsorted`` over those starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
+ARRAY_KEYS = ("input_ids", "labels", "position_ids", "doc_ids", "attention_mask")
+_I64 = np.int64
+
+
+def exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+    """[0, v0, v0 + v1, ...] without the total: where each run starts."""
+    out = np.zeros(len(values), dtype=_I64)
+    if len(values) > 1:
+        np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+# -- documents -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DocFormat:
+    """How an item's ids become a document: strip the tokenizer's specials, append ``sep_id``."""
+
+    sep_id: int
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    def tokens(self, ids) -> np.ndarray | None:
+        """One document's tokens with the separator, or None when it has no tokens."""
+        body = np.asarray(ids)
+        p, s = len(self.prefix), len(self.suffix)
+        if p and len(body) >= p and tuple(body[:p].tolist()) == self.prefix:
+            body = body[p:]
+        if s and len(body) >= s and tuple(body[len(body) - s:].tolist()) == self.suffix:
+            body = body[:len(body) - s]
+        if len(body) == 0:
+            return None
+        out = np.empty(len(body) + 1, dtype=_I64)
+        out[:-1] = body
+        out[-1] = self.sep_id
+        return out
+
+    def join(self, arrays: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``tokens`` of many documents at once: (their tokens end to end, their lengths,
+        a mask of the inputs that had tokens; the empty ones are left out of the first two)."""
+        raw = np.fromiter(map(len, arrays), dtype=_I64, count=len(arrays))
+        flat = np.concatenate(arrays).astype(_I64, copy=False) if len(arrays) else np.zeros(0, _I64)
+        lo = exclusive_cumsum(raw)
+        hi = lo + raw
+        lo = lo + len(self.prefix) * _has(flat, lo, hi - lo, self.prefix, at_end=False)
+        hi = hi - len(self.suffix) * _has(flat, lo, hi - lo, self.suffix, at_end=True)
+        body = hi - lo
+        kept = body > 0
+        if not kept.all():
+            lo, body = lo[kept], body[kept]
+        lengths = body + 1
+        total = int(lengths.sum())
+        out = np.empty(total, dtype=_I64)
+        seps = np.cumsum(lengths) - 1
+        is_body = np.ones(total, dtype=bool)
+        is_body[seps] = False
+        n_body = total - len(seps)
+        source = np.arange(n_body, dtype=_I64) + np.repeat(lo - exclusive_cumsum(body), body)
+        out[is_body] = flat[source]
+        out[seps] = self.sep_id
+        return out, lengths, kept
+
+
+def _has(flat: np.ndarray, lo: np.ndarray, n: np.ndarray, pattern: tuple[int, ...], at_end: bool) -> np.ndarray:
+    """Per document [lo, lo + n) of ``flat``: 1 where it starts (ends) with ``pattern``, else 0."""
+    k = len(pattern)
+    if k == 0 or len(flat) == 0:
+        return np.zeros(len(lo), dtype=_I64)
+    ok = n >= k
+    first = lo + n - k if at_end else lo
+    for j, token in enumerate(pattern):
+        at = np.clip(first + j, 0, len(flat) - 1)  # clipped reads are masked by ``n >= k``
+        ok &= flat[at] == token
+    return ok.astype(_I64)
+
+
+def added_specials(tok) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prefix, suffix) ids the tokenizer adds around a text, e.g. ([CLS],), ([SEP],) for BERT."""
+    plain = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a", add_special_tokens=True).ids
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return tuple(full[:i]), tuple(full[i + len(plain):])
+    return (), ()
+
+
+@dataclass(frozen=True)
+class Docs:
+    """Documents (or the unemitted tails of documents) waiting to be cut, in stream order.
+
+    ``offsets``: tokens of each document emitted before this part (0: it starts here);
+    ``chunks``/``items``: where each came from (the chunk it was read in and its item
+    index there), which is what a resume state names."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray
+    sample_ids: list
+    chunks: np.ndarray
+    items: np.ndarray
+
+    @staticmethod
+    def empty() -> "Docs":
+        z = np.zeros(0, dtype=_I64)
+        return Docs(z, z, z, [], z, z)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __add__(self, other: "Docs") -> "Docs":
+        if not len(self):
+            return other
+        if not len(other):
+            return self
+        cat = np.concatenate
+        return Docs(cat([self.tokens, other.tokens]), cat([self.lengths, other.lengths]),
+                    cat([self.offsets, other.offsets]), self.sample_ids + other.sample_ids,
+                    cat([self.chunks, other.chunks]), cat([self.items, other.items]))
+
+    def skip_first(self, n: int) -> "Docs":
+        """Without the first ``n`` tokens of the first document (emitted before a resume)."""
+        if n <= 0 or not len(self):
+            return self
+        if n >= int(self.lengths[0]):
+            raise ValueError(f"resume offset {n} is past the end of document {self.sample_ids[0]} "
+                             f"({int(self.lengths[0])} tokens): the state belongs to other data")
+        lengths, offsets = self.lengths.copy(), self.offsets.copy()
+        lengths[0] -= n
+        offsets[0] += n
+        return Docs(self.tokens[n:], lengths, offsets, self.sample_ids, self.chunks, self.items)
+
+
+# -- cutting ---------------------------------------------------------------------------
+class Cut(NamedTuple):
+    """The complete blocks of a chunk and what is left for the next one.
+
+    ``arrays``: ARRAY_KEYS → int64 [n_blocks, seq_len]; per block: ``seqlens`` (runs,
+    padding included), ``num_tokens``, ``sample_ids``, ``starts``; ``cursors``: per
+    block, (document index in the input, tokens of it emitted) of the next token to
+    emit, document == len(input) when every input token is emitted; ``carry``: the
+    tokens not in a complete block."""
+
+    arrays: dict
+    seqlens: list
+    num_tokens: list
+    sample_ids: list
+    starts: list
+    cursors: list
+    carry: Docs
+
+
+def virtual_starts(lengths: np.ndarray, seq_len: int, split_documents: bool) -> np.ndarray:
+    if split_documents:
+        return exclusive_cumsum(lengths)
+    starts, pos = [], 0
+    for n in lengths.tolist():
+        used = pos % seq_len
+        if used and n > seq_len - used:  # does not fit: the rest of this block is padding
+            pos += seq_len - used
+        starts.append(pos)
+        pos += n
+    return np.array(starts, dtype=_I64)
+
+
+def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: bool) -> Cut:
+    """The blocks ``docs`` complete (``final``: all of them, the last one padded)."""
+    S = seq_len
+    vs = virtual_starts(docs.lengths, S, split_documents)
+    ends = vs + docs.lengths
+    total = int(ends[-1]) if len(ends) else 0
+    n_blocks = -(-total // S) if final else total // S
+    limit = n_blocks * S
+    # pieces: document i's part in block b, for every block it touches before the limit
+    n_in = int(np.searchsorted(vs, limit, "left"))
+    first_block = vs[:n_in] // S
+    count = (np.minimum(ends[:n_in], limit) - 1) // S - first_block + 1
+    piece_doc = np.repeat(np.arange(n_in, dtype=_I64), count)
+    n_pieces = len(piece_doc)
+    piece_block = first_block[piece_doc] + np.arange(n_pieces, dtype=_I64) - np.repeat(exclusive_cumsum(count), count)
+    block_lo = piece_block * S
+    piece_start = np.maximum(vs[piece_doc], block_lo)
+    piece_len = np.minimum(ends[piece_doc], block_lo + S) - piece_start
+    n_real = int(piece_len.sum())
+    bounds = np.searchsorted(piece_block, np.arange(n_blocks + 1, dtype=_I64))  # block b: pieces bounds[b]:bounds[b+1]
+    real_per_block = np.bincount(piece_block, weights=piece_len, minlength=n_blocks).astype(_I64)
+    arrays = _block_arrays(docs.tokens[:n_real], piece_start, piece_len, bounds, piece_block, real_per_block,
+                           n_blocks, S, pad_id)
+    starts = (piece_start == vs[piece_doc]) & (docs.offsets[piece_doc] == 0)
+    lens, real, cuts = piece_len.tolist(), real_per_block.tolist(), bounds.tolist()
+    names = [docs.sample_ids[d] for d in piece_doc.tolist()]
+    flags = starts.tolist()
+    seqlens, sample_ids, first_flags = [], [], []
+    for b in range(n_blocks):
+        a, z = cuts[b], cuts[b + 1]
+        seqlens.append(lens[a:z] + [S - real[b]] if real[b] < S else lens[a:z])
+        sample_ids.append(names[a:z])
+        first_flags.append(flags[a:z])
+    return Cut(arrays, seqlens, real, sample_ids, first_flags, _cursors(docs, vs, ends, n_blocks, S),
+               _carry(docs, vs, ends, limit, n_real))
+
+
+def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_block, n_blocks, S, pad_id) -> dict:
+    n_real = len(tokens)
+    size = n_blocks * S
+    run_lo = np.repeat(exclusive_cumsum(piece_len), piece_len)
+    within = np.arange(n_real, dtype=_I64) - run_lo  # index inside the piece
+    local = np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]  # piece index inside the block
+    dest = np.repeat(piece_start, piece_len) + within
+    contiguous = n_real == 0 or int(dest[-1]) == n_real - 1  # no gaps (dest strictly increases)
+    where = slice(0, n_real) if contiguous else dest
+    ids = np.full(size, pad_id, dtype=_I64)
+    ids[where] = tokens
+    labels = np.full(size, IGNORE_INDEX, dtype=_I64)
+    labels[where] = tokens
+    mask = np.zeros(size, dtype=_I64)
+    mask[where] = 1
+    doc_ids = np.full(size, -1, dtype=_I64)
+    doc_ids[where] = np.repeat(local, piece_len)
+    # padding is trailing in its block and its own run from 0
+    positions = np.tile(np.arange(S, dtype=_I64), n_blocks) - np.repeat(real_per_block, S)
+    positions[where] = within
+    shape = (n_blocks, S)
+    return {"input_ids": ids.reshape(shape), "labels": labels.reshape(shape), "position_ids": positions.reshape(shape),
+            "doc_ids": doc_ids.reshape(shape), "attention_mask": mask.reshape(shape)}
+
+
+def _cursors(docs: Docs, vs, ends, n_blocks: int, S: int) -> list[tuple[int, int]]:
+    """Per block: (document holding the next token, tokens of it emitted before that token)."""
+    at = (np.arange(n_blocks, dtype=_I64) + 1) * S
+    nxt = np.searchsorted(ends, at, "right")  # first document not finished by the block's end
+    safe = np.minimum(nxt, max(len(docs) - 1, 0))
+    if len(docs):
+        emitted = docs.offsets[safe] + np.maximum(0, at - vs[safe])
+    else:
+        emitted = np.zeros(n_blocks, dtype=_I64)
+    return list(zip(nxt.tolist(), np.where(nxt < len(docs), emitted, 0).tolist()))
+
+
+def _carry(docs: Docs, vs, ends, limit: int, n_real: int) -> Docs:
+    first = int(np.searchsorted(ends, limit, "right"))
+    if first >= len(docs):
+        return Docs.empty()
+    done = np.maximum(0, limit - vs[first:])
+    return Docs(docs.tokens[n_real:], docs.lengths[first:] - done, docs.offsets[first:] + done,
+                docs.sample_ids[first:], docs.chunks[first:], docs.items[first:])
+
+
+def empty_block(seq_len: int, pad_id: int) -> dict:
+    """A block with no tokens (all padding), in the form PackedStream yields."""
+    return {"input_ids": np.full(seq_len, pad_id, dtype=_I64), "labels": np.full(seq_len, IGNORE_INDEX, dtype=_I64),
+            "position_ids": np.arange(seq_len, dtype=_I64), "doc_ids": np.full(seq_len, -1, dtype=_I64),
+            "attention_mask": np.zeros(seq_len, dtype=_I64), "seqlens": [seq_len], "num_tokens": 0,
+            "is_pad": False, "starts": [], "sample_ids": []}
