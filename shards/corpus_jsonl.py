@@ -130,9 +130,9 @@ class _Reader:
                 return
             for code, name in REASONS.items():
                 self.bad.add_many(name, int(counts[code]))
-            read = (reason == OK) | (reason == UNKNOWN)
-            chars = pc.sum(pc.utf8_length(pc.filter(text, pa.array(read)))).as_py() or 0
-            good = pa.array(reason == OK)
+            read = _bool_array((reason == OK) | (reason == UNKNOWN))
+            chars = pc.sum(pc.utf8_length(pc.filter(text, read))).as_py() or 0
+            good = _bool_array(reason == OK)
             text = pc.filter(text, good)
             label_ids = pc.filter(label_ids, good) if label_ids is not None else None
         else:
@@ -149,7 +149,7 @@ class _Reader:
             return {r.label for r in jsonl_records(lines, self.spec, self.bad, self.where)}
         _, label, reason = checked
         if reason is not None:
-            label = pc.filter(label, pa.array(reason == OK))
+            label = pc.filter(label, _bool_array(reason == OK))
         return set(pc.unique(label).to_pylist())
 
     def _per_line(self, block: bytes, first: int) -> Iterator[Columns]:
@@ -277,3 +277,9 @@ def _reasons(n: int, masks: list) -> np.ndarray | None:
             reason = np.zeros(n, np.int8)
         reason[hit & (reason == OK)] = code
     return reason
+
+
+def _bool_array(mask: np.ndarray) -> pa.BooleanArray:
+    """A numpy bool mask as an Arrow one (``pa.array`` on numpy imports numpy.ma: 13 ms)."""
+    bits = np.packbits(mask, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])

@@ -18,7 +18,6 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import formats, storage
 from .tokenizer import encode_batch
@@ -65,13 +64,25 @@ def columns_of(records: Iterable[tuple[str, int | None]], labelled: bool) -> Ite
 def _to_columns(batch: list, labelled: bool) -> Columns:
     texts = [t for t, _ in batch]
     labels = np.array([label for _, label in batch], np.int64) if labelled else None
-    return Columns(pa.array(texts, pa.string()), labels)
+    return Columns(pa.array(texts, pa.string()), labels, sum(map(len, texts)))
 
 
-def groups(columns: Iterable[Columns], n: int = BATCH_ROWS) -> Iterator[tuple[pa.Array, np.ndarray | None]]:
-    """Re-cut a stream of Columns into groups of exactly ``n`` records (the last may be short)."""
+def string_lengths(texts: pa.Array) -> np.ndarray:
+    """UTF-8 bytes of each string of an Arrow string array, from its offsets (no compute call)."""
+    offsets = np.frombuffer(texts.buffers()[1], np.int32, len(texts) + 1, texts.offset * 4)
+    return np.diff(offsets).astype(np.int64)
+
+
+def groups(columns: Iterable[Columns], n: int = BATCH_ROWS, on_columns=None
+           ) -> Iterator[tuple[pa.Array, np.ndarray | None]]:
+    """Re-cut a stream of Columns into groups of exactly ``n`` records (the last may be short).
+
+    ``on_columns(records, text_chars)`` is called as each Columns is taken in.
+    """
     texts, labels, have = [], [], 0
     for col in columns:
+        if on_columns is not None:
+            on_columns(len(col.text), col.text_chars)
         chunks = col.text.chunks if isinstance(col.text, pa.ChunkedArray) else [col.text]
         start = 0  # of the chunk in col.label
         for chunk in chunks:
@@ -119,18 +130,16 @@ class PartWriter:
     def write_columns(self, columns: Iterable[Columns]) -> list[Part]:
         """Write a stream of :class:`Columns`; returns the finished parts."""
         labelled = "label" in self.fields
-        for text, label in groups(columns):
+        # progress as the records are read (in reader-sized steps), not per group
+        for text, label in groups(columns, on_columns=self.on_progress):
             texts = text if self.arrow_in and self.tokenizer is None else text.to_pylist()
             ids = None
             if self.tokenizer is not None:
                 ids = encode_batch(self.tokenizer, texts, self.max_length)
                 texts = text if self.arrow_in else texts
             n_ids = np.fromiter(map(len, ids), np.int64, len(ids)) if ids is not None else None
-            text_bytes = pc.binary_length(text).to_numpy().astype(np.int64)
-            sizes = np.asarray(self.module.record_bytes(text_bytes, n_ids, labelled), np.int64)
+            sizes = np.asarray(self.module.record_bytes(string_lengths(text), n_ids, labelled), np.int64)
             self._write_group(texts, label if labelled else None, ids, sizes)
-            if self.on_progress:
-                self.on_progress(len(text), pc.sum(pc.utf8_length(text)).as_py() or 0)
         if self._writer is not None:
             self._close(None)
         return self.parts
