@@ -62,7 +62,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 import shards
 
@@ -255,18 +255,20 @@ class BlockCollator:
     pad_id: int = 0
 
     def __call__(self, blocks: list[dict]) -> dict:
-        batch = {k: torch.from_numpy(np.stack([b[k] for b in blocks])) for k in ARRAY_KEYS}
-        batch["is_pad"] = torch.tensor([bool(b["is_pad"]) for b in blocks])
+        batch = {k: np.stack([b[k] for b in blocks]) for k in ARRAY_KEYS}
+        batch["is_pad"] = np.fromiter((bool(b["is_pad"]) for b in blocks), dtype=bool, count=len(blocks))
         batch["sample_ids"] = [list(b["sample_ids"]) for b in blocks]
         batch["started_ids"] = [_qualified(b, sid) for b in blocks
                                 for sid, first in zip(b["sample_ids"], b["starts"]) if first]
         batch["num_tokens"] = sum(int(b["num_tokens"]) for b in blocks)
         seqlens = [n for b in blocks for n in b["seqlens"]]
-        batch["cu_seqlens"] = torch.tensor([0, *accumulate(seqlens)], dtype=torch.int32)
+        batch["cu_seqlens"] = np.array([0, *accumulate(seqlens)], dtype=np.int32)
         batch["max_seqlen"] = max(seqlens)
         if "source" in blocks[0]:  # blocks drawn by a MixedStream
-            batch["source"] = torch.tensor([int(b.get("source", -1)) for b in blocks])
-        return batch
+            batch["source"] = np.array([int(b.get("source", -1)) for b in blocks], dtype=np.int64)
+        if get_worker_info() is not None:
+            return _WorkerBatch(batch)
+        return _as_tensors(batch)
 
     def filler(self, batch_size: int) -> dict:
         """A batch that trains nothing (labels all -100, ``is_pad`` True), for :func:`lockstep`.
@@ -274,6 +276,19 @@ class BlockCollator:
         block = empty_block(self.seq_len, self.pad_id)
         block.update(attention_mask=np.ones(self.seq_len, dtype=np.int64), is_pad=True, sample_ids=[])
         return self([block] * batch_size)
+
+
+class _WorkerBatch(dict):
+    """A batch made in a DataLoader worker: its arrays go through the pipe as numpy (one
+    message; a tensor would cost a shared-memory segment and a file-descriptor handshake
+    each, which dominated the main process's time) and unpickle as tensors."""
+
+    def __reduce__(self):
+        return _as_tensors, (dict(self),)
+
+
+def _as_tensors(batch: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _qualified(block: dict, sample_id: str) -> str:

@@ -327,6 +327,18 @@ def test_resume_mid_block_equals_uninterrupted(tmp_path, minilm, workers, split)
         assert mid_document > 0  # at least one snapshot fell inside a document
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_are_tensors_in_the_main_process(tmp_path, minilm, workers):
+    url = build_set(tmp_path, n=12, max_records=5)
+    ds = make_packed(url, minilm)
+    batch = next(iter(make_loader(ds, batch_size=3, num_workers=workers, collate_fn=ds.collator())))
+    assert type(batch) is dict  # workers send numpy; it unpickles as tensors
+    for key in ("input_ids", "labels", "position_ids", "doc_ids", "attention_mask"):
+        assert isinstance(batch[key], torch.Tensor) and batch[key].dtype == torch.long and batch[key].shape == (3, 8)
+    assert batch["is_pad"].dtype == torch.bool and batch["cu_seqlens"].dtype == torch.int32
+    assert batch["cu_seqlens"][-1] == 3 * 8 and isinstance(batch["num_tokens"], int)
+
+
 def test_resume_in_a_later_epoch(tmp_path, minilm):
     url = build_set(tmp_path, n=20, max_records=5)
     ds = make_packed(url, minilm)
