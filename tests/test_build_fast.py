@@ -233,3 +233,7 @@ def test_any_mix_same_bytes(tmp_path_factory, monkeypatch, picks, final_newline,
     (fast, slow), _ = build_both(tmp, monkeypatch, [src], spec=spec, limits=Limits(max_records=max_records),
                                  label_names=("neg", "pos"))
     assert fast == slow
+
+
+def test_whitespace_is_pythons():
+    assert corpus_jsonl.PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
