@@ -177,38 +177,39 @@ class PackedStream(IterableDataset):
             budget = min(2 * budget, self.chunk_tokens)
 
     def _read(self, items: Iterator[dict], chunk: int, first: int, budget: int) -> tuple[Docs, bool]:
-        """Up to ``budget`` tokens of documents from ``items``, and whether it ran out."""
-        arrays, names, where = [], [], []
-        tokens = pads = 0
-        index = first
+        """Documents of up to ~``budget`` tokens from ``items``, and whether it ran out."""
+        got: list[dict] = []
+        tokens = 0
         exhausted = True
         for item in items:
-            if item.get("is_pad"):
-                pads += 1
-            else:
-                try:
-                    ids = item["input_ids"]
-                except KeyError:
-                    raise ValueError("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
-                                     "build the shards with --tokenizer") from None
-                arrays.append(ids)
-                names.append(item["sample_id"])
-                where.append(index)
+            got.append(item)
+            ids = item.get("input_ids")
+            if ids is not None:
                 tokens += len(ids)
-            index += 1
-            if tokens >= budget or index - first >= CHUNK_ITEMS:
+            if tokens >= budget or len(got) >= CHUNK_ITEMS:
                 exhausted = False
                 break
+        pads = [bool(it.get("is_pad")) for it in got]
+        where = np.arange(first, first + len(got), dtype=np.int64)
+        if any(pads):  # rank-evening repeats and corrupt-shard placeholders carry no document
+            got = [it for it, pad in zip(got, pads) if not pad]
+            where = where[~np.asarray(pads, dtype=bool)]
+        try:
+            arrays = [it["input_ids"] for it in got]
+        except KeyError:
+            raise ValueError("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
+                             "build the shards with --tokenizer") from None
+        names = [it["sample_id"] for it in got]
         joined, lengths, kept = self.format.join(arrays)
         n = len(lengths)
-        if n < len(arrays):
+        if n < len(arrays):  # documents with no tokens once the tokenizer's specials are off
             names = [s for s, k in zip(names, kept.tolist()) if k]
-            where = np.asarray(where, dtype=np.int64)[kept]
-        self.stats["pad_documents"] += pads
+            where = where[kept]
+        self.stats["pad_documents"] += len(pads) - len(got)
         self.stats["empty_documents"] += len(arrays) - n
         self.stats["documents"] += n
         return Docs(joined, lengths, np.zeros(n, dtype=np.int64), names, np.full(n, chunk, dtype=np.int64),
-                    np.asarray(where, dtype=np.int64)), exhausted
+                    where), exhausted
 
     def _emit(self, result, docs: Docs, states: dict, after: int) -> Iterator[dict]:
         arrays = result.arrays
@@ -255,16 +256,17 @@ class BlockCollator:
     pad_id: int = 0
 
     def __call__(self, blocks: list[dict]) -> dict:
-        batch = {k: np.stack([b[k] for b in blocks]) for k in ARRAY_KEYS}
-        batch["is_pad"] = np.fromiter((bool(b["is_pad"]) for b in blocks), dtype=bool, count=len(blocks))
+        batch = {k: np.array([b[k] for b in blocks]) for k in ARRAY_KEYS}  # rows of equal length: [B, seq_len]
+        batch["is_pad"] = np.array([bool(b["is_pad"]) for b in blocks], dtype=bool)
         batch["sample_ids"] = [list(b["sample_ids"]) for b in blocks]
-        batch["started_ids"] = [_qualified(b, sid) for b in blocks
+        mixed = "source" in blocks[0]
+        batch["started_ids"] = [_qualified(b, sid) if mixed else sid for b in blocks
                                 for sid, first in zip(b["sample_ids"], b["starts"]) if first]
         batch["num_tokens"] = sum(int(b["num_tokens"]) for b in blocks)
         seqlens = [n for b in blocks for n in b["seqlens"]]
         batch["cu_seqlens"] = np.array([0, *accumulate(seqlens)], dtype=np.int32)
         batch["max_seqlen"] = max(seqlens)
-        if "source" in blocks[0]:  # blocks drawn by a MixedStream
+        if mixed:  # blocks drawn by a MixedStream
             batch["source"] = np.array([int(b.get("source", -1)) for b in blocks], dtype=np.int64)
         if get_worker_info() is not None:
             return _WorkerBatch(batch)
