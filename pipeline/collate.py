@@ -38,6 +38,21 @@ class Collator:
         return batch if self.as_numpy else to_tensors(batch)
 
 
+def collate_chunk(chunk, pad_id: int, multiple: int | None = None, keep_text: bool = False) -> dict:
+    """``Collator``'s batch, as numpy, from a columnar Chunk in a few array operations."""
+    batch: dict = {"sample_id": chunk.sample_ids(), "is_pad": chunk.is_pad}
+    if chunk.ids is not None:
+        width = int(chunk.ids.lengths.max()) if len(chunk) else 0
+        if multiple:
+            width = -(-width // multiple) * multiple
+        batch["input_ids"], batch["attention_mask"] = chunk.ids.padded(width, pad_id)
+    if chunk.label is not None:
+        batch["labels"] = chunk.label.astype(np.int64, copy=False)
+    if keep_text and chunk.text is not None:
+        batch["text"] = list(chunk.text)
+    return batch
+
+
 def pad(items: list[dict], pad_id: int, multiple: int | None) -> tuple[np.ndarray, np.ndarray]:
     lengths = [len(it["input_ids"]) for it in items]
     width = max(lengths) if lengths else 0

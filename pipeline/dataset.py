@@ -4,10 +4,13 @@
     ds.set_epoch(0)
     for item in ds: ...   # {"sample_id", "text", "label", "input_ids", "is_pad"}
 
-Stages, each a generator: plan (split.py) → fetch + verify shards (with the
-next one prefetched) → records → buffer shuffle → skip what a resumed state
-already consumed → batched tokenization → items.  Resume replays the worker's
-deterministic stream and skips, so the shuffle buffer's effect is exact.
+Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
+shards (with the next one prefetched) → record batches → windows of
+``shuffle_buffer`` samples, each permuted (shuffle.py) → batched tokenization
+→ items (``__iter__``) or padded batches (``batches``, the loader's path).
+Every step is a function of integers (seed, epoch, rank, worker, window), so a
+resumed stream starts at the window holding its position and reads nothing
+before it.
 """
 from __future__ import annotations
 
@@ -15,17 +18,19 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import groupby, islice
+from itertools import groupby
 from typing import Iterator
 
 import numpy as np
 from torch.utils.data import IterableDataset
 
 import shards
-from shards import storage
+from shards import Ragged, storage
 
 from . import split, world
-from .shuffle import buffer_shuffle, rng_for
+from .collate import collate_chunk
+from .columns import Chunk, from_rows, rechunk
+from .shuffle import window_order
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -36,7 +41,7 @@ CORRUPT_POLICIES = ("error", "skip")
 class StreamConfig:
     """The rarer knobs of a ShardStream, each with one documented default."""
 
-    shuffle_buffer: int = 8192      # items in the in-worker shuffle buffer (when shuffle=True)
+    shuffle_buffer: int = 8192      # consecutive samples of a worker's stream permuted together (shuffle=True)
     block_size: int = 1024          # records per block permuted inside a shard (when shuffle=True)
     tokenize_batch: int = 512       # texts per call to the fast tokenizer
     keep_text: bool = True          # include "text" in items
@@ -143,28 +148,66 @@ class ShardStream(IterableDataset):
         # Not a generator itself: the resume offset and the consumed count are set when the
         # iterator is made, because StatefulDataLoader snapshots state before the first next().
         worker_id, workers = world.worker()
+        skip = self._start(worker_id, workers)
+        return self._items(self.chunks(worker_id, workers, skip, self.config.keep_text))
+
+    def _start(self, worker_id: int, workers: int) -> int:
         skip = self._resume_offset(worker_id, workers)
         self._consumed = skip
         self._retries_seen = storage.retry_count()
-        return self._stream(worker_id, workers, skip)
+        return skip
 
-    def _stream(self, worker_id: int, workers: int, skip: int) -> Iterator[dict]:
+    def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
+        for chunk in chunks:
+            for item in chunk.items():
+                self._consumed += 1
+                yield item
+
+    def batches(self, batch_size: int, start_batch: int = 0, *, pad_id: int = 0,
+                pad_to_multiple_of: int | None = None, keep_text: bool = False) -> Iterator[dict]:
+        """This worker's samples as padded numpy batches (see collate.collate_chunk), from
+        batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
+        worker_id, workers = world.worker()
+        self._resume = None
+        skip = start_batch * batch_size
+        self._consumed = skip
+        self._retries_seen = storage.retry_count()
+        return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
+                             pad_to_multiple_of, keep_text)
+
+    def _batches(self, chunks, batch_size, pad_id, multiple, keep_text) -> Iterator[dict]:
+        for chunk in rechunk(chunks, batch_size):
+            self._consumed += len(chunk)
+            yield collate_chunk(chunk, pad_id, multiple, keep_text)
+
+    def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
+        """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
+        tokenized Chunks of at most ``tokenize_batch`` samples."""
         plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
                           workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
-        records = self._records(plan)
-        if self.shuffle:
-            rng = rng_for(self.seed, self.epoch, self.world.rank, worker_id)
-            records = buffer_shuffle(records, self.config.shuffle_buffer, rng)
-        for item in self._items(islice(records, skip, None)):
-            self._consumed += 1
-            yield item
+        window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
+        first = skip // max(window, 1)
+        want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
+        pieces = self._read(split.skip(plan, first * window), want_text)
+        for k, chunk in enumerate(rechunk(pieces, window), start=first):
+            if self.shuffle:
+                chunk = chunk.take(window_order(len(chunk), self.seed, self.epoch, self.world.rank, worker_id, k))
+            if k == first:
+                chunk = chunk.slice(skip - first * window, len(chunk))
+            for part in rechunk([chunk], self.config.tokenize_batch):
+                yield self._tokenized(part, keep_text)
         self._report_epoch()
 
-    def _columns(self) -> tuple[str, ...]:
-        cols = ["label", "input_ids"]
-        if self.config.keep_text or not self.pretokenized:
-            cols.append("text")
-        return tuple(cols)
+    def _tokenized(self, chunk: Chunk, keep_text: bool) -> Chunk:
+        if self.tokenizer is not None and not self.pretokenized:
+            chunk = chunk.with_ids(shards.encode_ragged(self.tokenizer, chunk.text, self.max_length,
+                                                        self.config.add_special_tokens))
+        elif chunk.ids is not None and self.max_length is not None:
+            chunk = chunk.with_ids(chunk.ids.truncate(self.max_length))
+        return chunk if keep_text else chunk.without_text()
+
+    def _columns(self, want_text: bool) -> tuple[str, ...]:
+        return ("label", "input_ids", "text") if want_text else ("label", "input_ids")
 
     def _fetch(self, shard: int) -> bytes | Exception:
         info = self.manifest.shards[shard]
@@ -183,7 +226,7 @@ class ShardStream(IterableDataset):
             self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
         return self._cache
 
-    def _records(self, plan: list[split.Slice]) -> Iterator[dict]:
+    def _read(self, plan: list[split.Slice], want_text: bool) -> Iterator[Chunk]:
         groups = [(shard, list(slices)) for shard, slices in groupby(plan, key=lambda s: s.shard)]
         if not groups:
             return
@@ -196,33 +239,20 @@ class ShardStream(IterableDataset):
                     nxt = groups[i + 1][0]
                     pending = pool.submit(self._fetch, nxt) if self.config.prefetch else _Done(self._fetch, nxt)
                 if isinstance(data, Exception):
-                    yield from self._skip_shard(shard, slices, data)
+                    yield from self._skip_shard(shard, slices, data, want_text)
                 else:
-                    yield from self._shard_records(shard, slices, data)
+                    yield from self._shard_chunks(shard, slices, data, want_text)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _shard_records(self, shard: int, slices: list[split.Slice], data: bytes) -> Iterator[dict]:
-        # Items are built a record batch at a time (one dict per record, no other per-record
-        # objects): at ~13 tokens a sentence, per-sample Python work rivals the tokenizer's.
+    def _shard_chunks(self, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
         url = shards.shard_url(self.url, self.manifest.shards[shard])
-        columns = self._columns()
+        columns = self._columns(want_text)
         for s in slices:
-            for batch in shards.read_batches(self.manifest, url, data, s.start, s.stop, columns):
-                rows = [{"sample_id": f"{shard:05d}:{r:06d}", "is_pad": s.pad}
-                        for r in range(batch.start, batch.start + len(batch))]
-                if batch.text is not None:
-                    for row, text in zip(rows, batch.text):
-                        row["text"] = text
-                if batch.label is not None:
-                    for row, label in zip(rows, batch.label.tolist()):
-                        row["label"] = label
-                if batch.input_ids is not None:
-                    for row, ids in zip(rows, batch.input_ids):
-                        row["input_ids"] = ids
-                yield from rows
+            for b in shards.read_batches(self.manifest, url, data, s.start, s.stop, columns):
+                yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
 
-    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception) -> Iterator[dict]:
+    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
         """Keep the step count: the skipped shard's records become flagged pads."""
         n = sum(len(s) for s in slices)
         if shard not in self._skipped:  # logged once per shard
@@ -231,36 +261,10 @@ class ShardStream(IterableDataset):
         self.stats["skipped_shards"] += 1
         self.stats["skipped_samples"] += n
         for s in slices:
-            for r in range(s.start, s.stop):
-                row = {"sample_id": sample_id(shard, r), "is_pad": True, "text": ""}
-                if self.label_names:
-                    row["label"] = 0
-                if self.pretokenized and self.tokenizer is None:
-                    row["input_ids"] = np.zeros(1, dtype=np.int32)
-                yield row
-
-    def _items(self, records: Iterator[dict]) -> Iterator[dict]:
-        """Tokenize in chunks of ``tokenize_batch`` texts; drop text unless kept."""
-        batch = self.config.tokenize_batch
-        tokenize = self.tokenizer is not None and not self.pretokenized
-        keep_text = self.config.keep_text
-        while True:
-            chunk = list(islice(records, batch))
-            if not chunk:
-                return
-            if tokenize:
-                ids = shards.encode_batch(self.tokenizer, [r["text"] for r in chunk], self.max_length,
-                                          self.config.add_special_tokens)
-                for row, x in zip(chunk, ids):
-                    row["input_ids"] = x
-            elif self.pretokenized and self.max_length is not None:
-                for row in chunk:
-                    if len(row["input_ids"]) > self.max_length:
-                        row["input_ids"] = _truncate(row["input_ids"], self.max_length)
-            if not keep_text:
-                for row in chunk:
-                    row.pop("text", None)
-            yield from chunk
+            k = len(s)
+            ids = Ragged.from_lengths(np.zeros(k, np.int32), np.ones(k, np.int64)) if self.pretokenized else None
+            yield from_rows(shard, s.start, k, True, [""] * k if want_text else None,
+                            np.zeros(k, np.int64) if self.label_names else None, ids)
 
     def _report_epoch(self) -> None:
         self._update_retries()
@@ -279,7 +283,3 @@ class _Done:
     def result(self):
         return self.fn(*self.args)
 
-
-def _truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
-    # Keep the closing special token (e.g. [SEP]) as the tokenizer's own truncation would.
-    return np.concatenate([ids[: max_length - 1], ids[-1:]])

@@ -1,9 +1,12 @@
-"""``make_loader``: a resumable DataLoader over a ShardStream.
+"""``make_loader``: a resumable DataLoader over a ShardStream (or a stream built on one).
 
-Built on torchdata's ``StatefulDataLoader``: ``loader.state_dict()`` holds
-every worker's stream state (epoch, samples consumed) and which worker is
-next, so ``load_state_dict`` in a fresh process continues the exact batch
-sequence, with ``num_workers`` 0 or more.
+A plain ``ShardStream`` with the default collate gets ``BatchLoader``
+(batch_loader.py): whole padded batches made in the workers, several per
+pipe message, state = batches delivered.  Anything else (packed or mixed
+streams, a custom ``collate_fn``) gets ``ShardLoader``, torchdata's
+``StatefulDataLoader``: ``loader.state_dict()`` holds every worker's stream
+state and which worker is next.  Either way ``load_state_dict`` in a fresh
+process continues the exact batch sequence, with ``num_workers`` 0 or more.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from .batch_loader import BatchLoader
 from .collate import Collator, to_tensors
+from .dataset import ShardStream
 
 
 class ShardLoader(StatefulDataLoader):
@@ -41,8 +46,17 @@ class ShardLoader(StatefulDataLoader):
 def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=None,
                 pin_memory: bool = False, prefetch_factor: int | None = None,
                 persistent_workers: bool = False, pad_to_multiple_of: int | None = None,
-                multiprocessing_context: str | None = None) -> ShardLoader:
-    """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id."""
+                multiprocessing_context: str | None = None, batches_per_message: int = 8):
+    """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id.
+
+    For a ShardStream (default collate) workers start with each epoch's iterator, so
+    ``persistent_workers`` does not apply; ``batches_per_message`` batches travel per
+    worker message (1 gives torch's usual one batch per request)."""
+    if collate_fn is None and isinstance(dataset, ShardStream):
+        return BatchLoader(dataset, batch_size, num_workers, pad_id=_pad_id(dataset),
+                           pad_to_multiple_of=pad_to_multiple_of, pin_memory=pin_memory,
+                           prefetch_factor=prefetch_factor, group=batches_per_message,
+                           multiprocessing_context=multiprocessing_context)
     if collate_fn is None and hasattr(dataset, "collator"):
         collate_fn = dataset.collator()  # packed / mixed streams know their own batch layout
     ours = collate_fn is None
@@ -70,6 +84,8 @@ def _pad_id(dataset) -> int:
 
 def loader_stats(loader) -> dict:
     """Sums of the workers' counters (retries, skipped shards/samples) from the loader state."""
+    if isinstance(loader, BatchLoader):
+        return loader.stats()
     totals: Counter = Counter()
     for state in _dataset_states(loader.state_dict()):
         totals.update(state.get("stats", {}))

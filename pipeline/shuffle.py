@@ -1,32 +1,20 @@
-"""Seeded, bounded buffer shuffle: an iterator in, the same items in a new order out.
+"""Seeded window shuffle: which order the samples of one window of a worker's stream take.
 
-Deterministic for (seed, epoch, rank, worker), so resuming by replaying the
-stream reproduces the buffer's effect exactly.
+A worker's stream (already a shuffled sequence of shard blocks, see split.py)
+is cut into windows of ``shuffle_buffer`` consecutive samples and each window
+is permuted.  The permutation is a pure function of (seed, epoch, rank,
+worker, window index), so a resumed stream recomputes it for the window that
+holds its position instead of replaying everything before it, and the whole
+shuffle is a few numpy calls per window rather than Python work per sample.
 """
 from __future__ import annotations
 
-import random
-from typing import Iterable, Iterator, TypeVar
+import numpy as np
 
-T = TypeVar("T")
-
-
-def rng_for(seed: int, epoch: int, rank: int, worker: int) -> random.Random:
-    return random.Random(f"buffer:{seed}:{epoch}:{rank}:{worker}")
+_SALT = 0x5EED_5A4D  # keeps these streams apart from other uses of the same seed
 
 
-def buffer_shuffle(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
-    """Yield every item once; each comes from a random slot of a ``size``-item buffer."""
-    if size <= 1:
-        yield from items
-        return
-    buffer: list[T] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        i = rng.randrange(size)
-        out, buffer[i] = buffer[i], item
-        yield out
-    rng.shuffle(buffer)
-    yield from buffer
+def window_order(n: int, seed: int, epoch: int, rank: int, worker: int, window: int) -> np.ndarray:
+    """A permutation of ``range(n)`` for this window."""
+    key = [_SALT, int(seed) % (1 << 64), int(epoch), int(rank), int(worker), int(window)]
+    return np.random.default_rng(np.random.SeedSequence(key)).permutation(n)

@@ -87,3 +87,21 @@ def plan(shard_sizes: list[int], rank: int, world_size: int, worker: int, worker
     lo, hi = worker_range(count, worker, workers)
     blocks = epoch_blocks(shard_sizes, block_size, seed, epoch, shuffle)
     return take(blocks, rank * count + lo, rank * count + hi, total)
+
+
+def skip(slices: list[Slice], n: int) -> list[Slice]:
+    """``slices`` without their first ``n`` positions."""
+    out: list[Slice] = []
+    for s in slices:
+        if n >= len(s):
+            n -= len(s)
+            continue
+        out.append(Slice(s.shard, s.start + n, s.stop, s.pad))
+        n = 0
+    return out
+
+
+def worker_counts(total: int, world_size: int, workers: int) -> list[int]:
+    """Samples each DataLoader worker of any rank yields per epoch (the same on every rank)."""
+    count = per_rank(total, world_size)
+    return [hi - lo for lo, hi in (worker_range(count, w, workers) for w in range(workers))]

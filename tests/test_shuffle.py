@@ -1,20 +1,20 @@
+import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pipeline.shuffle import buffer_shuffle, rng_for
+from pipeline.shuffle import window_order
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 300), st.integers(0, 50), st.integers(0, 1000))
-def test_buffer_shuffle_is_a_deterministic_permutation(n, size, seed):
-    items = list(range(n))
-    a = list(buffer_shuffle(iter(items), size, rng_for(seed, 0, 0, 0)))
-    b = list(buffer_shuffle(iter(items), size, rng_for(seed, 0, 0, 0)))
-    assert sorted(a) == items
-    assert a == b
+@given(st.integers(0, 300), st.integers(-5, 1000), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3),
+       st.integers(0, 50))
+def test_window_order_is_a_deterministic_permutation(n, seed, epoch, rank, worker, window):
+    a = window_order(n, seed, epoch, rank, worker, window)
+    assert sorted(a.tolist()) == list(range(n))
+    assert np.array_equal(a, window_order(n, seed, epoch, rank, worker, window))
 
 
-def test_buffer_shuffle_moves_items_and_depends_on_epoch():
-    items = list(range(1000))
-    e0 = list(buffer_shuffle(iter(items), 64, rng_for(1, 0, 0, 0)))
-    e1 = list(buffer_shuffle(iter(items), 64, rng_for(1, 1, 0, 0)))
-    assert e0 != items and e0 != e1
+def test_window_order_depends_on_every_key():
+    base = window_order(1000, 1, 0, 0, 0, 0)
+    assert not np.array_equal(base, np.arange(1000))
+    for key in [(2, 0, 0, 0, 0), (1, 1, 0, 0, 0), (1, 0, 1, 0, 0), (1, 0, 0, 1, 0), (1, 0, 0, 0, 1)]:
+        assert not np.array_equal(base, window_order(1000, *key))

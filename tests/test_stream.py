@@ -175,3 +175,38 @@ def test_state_taken_right_after_iter_in_a_later_epoch_resumes_that_epoch(tmp_pa
     del it
     resumed, _ = run(url, 0, 4, state=state)
     assert len(resumed) == 5
+
+
+@pytest.mark.parametrize("workers,group", [(2, 1), (2, 3), (3, 2)])
+def test_resume_at_every_batch_with_messages_of_several_batches(tmp_path, workers, group):
+    # 3 workers over 37 samples: 12/12/13 samples -> 4/4/5 batches of 3, so workers run out
+    # at different rounds and messages end mid-group
+    url = build_set(tmp_path, n=37, max_records=5)
+    kw = dict(shuffle=True, seed=11, config=StreamConfig(shuffle_buffer=6, block_size=4))
+
+    def batches(cut=None, state=None):
+        ds = ShardStream(url, **kw)
+        loader = make_loader(ds, 3, num_workers=workers, batches_per_message=group)
+        if state is not None:
+            loader.load_state_dict(json.loads(state))
+        out = []
+        for b in loader:
+            out.append(list(b["sample_id"]))
+            if len(out) == cut:
+                return out, json.dumps(loader.state_dict())
+        return out, json.dumps(loader.state_dict())
+
+    full, _ = batches()
+    assert sorted(s for b in full for s in b) == sorted(f"{s:05d}:{r:06d}" for s in range(8) for r in range(5)
+                                                        if s * 5 + r < 37)
+    for cut in range(1, len(full)):
+        head, state = batches(cut=cut)
+        tail, _ = batches(state=state)
+        assert head + tail == full, f"cut at {cut}"
+
+
+def test_loader_state_from_another_kind_is_refused(tmp_path):
+    url = build_set(tmp_path, n=10, max_records=5)
+    loader = make_loader(ShardStream(url), 2)
+    with pytest.raises(ValueError, match="kind"):
+        loader.load_state_dict({"epoch": 0, "consumed": 3})

@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 
-from pipeline import ShardStream, make_loader
+from pipeline import ShardStream, StreamConfig, make_loader
 from tests.conftest import build_set
 
 
@@ -56,13 +56,13 @@ def test_a_program_that_breaks_out_exits_promptly(tmp_path):
 
 
 class DyingStream(ShardStream):
-    """Kills its own worker process after a few items, as an OOM killer would."""
+    """Kills its own worker process after a few chunks of samples, as an OOM killer would."""
 
-    def __iter__(self):
-        for i, item in enumerate(super().__iter__()):
-            if i == 5:
+    def chunks(self, *args, **kwargs):
+        for i, chunk in enumerate(super().chunks(*args, **kwargs)):
+            if i == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
-            yield item
+            yield chunk
 
 
 @pytest.mark.timeout(60)
@@ -70,6 +70,6 @@ def test_a_dead_worker_raises_in_the_main_process(tmp_path):
     url = build_set(tmp_path, n=200, max_records=10)
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="(?i)worker"):
-        for _ in make_loader(DyingStream(url), 2, num_workers=2):
+        for _ in make_loader(DyingStream(url, config=StreamConfig(tokenize_batch=8)), 2, num_workers=2):
             pass
     print(f"worker death surfaced as an error after {time.monotonic() - t0:.2f} s")

@@ -1,0 +1,166 @@
+"""``BatchLoader``: the fast loader of a ShardStream — whole batches made in the workers.
+
+    loader = make_loader(ShardStream(url, tokenizer=tok, shuffle=True), batch_size=64, num_workers=2)
+    for batch in loader: ...                       # dict of tensors + sample_id list
+    state = loader.state_dict()                     # {"epoch", "batches", ...}: JSON
+    loader.load_state_dict(state)                   # next iter() continues exactly there
+
+Workers run ``ShardStream.batches`` (columnar: read, permute, tokenize and pad
+a few hundred samples per numpy call) and send ``group`` batches per pipe
+message, so the main process pays torch's per-request cost (~1 ms: queues,
+unpickling, bookkeeping) once per message, not per batch; tensors are made
+here, zero-copy from the numpy arrays.  The state is the count of batches
+delivered: with the per-worker batch counts (split.py) and the message order
+(order.py) it fixes where every worker resumes — no replay, nothing read
+before the resume point.
+"""
+from __future__ import annotations
+
+import gc
+from collections import Counter
+
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import order, split, world
+from .collate import to_tensors
+
+STATE_KIND = "shardstream.batches/1"
+
+
+class _Messages(IterableDataset):
+    """Runs in each DataLoader worker: that worker's batches, ``group`` per message."""
+
+    def __init__(self, stream, epoch: int, batch_size: int, counts: list[int], starts: list[int],
+                 lead: list[bool], group: int, batch_kw: dict):
+        super().__init__()
+        self.stream, self.epoch, self.batch_size = stream, epoch, batch_size
+        self.counts, self.starts, self.lead, self.group, self.batch_kw = counts, starts, lead, group, batch_kw
+
+    def __iter__(self):
+        worker_id, _ = world.worker()
+        self.stream.set_epoch(self.epoch)
+        self.stream.stats = Counter()  # this worker's counts for this epoch, sent with every message
+        start = self.starts[worker_id]
+        batches = self.stream.batches(self.batch_size, start, **self.batch_kw)
+        for size in order.messages(start, self.counts[worker_id], self.group, self.lead[worker_id]):
+            group = [next(batches) for _ in range(size)]
+            yield worker_id, group, self.stream.state_dict()["stats"]
+        for _ in batches:  # runs the stream's end-of-epoch report; yields nothing
+            raise RuntimeError(f"worker {worker_id}: more batches than planned; report this bug")
+
+
+def _as_is(message):
+    return message  # numpy stays numpy over the pipe (see collate.py)
+
+
+class BatchLoader:
+    def __init__(self, stream, batch_size: int, num_workers: int = 0, *, pad_id: int = 0,
+                 pad_to_multiple_of: int | None = None, pin_memory: bool = False,
+                 prefetch_factor: int | None = None, group: int = 8,
+                 multiprocessing_context: str | None = None):
+        if batch_size < 1 or num_workers < 0 or group < 1:
+            raise ValueError(f"batch_size={batch_size}, num_workers={num_workers}, group={group}: "
+                             f"need batch_size >= 1, num_workers >= 0, group >= 1")
+        self.dataset = stream
+        self.batch_size, self.num_workers, self.group = batch_size, num_workers, group
+        self.pin_memory, self.prefetch_factor, self.mp_context = pin_memory, prefetch_factor, multiprocessing_context
+        self.batch_kw = {"pad_id": pad_id, "pad_to_multiple_of": pad_to_multiple_of}
+        self._epoch, self._delivered = stream.epoch, 0
+        self._resume: dict | None = None
+        self._stats_done: Counter = Counter()
+        self._stats_now: dict[int, dict] = {}
+
+    # -- sizes -------------------------------------------------------------
+    def _counts(self) -> list[int]:
+        """Batches per worker (per epoch, identical on every rank)."""
+        workers = max(self.num_workers, 1)
+        samples = split.worker_counts(self.dataset.manifest.num_records, self.dataset.world.world_size, workers)
+        return [-(-n // self.batch_size) for n in samples]
+
+    def __len__(self) -> int:
+        return sum(self._counts())
+
+    # -- state -------------------------------------------------------------
+    def _settings(self) -> dict:
+        ds = self.dataset
+        return {"batch_size": self.batch_size, "num_workers": self.num_workers, "group": self.group,
+                "rank": ds.world.rank, "world_size": ds.world.world_size, "seed": ds.seed,
+                "shuffle": ds.shuffle, "num_records": ds.manifest.num_records}
+
+    def state_dict(self) -> dict:
+        if self._resume is not None:
+            return dict(self._resume)
+        return {"kind": STATE_KIND, "epoch": self._epoch, "batches": self._delivered,
+                **self._settings(), "stats": self.stats()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != STATE_KIND:
+            raise ValueError(f"loader state of kind {state.get('kind')!r}; this loader reads {STATE_KIND!r} "
+                             f"(saved by make_loader over a ShardStream)")
+        if state["batches"]:
+            changed = {k: (state.get(k), v) for k, v in self._settings().items() if state.get(k) != v}
+            if changed:
+                raise ValueError("cannot resume mid-epoch: " + ", ".join(
+                    f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                    + ". Resume with the same world size, num_workers, batch size and seed, "
+                      "or start at an epoch boundary")
+        self._resume = dict(state)
+        self.dataset.set_epoch(int(state["epoch"]))
+        self._stats_done = Counter(state.get("stats", {}))
+        self._stats_now = {}
+
+    def stats(self) -> dict:
+        """Counters of the stream (retries, skipped_shards, skipped_samples), summed over workers."""
+        if self.num_workers == 0:
+            return dict(self._stats_done + Counter(self.dataset.stats))
+        total = Counter(self._stats_done)
+        for counts in self._stats_now.values():
+            total.update(counts)
+        return dict(total)
+
+    # -- iteration ---------------------------------------------------------
+    def __iter__(self):
+        # Not a generator: the position is set when the iterator is made, so a state taken
+        # right after iter() names this epoch, not the previous one.
+        state, self._resume = self._resume, None
+        self._fold_stats()
+        self._epoch = self.dataset.epoch
+        self._delivered = int(state["batches"]) if state is not None else 0
+        if self.num_workers == 0:
+            return self._local()
+        return self._from_workers()
+
+    def _fold_stats(self) -> None:
+        for counts in self._stats_now.values():
+            self._stats_done.update(counts)
+        self._stats_now = {}
+
+    def _local(self):
+        stream = self.dataset
+        for batch in stream.batches(self.batch_size, self._delivered, **self.batch_kw):
+            self._delivered += 1
+            yield to_tensors(batch, self.pin_memory)
+
+    def _from_workers(self):
+        counts = self._counts()
+        starts, lead = order.resume_point(counts, self.group, self._delivered)
+        messages = _Messages(self.dataset, self._epoch, self.batch_size, counts, starts, lead, self.group,
+                             self.batch_kw)
+        kwargs = {"prefetch_factor": self.prefetch_factor or 2, "multiprocessing_context": self.mp_context}
+        loader = DataLoader(messages, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                            **kwargs)
+        # Objects inherited by forked workers stay shared until a worker's first full GC
+        # touches them (copy-on-write); frozen while the workers fork, they stay untouched.
+        gc.freeze()
+        try:
+            it = iter(loader)
+        finally:
+            gc.unfreeze()
+        return self._deliver(it)
+
+    def _deliver(self, it):
+        for worker_id, group, stats in it:
+            self._stats_now[worker_id] = stats
+            for batch in group:
+                self._delivered += 1
+                yield to_tensors(batch, self.pin_memory)

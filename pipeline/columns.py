@@ -1,0 +1,99 @@
+"""``Chunk``: consecutive samples of a stream as columns (the unit every stage passes on).
+
+A chunk holds, per sample, where it came from (shard, record), whether it is
+a pad, and its text / label / token ids.  Stages permute, cut and join
+chunks with a few numpy calls; per-sample Python objects are made only at
+the very end, and only for callers that want one dict per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from shards import Ragged
+from shards.ragged import concat as concat_ragged
+
+
+@dataclass(frozen=True)
+class Chunk:
+    shard: np.ndarray            # int64 per sample
+    record: np.ndarray           # int64 per sample: index in its shard
+    is_pad: np.ndarray           # bool per sample
+    text: list[str] | None = None
+    label: np.ndarray | None = None  # int64 per sample
+    ids: Ragged | None = None
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def take(self, index: np.ndarray) -> "Chunk":
+        return Chunk(self.shard[index], self.record[index], self.is_pad[index],
+                     None if self.text is None else [self.text[i] for i in index.tolist()],
+                     None if self.label is None else self.label[index],
+                     None if self.ids is None else self.ids.take(index))
+
+    def slice(self, lo: int, hi: int) -> "Chunk":
+        if lo == 0 and hi >= len(self):
+            return self
+        return Chunk(self.shard[lo:hi], self.record[lo:hi], self.is_pad[lo:hi],
+                     None if self.text is None else self.text[lo:hi],
+                     None if self.label is None else self.label[lo:hi],
+                     None if self.ids is None else self.ids.slice(lo, hi))
+
+    def with_ids(self, ids: Ragged) -> "Chunk":
+        return replace(self, ids=ids)
+
+    def without_text(self) -> "Chunk":
+        return self if self.text is None else replace(self, text=None)
+
+    def sample_ids(self) -> list[str]:
+        return [f"{s:05d}:{r:06d}" for s, r in zip(self.shard.tolist(), self.record.tolist())]
+
+    def items(self) -> list[dict]:
+        """One dict per sample: sample_id, is_pad and whichever of text/label/input_ids it has."""
+        rows = [{"sample_id": sid, "is_pad": pad} for sid, pad in zip(self.sample_ids(), self.is_pad.tolist())]
+        if self.text is not None:
+            for row, text in zip(rows, self.text):
+                row["text"] = text
+        if self.label is not None:
+            for row, label in zip(rows, self.label.tolist()):
+                row["label"] = label
+        if self.ids is not None:
+            for row, ids in zip(rows, self.ids.rows()):
+                row["input_ids"] = ids
+        return rows
+
+
+def from_rows(shard: int, start: int, n: int, pad: bool, text=None, label=None, ids=None) -> Chunk:
+    """Records ``start .. start+n-1`` of one shard."""
+    return Chunk(np.full(n, shard, np.int64), np.arange(start, start + n, dtype=np.int64),
+                 np.full(n, pad, bool), text, label, ids)
+
+
+def concat(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    return Chunk(np.concatenate([c.shard for c in chunks]), np.concatenate([c.record for c in chunks]),
+                 np.concatenate([c.is_pad for c in chunks]),
+                 None if first.text is None else [t for c in chunks for t in c.text],
+                 None if first.label is None else np.concatenate([c.label for c in chunks]),
+                 None if first.ids is None else concat_ragged([c.ids for c in chunks]))
+
+
+def rechunk(chunks, size: int):
+    """The same samples in chunks of exactly ``size`` (the last may be shorter)."""
+    held: list[Chunk] = []
+    count = 0
+    for chunk in chunks:
+        while len(chunk):
+            take = min(size - count, len(chunk))
+            held.append(chunk.slice(0, take))
+            count += take
+            chunk = chunk.slice(take, len(chunk))
+            if count == size:
+                yield concat(held)
+                held, count = [], 0
+    if held:
+        yield concat(held)
