@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shards import corpus_jsonl
+from shards import corpus_jsonl, corpus_jsonl_check
 from shards.build import BuildConfig, build
 from shards.corpus import BadRecordError, CorpusSpec
 from shards.writer import Limits
@@ -120,21 +120,21 @@ def build_both(tmp_path, monkeypatch, inputs, name="b", **kw):
 def small_blocks(monkeypatch):
     """Blocks of a few KB so a small file spans many blocks and retried pieces (this process only)."""
     monkeypatch.setattr(corpus_jsonl, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(corpus_jsonl, "RETRY_BYTES", 700)
+    monkeypatch.setattr(corpus_jsonl, "MIN_PIECE_BYTES", 700)
 
 
 @pytest.fixture
 def fast_blocks(monkeypatch):
     """Counts blocks checked column-wise: all good, and with bad records counted vectorised."""
     seen = {"clean": 0, "with_bad": 0}
-    reasons = corpus_jsonl._reasons
+    reasons = corpus_jsonl_check._reasons
 
     def counting(n, masks):
         out = reasons(n, masks)
         seen["clean" if out is None else "with_bad"] += 1
         return out
 
-    monkeypatch.setattr(corpus_jsonl, "_reasons", counting)
+    monkeypatch.setattr(corpus_jsonl_check, "_reasons", counting)
     return seen
 
 
@@ -154,7 +154,7 @@ CASES = {
 @pytest.mark.parametrize("blocks", [(4096, 700), (20000, 1500)])
 def test_same_bytes_as_per_line(tmp_path, monkeypatch, fast_blocks, case, blocks):
     monkeypatch.setattr(corpus_jsonl, "BLOCK_BYTES", blocks[0])
-    monkeypatch.setattr(corpus_jsonl, "RETRY_BYTES", blocks[1])
+    monkeypatch.setattr(corpus_jsonl, "MIN_PIECE_BYTES", blocks[1])
     src = write(tmp_path / "in" / "mixed.jsonl", corpus_lines(2000), final_newline=blocks[0] < 5000)
     (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src], **CASES[case])
     assert fast == slow
@@ -226,7 +226,8 @@ KINDS = [line for _, line in LINES] + [good(i) for i in range(20)]
        final_newline=st.booleans(), max_records=st.integers(1, 40), block=st.integers(64, 3000))
 def test_any_mix_same_bytes(tmp_path_factory, monkeypatch, picks, final_newline, max_records, block):
     monkeypatch.setattr(corpus_jsonl, "BLOCK_BYTES", block)
-    monkeypatch.setattr(corpus_jsonl, "RETRY_BYTES", max(block // 4, 1))
+    monkeypatch.setattr(corpus_jsonl, "MIN_PIECE_BYTES", max(block // 8, 1))
+    monkeypatch.setattr(corpus_jsonl, "RETRY_PIECES", 3)
     tmp = tmp_path_factory.mktemp("mix")
     src = write(tmp / "in" / "mix.jsonl", [KINDS[k] for k in picks], final_newline)
     spec = CorpusSpec(label_field="label", on_bad_record="skip", max_record_bytes=MAX_RECORD_BYTES)
@@ -236,4 +237,16 @@ def test_any_mix_same_bytes(tmp_path_factory, monkeypatch, picks, final_newline,
 
 
 def test_whitespace_is_pythons():
-    assert corpus_jsonl.PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+    assert corpus_jsonl_check.PY_WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+def test_many_invalid_utf8_lines(tmp_path, monkeypatch, fast_blocks):
+    """Past MAX_UTF8_ERRORS located lines, the rest of the block goes line by line: same bytes."""
+    monkeypatch.setattr(corpus_jsonl_check, "MAX_UTF8_ERRORS", 3)
+    lines = [good(i) for i in range(400)]
+    for k in range(0, 400, 25):
+        lines[k] = '{"text": "latin-1 café %d", "label": "pos"}'.replace("%d", str(k)).encode("latin-1")
+    src = write(tmp_path / "in" / "latin.jsonl", lines)
+    (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src])
+    assert fast == slow and manifest.bad_records == {"invalid_utf8": 16}
+    assert fast_blocks["clean"] > 0
