@@ -94,6 +94,9 @@ def write(path: pathlib.Path, lines: list[bytes], final_newline: bool = True) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
+    elif path.suffix == ".zst":
+        import zstandard
+        data = zstandard.ZstdCompressor().compress(data)
     path.write_bytes(data)
     return str(path)
 
@@ -163,10 +166,11 @@ def test_same_bytes_as_per_line(tmp_path, monkeypatch, fast_blocks, case, blocks
         assert fast_blocks["clean"] > 0 and fast_blocks["with_bad"] > 0
 
 
-def test_same_bytes_gz_and_several_files(tmp_path, monkeypatch, small_blocks):
+def test_same_bytes_gz_zst_and_several_files(tmp_path, monkeypatch, small_blocks):
     inputs = [write(tmp_path / "in" / "a.jsonl.gz", corpus_lines(300, seed=1)),
               write(tmp_path / "in" / "b.jsonl", corpus_lines(300, seed=2), final_newline=False),
-              write(tmp_path / "in" / "c.json", corpus_lines(300, seed=3))]
+              write(tmp_path / "in" / "c.json", corpus_lines(300, seed=3)),
+              write(tmp_path / "in" / "d.jsonl.zst", corpus_lines(300, seed=4), final_newline=False)]
     (fast, slow), _ = build_both(tmp_path, monkeypatch, inputs, split_bytes=7000)
     assert fast == slow
 
