@@ -254,3 +254,24 @@ def test_many_invalid_utf8_lines(tmp_path, monkeypatch, fast_blocks):
     (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src])
     assert fast == slow and manifest.bad_records == {"invalid_utf8": 16}
     assert fast_blocks["clean"] > 0
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_lines_longer_than_a_read(tmp_path, monkeypatch, policy):
+    """A line over max_record_bytes that spans several reads is counted and drained (or named)."""
+    monkeypatch.setattr(corpus_jsonl, "BLOCK_BYTES", 64)
+    long_ok = json.dumps({"text": "y" * 200, "label": "neg"}).encode()  # > a read, < the limit
+    lines = [good(i) for i in range(50)] + [dict(LINES)["too_long"], long_ok] + [good(i) for i in range(50, 90)]
+    src = write(tmp_path / "in" / "long.jsonl", lines, final_newline=False)
+    spec = CorpusSpec(label_field="label", on_bad_record=policy, max_record_bytes=MAX_RECORD_BYTES)
+    if policy == "skip":
+        (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src], spec=spec, split_bytes=1500)
+        assert fast == slow and manifest.bad_records == {"too_long": 1} and manifest.num_records == 91
+        return
+    messages = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("SHARDS_FAST_JSONL", mode)
+        with pytest.raises(BadRecordError) as info:
+            build([src], BuildConfig(out=str(tmp_path / f"o{mode}"), spec=spec, split_bytes=1500, progress=False))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "long.jsonl:51: too_long" in messages[0]
