@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 ARRAY_KEYS = ("input_ids", "attention_mask", "labels", "is_pad", "position_ids")
+LONG_KEYS = ("input_ids", "attention_mask", "labels")  # LongTensors, whatever width travelled
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def collate_chunk(chunk, pad_id: int, multiple: int | None = None, keep_text: bo
         width = int(chunk.ids.lengths.max()) if len(chunk) else 0
         if multiple:
             width = -(-width // multiple) * multiple
-        batch["input_ids"], batch["attention_mask"] = chunk.ids.padded(width, pad_id)
+        # int32 over the worker pipe (a third of int64's bytes); to_tensors widens them
+        batch["input_ids"], batch["attention_mask"] = chunk.ids.padded(width, pad_id, np.int32)
     if chunk.label is not None:
         batch["labels"] = chunk.label.astype(np.int64, copy=False)
     if keep_text and chunk.text is not None:
@@ -71,6 +73,8 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
     out = {}
     for key, value in batch.items():
         if isinstance(value, np.ndarray):
+            if key in LONG_KEYS and value.dtype != np.int64:
+                value = value.astype(np.int64)
             value = torch.from_numpy(value)
             if pin_memory:
                 value = value.pin_memory()

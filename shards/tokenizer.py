@@ -102,9 +102,10 @@ def encode_ragged(tok, texts: list[str], max_length: int | None = None,
 
 
 def _encode(tok, texts: list[str], max_length: int | None, add_special_tokens: bool) -> list[list[int]]:
-    if max_length is not None:
+    current = tok.truncation  # a dict, or None; set only on change (each set rebuilds Rust state)
+    if max_length is not None and (current is None or current["max_length"] != max_length):
         tok.enable_truncation(max_length)
-    else:
+    elif max_length is None and current is not None:
         tok.no_truncation()
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]

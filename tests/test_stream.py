@@ -210,3 +210,17 @@ def test_loader_state_from_another_kind_is_refused(tmp_path):
     loader = make_loader(ShardStream(url), 2)
     with pytest.raises(ValueError, match="kind"):
         loader.load_state_dict({"epoch": 0, "consumed": 3})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_long_tensors_padded_to_the_longest(tmp_path, minilm, workers):
+    import torch
+    url = build_set(tmp_path, n=12, max_records=5)
+    ds = ShardStream(url, tokenizer=minilm, max_length=12)
+    items = {it["sample_id"]: it["input_ids"].tolist() for it in ShardStream(url, tokenizer=minilm, max_length=12)}
+    for b in make_loader(ds, 4, num_workers=workers, pad_to_multiple_of=8):
+        assert b["input_ids"].dtype == b["attention_mask"].dtype == b["labels"].dtype == torch.int64
+        assert b["input_ids"].shape[1] % 8 == 0 and b["is_pad"].dtype == torch.bool
+        for row, mask, sid in zip(b["input_ids"].tolist(), b["attention_mask"].tolist(), b["sample_id"]):
+            n = sum(mask)
+            assert row[:n] == items[sid] and set(row[n:]) <= {0} and mask == [1] * n + [0] * (len(mask) - n)
