@@ -60,7 +60,12 @@ class DocFormat:
         """``tokens`` of many documents at once: (their tokens end to end, their lengths,
         a mask of the inputs that had tokens; the empty ones are left out of the first two)."""
         raw = np.fromiter(map(len, arrays), dtype=_I64, count=len(arrays))
-        flat = np.concatenate(arrays).astype(_I64, copy=False) if len(arrays) else np.zeros(0, _I64)
+        flat = np.concatenate(arrays) if len(arrays) else np.zeros(0, _I64)
+        return self.join_flat(flat, raw)
+
+    def join_flat(self, flat: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``join`` of documents given end to end: ``flat`` ids, ``raw`` length of each
+        (the form a columnar reader has them in, with no per-document arrays)."""
         lo = exclusive_cumsum(raw)
         hi = lo + raw
         lo = lo + len(self.prefix) * _has(flat, lo, hi - lo, self.prefix, at_end=False)

@@ -10,8 +10,8 @@ then times, each in this process (no DataLoader) and best of ``--repeats``:
 - ``raw_pretok``: ShardStream over the pre-tokenized set (reading only);
 - ``packed``: PackedStream over the on-the-fly stream; ``packed_pretok``: over the
   pre-tokenized one: blocks/s and real (non-padding) tokens/s;
-- ``*_loader``: ``classify`` and ``packed`` through make_loader with ``--workers`` workers
-  and their collators (batches of ``--batch-size``).
+- ``*_loader``: ``classify``, ``packed`` and ``packed_pretok`` through make_loader with
+  ``--workers`` workers and their collators (batches of ``--batch-size``).
 Prints one JSON line per measurement.  Figures depend on the machine's load.
 """
 from __future__ import annotations
@@ -113,6 +113,7 @@ def main(argv=None) -> int:
         "packed_pretok": lambda: count_blocks(packed(pretok_url, None)),
         "classify_loader": lambda: count_batches(make_loader(classify(), args.batch_size, args.workers), "mask"),
         "packed_loader": lambda: count_batches(_packed_loader(packed(), args), "blocks"),
+        "packed_pretok_loader": lambda: count_batches(_packed_loader(packed(pretok_url, None), args), "blocks"),
     }
     for name, run in runs.items():
         seconds, units, tokens = best_of(args.repeats, run)
