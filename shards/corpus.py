@@ -140,7 +140,7 @@ def read_unit(unit: Unit, spec: CorpusSpec, bad: BadRecords,
     yield from reader(unit, spec, bad, compression, storage_options)
 
 
-def _open_binary(url: str, compression: str | None, storage_options: dict | None):
+def open_binary(url: str, compression: str | None, storage_options: dict | None):
     fs, path = storage.filesystem(url, storage_options)
     # a local file is opened plainly: fsspec's LocalFileOpener wraps every readline in Python
     raw = open(path, "rb", buffering=1 << 20) if not storage.is_remote(url) else fs.open(path, "rb")
@@ -161,11 +161,11 @@ def _lines(unit: Unit, spec: CorpusSpec, bad: BadRecords, where, compression, st
     ``max_record_bytes`` are drained in pieces and counted, never held whole.
     """
     limit = spec.max_record_bytes
-    with _open_binary(unit.url, compression, storage_options) as f:
+    with open_binary(unit.url, compression, storage_options) as f:
         pos, line_no = 0, 0
         if unit.start > 0:
             f.seek(unit.start - 1)
-            pos = unit.start - 1 + _drain_line(f)  # finish the line owned by the previous range
+            pos = unit.start - 1 + drain_line(f)  # finish the line owned by the previous range
         while unit.end is None or pos < unit.end:
             line = f.readline(limit + 1)
             if not line:
@@ -173,13 +173,13 @@ def _lines(unit: Unit, spec: CorpusSpec, bad: BadRecords, where, compression, st
             line_no += 1
             pos += len(line)
             if len(line) > limit and not line.endswith(b"\n"):
-                pos += _drain_line(f)
+                pos += drain_line(f)
                 bad.add("too_long", where(line_no), f"over {limit} bytes (--max-record-bytes)")
                 continue
             yield line.rstrip(b"\r\n"), line_no
 
 
-def _drain_line(f) -> int:
+def drain_line(f) -> int:
     """Skip to just after the next newline in bounded pieces; returns the bytes skipped."""
     skipped = 0
     while True:
@@ -248,20 +248,6 @@ def _read_jsonl(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     yield from jsonl_records(_lines(unit, spec, bad, where, compression, storage_options), spec, bad, where)
 
 
-def block_lines(block: bytes, first_line: int, spec: CorpusSpec, bad: BadRecords, where
-                ) -> Iterator[tuple[bytes, int]]:
-    """The lines of a block of whole lines as :func:`_lines` gives them (same numbers, same too_long)."""
-    pieces = block.split(b"\n")
-    if block.endswith(b"\n"):
-        pieces.pop()
-    limit = spec.max_record_bytes
-    for k, piece in enumerate(pieces):
-        if len(piece) > limit:
-            bad.add("too_long", where(first_line + k), f"over {limit} bytes (--max-record-bytes)")
-            continue
-        yield piece.rstrip(b"\r"), first_line + k
-
-
 def jsonl_records(lines: Iterable[tuple[bytes, int]], spec: CorpusSpec, bad: BadRecords, where
                   ) -> Iterator[Raw]:
     """Records of JSONL lines, one JSON object per line."""
@@ -319,7 +305,7 @@ def _from_mapping(obj: dict, spec: CorpusSpec, bad: BadRecords, where, line: int
 def _read_csv(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     kind, _ = kind_of(unit.url)
     where = Where(unit, storage_options)
-    with _open_binary(unit.url, compression, storage_options) as raw:
+    with open_binary(unit.url, compression, storage_options) as raw:
         # surrogateescape keeps undecodable bytes visible so one bad row does
         # not abort the whole file; such rows are counted as invalid_utf8.
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -382,7 +368,7 @@ def _csv_record(row: list[str], header: list[str], spec: CorpusSpec, bad: BadRec
 def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw]:
     import pyarrow.parquet as pq
 
-    with _open_binary(unit.url, compression, storage_options) as raw:
+    with open_binary(unit.url, compression, storage_options) as raw:
         # Parquet needs random access: a compressed file is decompressed into memory.
         f = raw if compression is None else io.BytesIO(raw.read())
         pf = pq.ParquetFile(f)

@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .corpus import (BadRecords, CorpusSpec, Unit, Where, _drain_line, _open_binary, block_lines,
-                     jsonl_records, kind_of)
+from .corpus import BadRecords, CorpusSpec, Unit, Where, drain_line, jsonl_records, kind_of, open_binary
 from .corpus_jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, bool_array
 from .writer import Columns
 
@@ -72,11 +71,11 @@ class _Reader:
         inside it; a line over ``max_record_bytes`` is counted and drained, never held.
         """
         unit, limit = self.unit, self.spec.max_record_bytes
-        with _open_binary(unit.url, kind_of(unit.url)[1], self.storage_options) as f:
+        with open_binary(unit.url, kind_of(unit.url)[1], self.storage_options) as f:
             pos, line, carry = 0, 1, b""
             if unit.start > 0:
                 f.seek(unit.start - 1)
-                pos = unit.start - 1 + _drain_line(f)
+                pos = unit.start - 1 + drain_line(f)
             while unit.end is None or pos < unit.end:
                 chunk = f.read(BLOCK_BYTES)
                 if not chunk:
@@ -95,7 +94,7 @@ class _Reader:
                 carry, pos = buf[cut:], pos + cut
                 if len(carry) > limit:
                     self.bad.add("too_long", self.where(line), f"over {limit} bytes (--max-record-bytes)")
-                    pos += len(carry) + _drain_line(f)
+                    pos += len(carry) + drain_line(f)
                     carry, line = b"", line + 1
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
@@ -194,3 +193,17 @@ class _Reader:
             texts.append(raw.text)
         yield Columns(pa.array(texts, pa.string()), np.array(label_ids, np.int64) if ids is not None else None,
                       chars)
+
+
+def block_lines(block: bytes, first_line: int, spec: CorpusSpec, bad: BadRecords, where
+                ) -> Iterator[tuple[bytes, int]]:
+    """The lines of a block of whole lines as :func:`corpus._lines` gives them (same numbers, same too_long)."""
+    pieces = block.split(b"\n")
+    if block.endswith(b"\n"):
+        pieces.pop()
+    limit = spec.max_record_bytes
+    for k, piece in enumerate(pieces):
+        if len(piece) > limit:
+            bad.add("too_long", where(first_line + k), f"over {limit} bytes (--max-record-bytes)")
+            continue
+        yield piece.rstrip(b"\r"), first_line + k
