@@ -168,7 +168,7 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
     """
     text_chars = Counter()
     kind, _ = kind_of(unit.url)
-    if kind == "jsonl" and corpus_jsonl.enabled():
+    if kind == "jsonl" and cfg.spec.block_parse:
         def columns():
             for col in corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options):
                 text_chars["n"] += col.text_chars

@@ -45,6 +45,7 @@ class CorpusSpec:
     columns: tuple[str, ...] | None = None  # CSV/TSV without a header row
     on_bad_record: str = "error"
     max_record_bytes: int = 8 << 20
+    block_parse: bool = True  # JSONL: pyarrow parses blocks of lines (False: line by line; same output)
 
     def __post_init__(self):
         if self.on_bad_record not in BAD_POLICIES:
@@ -127,7 +128,7 @@ def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = Non
     if kind_of(unit.url)[0] == "jsonl":
         from . import corpus_jsonl  # imports this module
 
-        if corpus_jsonl.enabled():
+        if spec.block_parse:
             return corpus_jsonl.scan_labels(unit, spec, storage_options)
     return {r.label for r in read_unit(unit, spec, BadRecords("skip"), storage_options)}
 

@@ -12,11 +12,10 @@ that still fails is read line by line.  Under ``--on-bad-record error`` a run
 of lines with any bad record is read line by line, so the error names the first
 bad line as before.
 
-``SHARDS_FAST_JSONL=0`` turns this off (every block per line), for comparing.
+``CorpusSpec(block_parse=False)`` turns this off (every line by the per-line reader).
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
@@ -32,10 +31,6 @@ BLOCK_BYTES = 8 << 20  # read from the file at a time
 # down to MIN_PIECE_BYTES read line by line: one odd line costs a few small parses.
 RETRY_PIECES = 8
 MIN_PIECE_BYTES = 16 << 10
-
-
-def enabled() -> bool:
-    return os.environ.get("SHARDS_FAST_JSONL", "1") != "0"
 
 
 def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str] | None,

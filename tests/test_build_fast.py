@@ -1,7 +1,8 @@
 """The column-wise JSONL path (pyarrow's JSON reader, shards/corpus_jsonl.py) writes the
-same bytes, counts and errors as the per-line path (``SHARDS_FAST_JSONL=0``)."""
+same bytes, counts and errors as the per-line path (``CorpusSpec(block_parse=False)``)."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import pathlib
@@ -111,10 +112,10 @@ def build_both(tmp_path, monkeypatch, inputs, name="b", **kw):
     kw.setdefault("spec", CorpusSpec(label_field="label", on_bad_record="skip", max_record_bytes=MAX_RECORD_BYTES))
     kw.setdefault("limits", Limits(max_records=37))
     snaps, manifests = [], []
-    for mode in ("1", "0"):
-        monkeypatch.setenv("SHARDS_FAST_JSONL", mode)
+    for mode in (True, False):
+        spec = dataclasses.replace(kw["spec"], block_parse=mode)
         out = tmp_path / f"{name}-{mode}"
-        manifests.append(build(inputs, BuildConfig(out=str(out), progress=False, **kw)).manifest)
+        manifests.append(build(inputs, BuildConfig(out=str(out), progress=False, **{**kw, "spec": spec})).manifest)
         snaps.append(snapshot(out))
     return snaps, manifests[0]
 
@@ -200,10 +201,10 @@ def test_error_names_the_same_line(tmp_path, monkeypatch, name):
     src = write(tmp_path / "in" / "one_bad.jsonl", lines)
     spec = CorpusSpec(label_field="label", max_record_bytes=MAX_RECORD_BYTES)
     messages = []
-    for mode in ("1", "0"):
-        monkeypatch.setenv("SHARDS_FAST_JSONL", mode)
+    for mode in (True, False):
         with pytest.raises(BadRecordError) as info:
-            build([src], BuildConfig(out=str(tmp_path / f"o{mode}"), spec=spec, label_names=("neg", "pos"),
+            build([src], BuildConfig(out=str(tmp_path / f"o{mode}"), spec=dataclasses.replace(spec, block_parse=mode),
+                                     label_names=("neg", "pos"),
                                      split_bytes=4000, progress=False))
         messages.append(str(info.value))
     assert messages[0] == messages[1]
@@ -269,9 +270,9 @@ def test_lines_longer_than_a_read(tmp_path, monkeypatch, policy):
         assert fast == slow and manifest.bad_records == {"too_long": 1} and manifest.num_records == 91
         return
     messages = []
-    for mode in ("1", "0"):
-        monkeypatch.setenv("SHARDS_FAST_JSONL", mode)
+    for mode in (True, False):
         with pytest.raises(BadRecordError) as info:
-            build([src], BuildConfig(out=str(tmp_path / f"o{mode}"), spec=spec, split_bytes=1500, progress=False))
+            build([src], BuildConfig(out=str(tmp_path / f"o{mode}"), spec=dataclasses.replace(spec, block_parse=mode),
+                                     split_bytes=1500, progress=False))
         messages.append(str(info.value))
     assert messages[0] == messages[1] and "long.jsonl:51: too_long" in messages[0]
