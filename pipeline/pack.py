@@ -161,13 +161,17 @@ class PackedStream(IterableDataset):
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
-            new, exhausted = self._read(items, chunk, first, budget)
-            states[chunk + 1] = self.stream.state_dict()
+            new, n_items, exhausted = self._read(items, chunk, first, budget)
+            if exhausted:  # resume = re-read this chunk's items: a state taken after the end can
+                after = (states[chunk], first + n_items, 0)  # be stale (MixedStream's sources restart)
+            else:
+                states[chunk + 1] = self.stream.state_dict()
+                after = (states[chunk + 1], 0, 0)
             if offset and len(new):    # the resumed document: its first tokens were emitted before
                 new, offset = new.skip_first(offset), 0
             docs = carry + new
             result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
-            yield from self._emit(result, docs, states, chunk + 1)
+            yield from self._emit(result, docs, states, after)
             carry = result.carry
             if exhausted:
                 return
@@ -176,8 +180,8 @@ class PackedStream(IterableDataset):
             chunk, first = chunk + 1, 0
             budget = min(2 * budget, self.chunk_tokens)
 
-    def _read(self, items: Iterator[dict], chunk: int, first: int, budget: int) -> tuple[Docs, bool]:
-        """Documents of up to ~``budget`` tokens from ``items``, and whether it ran out."""
+    def _read(self, items: Iterator[dict], chunk: int, first: int, budget: int) -> tuple[Docs, int, bool]:
+        """Documents of up to ~``budget`` tokens from ``items``, the items read, whether it ran out."""
         got: list[dict] = []
         tokens = 0
         exhausted = True
@@ -189,6 +193,7 @@ class PackedStream(IterableDataset):
             if tokens >= budget or len(got) >= CHUNK_ITEMS:
                 exhausted = False
                 break
+        n_items = len(got)
         pads = [bool(it.get("is_pad")) for it in got]
         where = np.arange(first, first + len(got), dtype=np.int64)
         if any(pads):  # rank-evening repeats and corrupt-shard placeholders carry no document
@@ -209,9 +214,9 @@ class PackedStream(IterableDataset):
         self.stats["empty_documents"] += len(arrays) - n
         self.stats["documents"] += n
         return Docs(joined, lengths, np.zeros(n, dtype=np.int64), names, np.full(n, chunk, dtype=np.int64),
-                    where), exhausted
+                    where), n_items, exhausted
 
-    def _emit(self, result, docs: Docs, states: dict, after: int) -> Iterator[dict]:
+    def _emit(self, result, docs: Docs, states: dict, after: tuple) -> Iterator[dict]:
         arrays = result.arrays
         ids, labels, positions, doc_ids, mask = (arrays[k] for k in ARRAY_KEYS)
         n_docs = len(docs)
@@ -220,7 +225,7 @@ class PackedStream(IterableDataset):
             if nxt < n_docs:  # the next token is in a document already read
                 self._snapshot = (states[chunks[nxt]], items[nxt], emitted)
             else:             # every token read so far is out: resume after this chunk
-                self._snapshot = (states[after], 0, 0)
+                self._snapshot = after
             real = result.num_tokens[b]
             self.stats["blocks"] += 1
             self.stats["tokens"] += real

@@ -96,6 +96,8 @@ class ItemStream(IterableDataset):
         return {"consumed": self._consumed, "epoch": self.epoch}
 
     def load_state_dict(self, state):
+        if state["consumed"] < 0:  # like MixedStream's, a state taken after the end is not a position
+            raise ValueError("ItemStream: state taken after the end of the pass")
         self._resume, self.epoch = state["consumed"], state["epoch"]
 
     def __iter__(self):
@@ -104,6 +106,7 @@ class ItemStream(IterableDataset):
         for item in self.items[skip:]:
             self._consumed += 1
             yield item
+        self._consumed = -1
 
 
 FORMATS = [DocFormat(3), DocFormat(3, (1,), (2,)), DocFormat(3, (1, 4), (2,)), DocFormat(3, (), (2, 5))]
@@ -337,6 +340,27 @@ def test_loader_batches_are_tensors_in_the_main_process(tmp_path, minilm, worker
         assert isinstance(batch[key], torch.Tensor) and batch[key].dtype == torch.long and batch[key].shape == (3, 8)
     assert batch["is_pad"].dtype == torch.bool and batch["cu_seqlens"].dtype == torch.int32
     assert batch["cu_seqlens"][-1] == 3 * 8 and isinstance(batch["num_tokens"], int)
+
+
+def test_packed_mixture_resumes_from_any_block_including_the_last(tmp_path, minilm):
+    from pipeline.mix import MixedStream
+
+    urls = [build_set(tmp_path, n=n, max_records=4, name=f"set{n}") for n in (9, 17)]
+
+    def make():
+        mixed = MixedStream([(ShardStream(u, tokenizer=minilm), w) for u, w in zip(urls, (0.4, 0.6))], seed=3)
+        return PackedStream(mixed, seq_len=8, chunk_tokens=20)
+
+    packed = make()
+    blocks, states = [], [json.loads(json.dumps(packed.state_dict()))]
+    for block in iter(packed):
+        blocks.append(block)
+        states.append(json.loads(json.dumps(packed.state_dict())))
+    assert len(blocks) >= 4
+    for k in (1, len(blocks) // 2, len(blocks)):  # the last: a mixture's state after its end restarts sources
+        resumed = make()
+        resumed.load_state_dict(states[k])
+        assert [b["input_ids"].tolist() for b in resumed] == [b["input_ids"].tolist() for b in blocks[k:]], k
 
 
 def test_resume_in_a_later_epoch(tmp_path, minilm):
