@@ -37,15 +37,17 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
 - Items with ``is_pad`` (repeats that even out ranks, corrupt-shard placeholders) and
   documents with no tokens are not packed; they are counted in ``stats``.
 
-Speed: documents are read a chunk at a time (up to ``CHUNK_TOKENS`` tokens) and cut
+Speed: documents are read a chunk at a time (up to ``chunk_tokens`` tokens) and cut
 with numpy (pack_cut.py): no per-document or per-token Python beyond reading the item.
+In a DataLoader worker the collator's batch travels as numpy and becomes tensors as
+it is unpickled in the main process (no shared-memory handshake per tensor).
 
 State: blocks are cut in the DataLoader worker, so ``state_dict()`` is the worker's.
 What the next block starts with is always a position inside one document, kept as
 (the inner stream's state at the start of the chunk that document was read in,
 items to skip from there, tokens of the document already emitted): the inner state
 is taken once per chunk, the size is constant however long the document, and a
-resume re-reads at most a chunk and skips.
+resume re-reads about a chunk's items and skips them.
 
 Equal steps per rank: ranks get equal document counts, not equal token counts, so
 block counts differ by a few.  :func:`lockstep` all-reduces a "have a batch" flag

@@ -1,0 +1,126 @@
+"""The chunked, vectorised packer against the per-document reference (tests/pack_reference.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import IterableDataset
+
+from pipeline.pack import ARRAY_KEYS, DocFormat, PackedStream
+
+from .pack_reference import reference_blocks
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- the chunked packer against the reference ------------------------------------------
+class ItemStream(IterableDataset):
+    """In-memory items with ShardStream's protocol (state: items consumed)."""
+
+    def __init__(self, items: list[dict]):
+        self.items, self.epoch, self._consumed, self._resume = items, 0, 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def state_dict(self):
+        return {"consumed": self._consumed, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        if state["consumed"] < 0:  # like MixedStream's, a state taken after the end is not a position
+            raise ValueError("ItemStream: state taken after the end of the pass")
+        self._resume, self.epoch = state["consumed"], state["epoch"]
+
+    def __iter__(self):
+        skip, self._resume = self._resume, 0
+        self._consumed = skip
+        for item in self.items[skip:]:
+            self._consumed += 1
+            yield item
+        self._consumed = -1
+
+
+FORMATS = [DocFormat(3), DocFormat(3, (1,), (2,)), DocFormat(3, (1, 4), (2,)), DocFormat(3, (), (2, 5))]
+
+
+@st.composite
+def items_strategy(draw):
+    """Documents (some carrying the format's specials, some empty, some longer than a block) and pads."""
+    items = []
+    for i in range(draw(st.integers(0, 25))):
+        kind = draw(st.sampled_from(["doc", "doc", "doc", "specials", "pad", "empty"]))
+        n = draw(st.integers(1, 12)) if draw(st.integers(0, 5)) else draw(st.integers(13, 70))
+        body = list(range(100 + 1000 * i, 100 + 1000 * i + n))
+        ids = {"doc": body, "specials": [1, 4, *body, 2, 5], "pad": body, "empty": [1, 2]}[kind]
+        items.append({"sample_id": f"d{i}", "is_pad": kind == "pad", "input_ids": np.asarray(ids, dtype=np.int32)})
+    return items
+
+
+def packer(items, fmt, seq_len, split, chunk_tokens) -> PackedStream:
+    packed = PackedStream(ItemStream(items), seq_len, split_documents=split, sep_id=fmt.sep_id, pad_id=9,
+                          chunk_tokens=chunk_tokens)
+    object.__setattr__(packed, "format", fmt)  # the specials a tokenizer would add
+    return packed
+
+
+def assert_same_blocks(got: list[dict], expect: list[dict]) -> None:
+    assert len(got) == len(expect)
+    for b, (g, e) in enumerate(zip(got, expect)):
+        assert sorted(g) == sorted(e), f"block {b}: keys"
+        for key in ARRAY_KEYS:
+            assert g[key].dtype == np.int64 and g[key].tolist() == e[key].tolist(), f"block {b}: {key}"
+        for key in ("seqlens", "num_tokens", "is_pad", "starts", "sample_ids"):
+            assert g[key] == e[key], f"block {b}: {key}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=items_strategy(), fmt=st.sampled_from(FORMATS), seq_len=st.integers(2, 24), split=st.booleans(),
+       chunk_tokens=st.sampled_from([1, 5, 17, 64, None]))
+def test_chunked_packer_equals_reference(items, fmt, seq_len, split, chunk_tokens):
+    packed = packer(items, fmt, seq_len, split, chunk_tokens)
+    got = list(packed)
+    assert_same_blocks(got, reference_blocks(items, fmt, seq_len, split, pad_id=9))
+    docs = [it for it in items if not it["is_pad"] and fmt.tokens(it["input_ids"]) is not None]
+    assert packed.stats["documents"] == len(docs) and packed.stats["blocks"] == len(got)
+    assert packed.stats["pad_documents"] == sum(it["is_pad"] for it in items)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=items_strategy(), fmt=st.sampled_from(FORMATS), seq_len=st.integers(2, 24), split=st.booleans(),
+       chunk_tokens=st.sampled_from([1, 5, 17, 64, None]), data=st.data())
+def test_chunked_packer_resumes_from_any_block(items, fmt, seq_len, split, chunk_tokens, data):
+    packed = packer(items, fmt, seq_len, split, chunk_tokens)
+    it = iter(packed)
+    states, blocks = [json.loads(json.dumps(packed.state_dict()))], []
+    for block in it:  # the state after each block, as a DataLoader worker would take it
+        blocks.append(block)
+        states.append(json.loads(json.dumps(packed.state_dict())))
+    k = data.draw(st.integers(0, len(blocks)))
+    resumed = packer(items, fmt, seq_len, split, data.draw(st.sampled_from([1, 7, None])))
+    resumed.load_state_dict(states[k])
+    assert_same_blocks(list(resumed), blocks[k:])
+
+
+def test_version_1_state_still_resumes():
+    items = [{"sample_id": f"d{i}", "is_pad": False, "input_ids": np.arange(10) + 100 * i} for i in range(6)]
+    full = list(packer(items, FORMATS[0], 8, True, None))
+    # version 1: the inner state just before the document holding the next token, and its tokens emitted
+    old = {"version": 1, "epoch": 0, "seq_len": 8, "split_documents": True, "inner": {"consumed": 2, "epoch": 0},
+           "offset": 2, "stats": {}}  # after block 2: 24 tokens = documents 0, 1 (11 each) + 2 of document 2
+    resumed = packer(items, FORMATS[0], 8, True, None)
+    resumed.load_state_dict(old)
+    assert_same_blocks(list(resumed), full[3:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(docs=st.lists(st.lists(st.integers(0, 6), max_size=8), max_size=12), fmt=st.sampled_from(FORMATS))
+def test_join_equals_per_document_tokens(docs, fmt):
+    arrays = [np.asarray(d, dtype=np.int32) for d in docs]
+    tokens, lengths, kept = fmt.join(arrays)
+    each = [fmt.tokens(a) for a in arrays]
+    assert kept.tolist() == [t is not None for t in each]
+    assert tokens.dtype == np.int64 and tokens.tolist() == [int(x) for t in each if t is not None for x in t]
+    assert lengths.tolist() == [len(t) for t in each if t is not None]
