@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from .formats import Batch, CorruptShardError
 from .ragged import Ragged
+from .sink import HashingSink
 
 EXT = ".arrow"
 MAGIC = b"ARROW1"
@@ -37,7 +38,9 @@ def schema(fields: list[str]) -> pa.Schema:
 class Writer:
     def __init__(self, path: str, fields: list[str]):
         self.fields = fields
-        self._sink = pa.OSFile(path, "wb")
+        self._file = HashingSink(path)
+        # buffered: the IPC writer's many small writes reach Python as few large ones
+        self._sink = pa.BufferedOutputStream(pa.PythonFile(self._file, mode="w"), 1 << 16)
         self._schema = schema(fields)
         self._writer = pa.ipc.new_file(self._sink, self._schema)
 
@@ -53,9 +56,11 @@ class Writer:
                 columns.append(_list_array(ids))
         self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
 
-    def close(self) -> None:
+    def close(self) -> tuple[str, int]:
+        """Ends the file; returns (sha256 hex digest, bytes) of the whole file."""
         self._writer.close()
         self._sink.close()
+        return self._file.digest()
 
 
 def _compact(texts: pa.Array) -> pa.StringArray:

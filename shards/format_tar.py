@@ -4,9 +4,9 @@ Readable by ``webdataset.WebDataset(urls)`` alone.  Both directions are
 hand-written over 512-byte ustar blocks because ``tarfile`` costs ~10x more
 per member than the rest of the pipeline:
 
-- write: fixed headers (mtime 0, uid/gid 0, mode 0644, no user names), so a
-  build is byte-for-byte reproducible; the archive ends with two zero blocks
-  padded to a 10240-byte record, as ``tarfile`` does.
+- write (``tar_writer``): fixed headers (mtime 0, uid/gid 0, mode 0644, no
+  user names), so a build is byte-for-byte reproducible; the archive ends with
+  two zero blocks padded to a 10240-byte record, as ``tarfile`` does.
 - read: over the in-memory shard; every header's checksum is checked, and
   only regular files with relative names and no ``..`` are accepted (links,
   devices, directories and extension headers are refused), each at most
@@ -14,7 +14,6 @@ per member than the rest of the pipeline:
 """
 from __future__ import annotations
 
-import functools
 import io
 from typing import Iterator
 
@@ -22,23 +21,13 @@ import numpy as np
 
 from .formats import Batch, CorruptShardError
 from .ragged import Ragged
+from .tar_writer import BLOCK, RECORD, Writer, header, npy_bytes, npy_header  # noqa: F401 (the format's API)
 
 EXT = ".tar"
+ACCEPTS_ARROW = True  # Writer.write takes an Arrow string array and a numpy label array as they are
 MAX_MEMBER_BYTES = 256 << 20
 BATCH_ROWS = 1024
-BLOCK = 512
-RECORD = 20 * BLOCK  # tar archives are padded to whole 10 KiB records
 
-# Header fields that never change (see the module docstring), and their checksum.
-_FIXED = bytearray(BLOCK)
-_FIXED[100:108] = b"0000644\x00"   # mode
-_FIXED[108:116] = b"0000000\x00"   # uid
-_FIXED[116:124] = b"0000000\x00"   # gid
-_FIXED[136:148] = b"00000000000\x00"  # mtime
-_FIXED[148:156] = b" " * 8         # checksum is computed with this field as spaces
-_FIXED[156:157] = b"0"             # regular file
-_FIXED[257:265] = b"ustar\x0000"   # POSIX ustar magic + version
-_FIXED_SUM = sum(_FIXED)
 _ZERO_BLOCK = bytes(BLOCK)
 REGULAR = (b"0", b"\x00")
 
@@ -60,75 +49,6 @@ def record_bytes(text_bytes: int, n_ids: int | None, labelled: bool) -> int:
 def overhead_bytes(n_batches: int, n_fields: int) -> int:
     """An upper bound on the end-of-archive blocks and the padding to a whole record."""
     return 2 * BLOCK + RECORD - BLOCK
-
-
-def _key(index: int) -> str:
-    return f"{index:08d}"
-
-
-def header(name: str, size: int) -> bytes:
-    """The ustar header block of a regular file ``name`` of ``size`` bytes."""
-    encoded = name.encode("utf-8")
-    if len(encoded) > 100:
-        raise ValueError(f"tar member name {name!r} is over 100 bytes")
-    if not 0 <= size < 8 ** 11:
-        raise ValueError(f"tar member {name!r}: {size} bytes does not fit a ustar header (< 8 GiB)")
-    block = bytearray(_FIXED)
-    block[: len(encoded)] = encoded
-    size_field = b"%011o\x00" % size
-    block[124:136] = size_field
-    checksum = _FIXED_SUM + sum(encoded) + sum(size_field)
-    block[148:156] = b"%06o\x00 " % checksum
-    return bytes(block)
-
-
-@functools.lru_cache(maxsize=8192)
-def npy_header(n: int) -> bytes:
-    """The .npy (v1.0) header of a 1-D little-endian int32 array of ``n`` values."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "<i4", "fortran_order": False, "shape": (n,)})
-    return buf.getvalue()
-
-
-def npy_bytes(ids) -> bytes:
-    arr = np.ascontiguousarray(ids, dtype="<i4")
-    return npy_header(len(arr)) + arr.tobytes()
-
-
-class Writer:
-    def __init__(self, path: str, fields: list[str]):
-        self.fields = fields
-        self._file = open(path, "wb")
-        self._count = 0
-        self._offset = 0
-
-    def _member(self, out: list, name: str, payload: bytes) -> None:
-        out.append(header(name, len(payload)))
-        out.append(payload)
-        pad = -len(payload) % BLOCK
-        if pad:
-            out.append(_ZERO_BLOCK[:pad])
-        self._offset += BLOCK + len(payload) + pad
-
-    def write(self, texts: list[str], labels: list[int] | None, ids: list[np.ndarray] | None) -> None:
-        out: list[bytes] = []
-        with_text = "text" in self.fields
-        for i, text in enumerate(texts):
-            key = _key(self._count)
-            if with_text:
-                self._member(out, f"{key}.txt", text.encode("utf-8"))
-            if labels is not None:
-                self._member(out, f"{key}.cls", b"%d" % int(labels[i]))
-            if ids is not None:
-                self._member(out, f"{key}.input_ids.npy", npy_bytes(ids[i]))
-            self._count += 1
-        self._file.write(b"".join(out))
-
-    def close(self) -> None:
-        end = 2 * BLOCK
-        end += -(self._offset + end) % RECORD
-        self._file.write(bytes(end))
-        self._file.close()
 
 
 def _octal(field: bytes, what: str) -> int:

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from . import formats, storage
+from . import formats
 from .tokenizer import encode_batch
 
 BATCH_ROWS = 1024
@@ -200,8 +200,8 @@ class PartWriter:
     def _close(self, pending) -> None:
         if pending is not None:
             self._flush(*pending)
-        self._writer.close()
+        # the writer hashed the bytes as it wrote them: no second read of the file
+        digest, nbytes = self._writer.close()
         os.replace(self._tmp, self._final)
-        digest, nbytes = storage.sha256_file(self._final)
         self.parts.append(Part(self._final, self._count, nbytes, digest))
         self._writer = None
