@@ -151,6 +151,18 @@ class ShardStream(IterableDataset):
         skip = self._start(worker_id, workers)
         return self._items(self.chunks(worker_id, workers, skip, self.config.keep_text))
 
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """``iter(self)`` a Chunk at a time (at most ``tokenize_batch`` samples, columnar); the
+        consumed count advances by whole chunks, so ``state_dict()`` between two is exact."""
+        worker_id, workers = world.worker()
+        skip = self._start(worker_id, workers)
+        return self._counted(self.chunks(worker_id, workers, skip, self.config.keep_text))
+
+    def _counted(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            self._consumed += len(chunk)
+            yield chunk
+
     def _start(self, worker_id: int, workers: int) -> int:
         skip = self._resume_offset(worker_id, workers)
         self._consumed = skip

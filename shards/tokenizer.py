@@ -83,10 +83,12 @@ def _fingerprint(tok) -> str:
 
 def special_ids(tok) -> dict[str, int | None]:
     """Ids of the separator (end of document) and padding tokens, where known."""
-    vocab = tok.get_vocab()
-    sep = next((vocab[t] for t in ("<|endoftext|>", "</s>", "[SEP]", "<eos>") if t in vocab), None)
-    pad = next((vocab[t] for t in ("[PAD]", "<pad>", "<|endoftext|>") if t in vocab), 0)
-    return {"sep": sep, "pad": pad}
+    def first_known(tokens):  # token_to_id: no copy of the whole vocabulary
+        return next((i for i in map(tok.token_to_id, tokens) if i is not None), None)
+
+    sep = first_known(("<|endoftext|>", "</s>", "[SEP]", "<eos>"))
+    pad = first_known(("[PAD]", "<pad>", "<|endoftext|>"))
+    return {"sep": sep, "pad": 0 if pad is None else pad}
 
 
 def encode_batch(tok, texts: list[str], max_length: int | None = None,

@@ -224,3 +224,20 @@ def test_batches_are_long_tensors_padded_to_the_longest(tmp_path, minilm, worker
         for row, mask, sid in zip(b["input_ids"].tolist(), b["attention_mask"].tolist(), b["sample_id"]):
             n = sum(mask)
             assert row[:n] == items[sid] and set(row[n:]) <= {0} and mask == [1] * n + [0] * (len(mask) - n)
+
+
+def test_iter_chunks_matches_items_and_state_between_chunks_is_exact(tmp_path, minilm):
+    url = build_set(tmp_path, n=50, max_records=7)
+    kw = dict(tokenizer=minilm, max_length=10, shuffle=True, seed=2, config=StreamConfig(tokenize_batch=8,
+                                                                                         shuffle_buffer=12))
+    items = [(it["sample_id"], it["input_ids"].tolist()) for it in ShardStream(url, **kw)]
+    ds = ShardStream(url, **kw)
+    got, states = [], []
+    for chunk in ds.iter_chunks():
+        got += list(zip(chunk.sample_ids(), [x.tolist() for x in chunk.ids.rows()]))
+        states.append((len(got), json.dumps(ds.state_dict())))
+    assert got == items
+    for done, state in states:
+        again = ShardStream(url, **kw)
+        again.load_state_dict(json.loads(state))
+        assert [(it["sample_id"], it["input_ids"].tolist()) for it in again] == items[done:]
