@@ -17,6 +17,7 @@ before the resume point.
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 
 from torch.utils.data import DataLoader, IterableDataset
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from . import order, split, world
 from .collate import to_tensors
 
+log = logging.getLogger(__name__)
 STATE_KIND = "shardstream.batches/1"
 
 
@@ -123,6 +125,11 @@ class BatchLoader:
         # Not a generator: the position is set when the iterator is made, so a state taken
         # right after iter() names this epoch, not the previous one.
         state, self._resume = self._resume, None
+        if state is not None and int(state["epoch"]) != self.dataset.epoch:
+            log.warning("loader state is for epoch %s but the stream was set to epoch %d after it was "
+                        "loaded; epoch %d starts from its beginning", state["epoch"], self.dataset.epoch,
+                        self.dataset.epoch)
+            state = None
         self._fold_stats()
         self._epoch = self.dataset.epoch
         self._delivered = int(state["batches"]) if state is not None else 0

@@ -241,3 +241,23 @@ def test_iter_chunks_matches_items_and_state_between_chunks_is_exact(tmp_path, m
         again = ShardStream(url, **kw)
         again.load_state_dict(json.loads(state))
         assert [(it["sample_id"], it["input_ids"].tolist()) for it in again] == items[done:]
+
+
+def test_spawned_workers_give_the_same_batches(tmp_path, minilm):
+    url = build_set(tmp_path, n=40, max_records=6)
+
+    def ids(**kw):
+        ds = ShardStream(url, tokenizer=minilm, max_length=8, shuffle=True, seed=4)
+        return [list(b["sample_id"]) + b["input_ids"].flatten().tolist() for b in make_loader(ds, 4, **kw)]
+
+    assert ids(num_workers=2, multiprocessing_context="spawn") == ids(num_workers=2)
+
+
+def test_state_for_another_epoch_than_the_stream_is_not_applied(tmp_path, caplog):
+    url = build_set(tmp_path, n=20, max_records=6)
+    _, state = run(url, 0, 4, cut=2)
+    ds = ShardStream(url)
+    loader = make_loader(ds, 4)
+    loader.load_state_dict(json.loads(state))
+    ds.set_epoch(1)
+    assert sum(1 for _ in loader) == 5 and "starts from its beginning" in caplog.text
