@@ -6,6 +6,7 @@ for free instead of from reading the whole file back (a sixth of a tar build).
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class HashingSink:
@@ -16,25 +17,45 @@ class HashingSink:
     works as the sink of an Arrow IPC writer.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, background: bool = False):
         self._file = open(path, "wb")
         self._hash = hashlib.sha256()
         self.num_bytes = 0
+        # background: hashing and the write(2) run on a thread (both release the GIL) while
+        # the caller lays out its next buffer; at most one write is in flight
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-sink") if background else None
+        self._pending: Future | None = None
 
     def write(self, data) -> int:
+        """Write (and hash) ``data``.  In background mode it returns before the bytes are
+        written: the caller must leave ``data`` unchanged until its *next* write returns."""
         view = memoryview(data)
         if not view.c_contiguous:
             raise ValueError("HashingSink.write takes contiguous buffers; pass a copy (np.ascontiguousarray)")
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self.num_bytes += view.nbytes
+        if self._pool is None:
+            self._put(view)
+        else:
+            self.wait()
+            self._pending = self._pool.submit(self._put, view)
+        return view.nbytes
+
+    def _put(self, view: memoryview) -> None:
         self._hash.update(view)
         self._file.write(view)
-        self.num_bytes += view.nbytes
-        return view.nbytes
+
+    def wait(self) -> None:
+        """Until the write in flight (background mode) is done; raises its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def tell(self) -> int:
         return self.num_bytes
 
     def flush(self) -> None:
+        self.wait()
         self._file.flush()
 
     def writable(self) -> bool:
@@ -45,8 +66,14 @@ class HashingSink:
         return self._file.closed
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._file.close()
 
     def digest(self) -> tuple[str, int]:
         """(sha256 hex digest, byte count) of everything written so far."""
+        self.wait()
         return self._hash.hexdigest(), self.num_bytes

@@ -73,9 +73,12 @@ class Writer:
 
     def __init__(self, path: str, fields: list[str]):
         self.fields = fields
-        self._sink = HashingSink(path)
+        # the sink hashes and writes one batch on a thread while the next is laid out
+        self._sink = HashingSink(path, background=True)
         self._count = 0
-        self._buf = np.zeros(0, np.uint8)  # reused: a fresh buffer per batch would page-fault
+        # two buffers in turn (the sink may still read the previous one), each reused:
+        # a fresh buffer per batch would page-fault
+        self._bufs = [np.zeros(0, np.uint8), np.zeros(0, np.uint8)]
 
     def write(self, texts: list[str] | pa.Array, labels, ids) -> None:
         """Records: texts (a list or an Arrow string array), labels (ints, or None) and
@@ -102,9 +105,10 @@ class Writer:
         np.cumsum(span.ravel()[:-1], out=starts[1:])
         starts = starts.reshape(span.shape)  # where each member's header starts in this run
         total = int(starts[-1, -1] + span[-1, -1])
-        if len(self._buf) < total:
-            self._buf = np.zeros(max(total, 2 * len(self._buf)), np.uint8)
-        out = self._buf[:total]
+        self._bufs.reverse()
+        if len(self._bufs[0]) < total:
+            self._bufs[0] = np.zeros(max(total, 2 * len(self._bufs[0])), np.uint8)
+        out = self._bufs[0][:total]
         out[:] = 0
         blocks = out.reshape(-1, BLOCK)
         blocks[starts.ravel() // BLOCK] = _headers(self._count, n, exts, sizes)

@@ -135,3 +135,21 @@ def test_hashing_sink_takes_any_buffer(tmp_path):
     data = (tmp_path / "x.bin").read_bytes()
     assert data == b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
     assert sink.digest() == (hashlib.sha256(data).hexdigest(), len(data)) and sink.closed
+
+
+def test_background_sink_writes_in_order_and_reports_errors(tmp_path):
+    sink = HashingSink(str(tmp_path / "x.bin"), background=True)
+    pieces = [np.full(5000, i, np.uint8) for i in range(20)]
+    for piece in pieces:
+        sink.write(piece)
+    assert sink.num_bytes == 100_000
+    sink.close()
+    data = (tmp_path / "x.bin").read_bytes()
+    assert data == b"".join(p.tobytes() for p in pieces)
+    assert sink.digest() == (hashlib.sha256(data).hexdigest(), len(data))
+
+    broken = HashingSink(str(tmp_path / "y.bin"), background=True)
+    broken._file.close()  # the next write fails on the thread; the error reaches the caller
+    broken.write(b"abc")
+    with pytest.raises(ValueError, match="closed file"):
+        broken.close()
