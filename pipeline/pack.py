@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
-from itertools import accumulate, islice
+from itertools import accumulate
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -69,11 +69,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 import shards
 
 from .pack_cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
+from .pack_read import make_reader
 
 __all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
 STATE_VERSION = 2           # 1: no "skip" (read as 0)
 CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at least 8 blocks)
-CHUNK_ITEMS = 8192          # ... and at most this many items
 
 
 # -- the stream --------------------------------------------------------------
@@ -156,14 +156,12 @@ class PackedStream(IterableDataset):
         A resume state is (inner state at the start of the chunk a document was read
         in, items to skip from there, tokens of the document already emitted): the
         inner stream's state is taken once per chunk, not per document."""
-        items = iter(self.stream)
-        for _ in islice(items, skip):  # re-read what the chunk had before the resumed document
-            pass
+        reader = make_reader(self.stream, self.format, self.stats, skip)
         states = {0: start_state}      # chunk number -> inner state before its first item
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
-            new, n_items, exhausted = self._read(items, chunk, first, budget)
+            new, n_items, exhausted = reader.read(chunk, first, budget)
             if exhausted:  # resume = re-read this chunk's items: a state taken after the end can
                 after = (states[chunk], first + n_items, 0)  # be stale (MixedStream's sources restart)
             else:
@@ -181,42 +179,6 @@ class PackedStream(IterableDataset):
                 del states[old]
             chunk, first = chunk + 1, 0
             budget = min(2 * budget, self.chunk_tokens)
-
-    def _read(self, items: Iterator[dict], chunk: int, first: int, budget: int) -> tuple[Docs, int, bool]:
-        """Documents of up to ~``budget`` tokens from ``items``, the items read, whether it ran out."""
-        got: list[dict] = []
-        tokens = 0
-        exhausted = True
-        for item in items:
-            got.append(item)
-            ids = item.get("input_ids")
-            if ids is not None:
-                tokens += len(ids)
-            if tokens >= budget or len(got) >= CHUNK_ITEMS:
-                exhausted = False
-                break
-        n_items = len(got)
-        pads = [bool(it.get("is_pad")) for it in got]
-        where = np.arange(first, first + len(got), dtype=np.int64)
-        if any(pads):  # rank-evening repeats and corrupt-shard placeholders carry no document
-            got = [it for it, pad in zip(got, pads) if not pad]
-            where = where[~np.asarray(pads, dtype=bool)]
-        try:
-            arrays = [it["input_ids"] for it in got]
-        except KeyError:
-            raise ValueError("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
-                             "build the shards with --tokenizer") from None
-        names = [it["sample_id"] for it in got]
-        joined, lengths, kept = self.format.join(arrays)
-        n = len(lengths)
-        if n < len(arrays):  # documents with no tokens once the tokenizer's specials are off
-            names = [s for s, k in zip(names, kept.tolist()) if k]
-            where = where[kept]
-        self.stats["pad_documents"] += len(pads) - len(got)
-        self.stats["empty_documents"] += len(arrays) - n
-        self.stats["documents"] += n
-        return Docs(joined, lengths, np.zeros(n, dtype=np.int64), names, np.full(n, chunk, dtype=np.int64),
-                    where), n_items, exhausted
 
     def _emit(self, result, docs: Docs, states: dict, after: tuple) -> Iterator[dict]:
         arrays = result.arrays
