@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import IterableDataset
 
+from pipeline.columns import Chunk
 from pipeline.pack import ARRAY_KEYS, DocFormat, PackedStream
+from pipeline.pack_read import ChunkReader, make_reader
+from shards import Ragged
 
 from .pack_reference import reference_blocks
 
@@ -40,6 +43,29 @@ class ItemStream(IterableDataset):
         for item in self.items[skip:]:
             self._consumed += 1
             yield item
+        self._consumed = -1
+
+
+class ChunkStream(ItemStream):
+    """The same items also as columnar Chunks of the given sizes (ShardStream.iter_chunks'
+    protocol: the consumed count advances by whole chunks, before each is yielded)."""
+
+    def __init__(self, items: list[dict], sizes: list[int]):
+        super().__init__(items)
+        self.sizes = sizes
+
+    def iter_chunks(self):
+        pos, self._resume = self._resume, 0
+        self._consumed = pos
+        k = 0
+        while pos < len(self.items):
+            part = self.items[pos:pos + self.sizes[k % len(self.sizes)]]
+            chunk = Chunk(np.zeros(len(part), np.int64), np.arange(pos, pos + len(part), dtype=np.int64),
+                          np.array([it["is_pad"] for it in part], dtype=bool),
+                          ids=Ragged.from_lists([it["input_ids"] for it in part]))
+            pos, k = pos + len(part), k + 1
+            self._consumed = pos
+            yield chunk
         self._consumed = -1
 
 
@@ -124,3 +150,52 @@ def test_join_equals_per_document_tokens(docs, fmt):
     assert kept.tolist() == [t is not None for t in each]
     assert tokens.dtype == np.int64 and tokens.tolist() == [int(x) for t in each if t is not None for x in t]
     assert lengths.tolist() == [len(t) for t in each if t is not None]
+
+
+def columnar(items: list[dict]) -> list[dict]:
+    """``items`` named as a Chunk names them (shard 0, record = position)."""
+    return [dict(it, sample_id=f"00000:{i:06d}") for i, it in enumerate(items)]
+
+
+def chunk_packer(items, sizes, fmt, seq_len, split, chunk_tokens) -> PackedStream:
+    packed = PackedStream(ChunkStream(items, sizes), seq_len, split_documents=split, sep_id=fmt.sep_id, pad_id=9,
+                          chunk_tokens=chunk_tokens)
+    object.__setattr__(packed, "format", fmt)
+    return packed
+
+
+chunk_sizes = st.lists(st.integers(1, 9), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=items_strategy(), sizes=chunk_sizes, fmt=st.sampled_from(FORMATS), seq_len=st.integers(2, 24),
+       split=st.booleans(), chunk_tokens=st.sampled_from([1, 5, 17, 64, None]), data=st.data())
+def test_columnar_reader_equals_reference_and_resumes_across_paths(items, sizes, fmt, seq_len, split,
+                                                                   chunk_tokens, data):
+    items = columnar(items)
+    packed = chunk_packer(items, sizes, fmt, seq_len, split, chunk_tokens)
+    assert isinstance(make_reader(packed.stream, fmt, packed.stats, 0), ChunkReader)
+    it = iter(packed)
+    states, blocks = [json.loads(json.dumps(packed.state_dict()))], []
+    for block in it:
+        blocks.append(block)
+        states.append(json.loads(json.dumps(packed.state_dict())))
+    assert_same_blocks(blocks, reference_blocks(items, fmt, seq_len, split, pad_id=9))
+    per_item = packer(items, fmt, seq_len, split, chunk_tokens)
+    list(per_item)
+    assert packed.stats == per_item.stats
+    k = data.draw(st.integers(0, len(blocks)))
+    # a columnar state resumes the per-item path and the columnar one (other chunk sizes) alike
+    other_sizes, other_tokens = data.draw(chunk_sizes), data.draw(st.sampled_from([1, 7, None]))
+    for resumed in (packer(items, fmt, seq_len, split, None),
+                    chunk_packer(items, other_sizes, fmt, seq_len, split, other_tokens)):
+        resumed.load_state_dict(states[k])
+        assert_same_blocks(list(resumed), blocks[k:])
+    # and a per-item state resumes the columnar path
+    per_item = packer(items, fmt, seq_len, split, chunk_tokens)
+    item_states = [json.loads(json.dumps(per_item.state_dict()))]
+    for _ in per_item:
+        item_states.append(json.loads(json.dumps(per_item.state_dict())))
+    resumed = chunk_packer(items, sizes, fmt, seq_len, split, chunk_tokens)
+    resumed.load_state_dict(item_states[k])
+    assert_same_blocks(list(resumed), blocks[k:])
