@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .columns import SampleIds
+
 ARRAY_KEYS = ("input_ids", "attention_mask", "labels", "is_pad", "position_ids")
 LONG_KEYS = ("input_ids", "attention_mask", "labels")  # LongTensors, whatever width travelled
 
@@ -41,7 +43,7 @@ class Collator:
 
 def collate_chunk(chunk, pad_id: int, multiple: int | None = None, keep_text: bool = False) -> dict:
     """``Collator``'s batch, as numpy, from a columnar Chunk in a few array operations."""
-    batch: dict = {"sample_id": chunk.sample_ids(), "is_pad": chunk.is_pad}
+    batch: dict = {"sample_id": SampleIds(chunk.shard, chunk.record), "is_pad": chunk.is_pad}
     if chunk.ids is not None:
         width = int(chunk.ids.lengths.max()) if len(chunk) else 0
         if multiple:

@@ -7,6 +7,7 @@ the very end, and only for callers that want one dict per sample.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,7 +49,7 @@ class Chunk:
         return self if self.text is None else replace(self, text=None)
 
     def sample_ids(self) -> list[str]:
-        return [f"{s:05d}:{r:06d}" for s, r in zip(self.shard.tolist(), self.record.tolist())]
+        return format_ids(self.shard, self.record)
 
     def items(self) -> list[dict]:
         """One dict per sample: sample_id, is_pad and whichever of text/label/input_ids it has."""
@@ -63,6 +64,48 @@ class Chunk:
             for row, ids in zip(rows, self.ids.rows()):
                 row["input_ids"] = ids
         return rows
+
+
+def format_ids(shard: np.ndarray, record: np.ndarray) -> list[str]:
+    return [f"{s:05d}:{r:06d}" for s, r in zip(shard.tolist(), record.tolist())]
+
+
+class SampleIds(Sequence):
+    """A batch's sample ids ("SSSSS:RRRRRR" strings), formatted when first read: the batch
+    crosses the worker pipe as two int arrays instead of a string per sample."""
+
+    __slots__ = ("shard", "record", "_strings")
+
+    def __init__(self, shard: np.ndarray, record: np.ndarray):
+        self.shard, self.record, self._strings = shard, record, None
+
+    def _all(self) -> list[str]:
+        if self._strings is None:
+            self._strings = format_ids(self.shard, self.record)
+        return self._strings
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, SampleIds)):
+            return self._all() == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"SampleIds({self._all()!r})"
+
+    def __reduce__(self):
+        return SampleIds, (self.shard, self.record)
+
+    def tolist(self) -> list[str]:
+        return list(self._all())
 
 
 def from_rows(shard: int, start: int, n: int, pad: bool, text=None, label=None, ids=None) -> Chunk:

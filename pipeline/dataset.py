@@ -57,10 +57,6 @@ class StreamConfig:
             raise ValueError(f"on_corrupt={self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}")
 
 
-def sample_id(shard: int, record: int) -> str:
-    return f"{shard:05d}:{record:06d}"
-
-
 class ShardStream(IterableDataset):
     """Streams a shard set written by ``shards build``; see the module docstring."""
 

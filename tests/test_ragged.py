@@ -49,3 +49,15 @@ def test_from_arrays_and_empty():
     r = Ragged.from_lists([np.array([1, 2], np.int64), np.array([], np.int64)])
     assert r.values.dtype == np.int32 and as_lists(r) == [[1, 2], []]
     assert len(Ragged.empty(3)) == 3 and as_lists(Ragged.empty(3)) == [[], [], []]
+
+
+def test_sample_ids_read_like_a_list_and_pickle_as_arrays():
+    import pickle
+    from pipeline.columns import SampleIds
+    ids = SampleIds(np.array([0, 12, 3]), np.array([5, 0, 123456]))
+    assert ids == ["00000:000005", "00012:000000", "00003:123456"] and len(ids) == 3
+    assert ids[1] == "00012:000000" and ids[-1] == "00003:123456" and list(ids[:2]) == ids.tolist()[:2]
+    assert "00003:123456" in ids and ids.index("00012:000000") == 1
+    fresh = SampleIds(np.array([7]), np.array([1]))
+    blob = pickle.dumps(fresh)
+    assert b"00007" not in blob and pickle.loads(blob) == ["00007:000001"]
