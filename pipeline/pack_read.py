@@ -22,6 +22,7 @@ import numpy as np
 from .pack_cut import DocFormat, Docs
 
 CHUNK_ITEMS = 8192  # items per read at most
+SAMPLE_ID = "%05d:%06d"  # shard:record, as ShardStream names its items
 NEEDS_IDS = ("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
              "build the shards with --tokenizer")
 
@@ -134,7 +135,7 @@ class ChunkReader:
 
         def names(kept):
             s, r = (shard, record) if kept is None else (shard[kept], record[kept])
-            return [f"{a:05d}:{b:06d}" for a, b in zip(s.tolist(), r.tolist())]
+            return list(map(SAMPLE_ID.__mod__, zip(s.tolist(), r.tolist())))  # ~2x an f-string per id
 
         return _docs(self.fmt, self.stats, flat, raw, names, where, n_pads, chunk), n_items, exhausted
 
