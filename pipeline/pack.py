@@ -38,7 +38,9 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
   documents with no tokens are not packed; they are counted in ``stats``.
 
 Speed: documents are read a chunk at a time (up to ``chunk_tokens`` tokens) and cut
-with numpy (pack_cut.py): no per-document or per-token Python beyond reading the item.
+with numpy (pack_cut.py).  From a ShardStream they are read as columnar Chunks
+(``iter_chunks``: flat ids + offsets, pack_read.py), so the only per-document Python
+is its sample id string; other streams (MixedStream) are read an item dict at a time.
 In a DataLoader worker the collator's batch travels as numpy and becomes tensors as
 it is unpickled in the main process (no shared-memory handshake per tensor).
 
@@ -82,7 +84,8 @@ class PackedStream(IterableDataset):
 
     ``stream``: a ShardStream (or MixedStream, or anything with ``__iter__`` over dicts
     with ``input_ids``/``sample_id``/``is_pad``, ``state_dict``/``load_state_dict`` and
-    ``set_epoch``).  ``sep_id``/``pad_id`` default to the tokenizer's (``shards.special_ids``);
+    ``set_epoch``; one with ``iter_chunks()`` is read a columnar Chunk at a time, and its
+    ``state_dict()`` must then be exact between chunks).  ``sep_id``/``pad_id`` default to the tokenizer's (``shards.special_ids``);
     the tokenizer is ``tokenizer``, else ``stream.tokenizer``, else the one named in the
     manifest of pre-tokenized shards when it is a local path with the same fingerprint.
     ``chunk_tokens``: tokens read from ``stream`` and cut at once (default ``max(32768,
