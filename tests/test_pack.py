@@ -319,5 +319,5 @@ def test_pack_bench_reports_every_mode(tmp_path, capsys):
     assert pack_bench.main(["--corpus", tiny_corpus(tmp_path), "--work", str(tmp_path / "w"), "--repeats", "1",
                             "--seq-len", "64", "--workers", "0"]) == 0
     modes = [json.loads(line)["mode"] for line in capsys.readouterr().out.strip().splitlines()]
-    assert modes == ["classify", "raw_pretok", "packed", "packed_pretok", "classify_loader", "packed_loader",
-                     "packed_pretok_loader"]
+    assert modes == ["classify", "raw_pretok", "packed", "packed_pretok", "packed_pretok_items", "classify_loader",
+                     "packed_loader", "packed_pretok_loader"]

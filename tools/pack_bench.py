@@ -9,7 +9,9 @@ then times, each in this process (no DataLoader) and best of ``--repeats``:
   classification path): items/s and tokens/s (ids per item, specials included);
 - ``raw_pretok``: ShardStream over the pre-tokenized set (reading only);
 - ``packed``: PackedStream over the on-the-fly stream; ``packed_pretok``: over the
-  pre-tokenized one: blocks/s and real (non-padding) tokens/s;
+  pre-tokenized one: blocks/s and real (non-padding) tokens/s; ``packed_pretok_items``:
+  the same read an item dict at a time (PackedStream's path for streams without
+  ``iter_chunks``, e.g. MixedStream), for comparison with the columnar path;
 - ``*_loader``: ``classify``, ``packed`` and ``packed_pretok`` through make_loader with
   ``--workers`` workers and their collators (batches of ``--batch-size``).
 Prints one JSON line per measurement.  Figures depend on the machine's load.
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
         "raw_pretok": lambda: count_items(ShardStream(pretok_url, config=cfg)),
         "packed": lambda: count_blocks(packed()),
         "packed_pretok": lambda: count_blocks(packed(pretok_url, None)),
+        "packed_pretok_items": lambda: count_blocks(PackedStream(_ItemsOnly(ShardStream(pretok_url, config=cfg)),
+                                                                 seq_len=args.seq_len, tokenizer=tok)),
         "classify_loader": lambda: count_batches(make_loader(classify(), args.batch_size, args.workers), "mask"),
         "packed_loader": lambda: count_batches(_packed_loader(packed(), args), "blocks"),
         "packed_pretok_loader": lambda: count_batches(_packed_loader(packed(pretok_url, None), args), "blocks"),
@@ -121,6 +125,19 @@ def main(argv=None) -> int:
                           "units_per_s": round(units / seconds), "tokens_per_s": round(tokens / seconds),
                           "seq_len": args.seq_len if "packed" in name else args.max_length}), flush=True)
     return 0
+
+
+class _ItemsOnly:
+    """A stream seen through ``__iter__`` only, so PackedStream reads it an item at a time."""
+
+    def __init__(self, stream):
+        self.stream, self.epoch, self.stats = stream, stream.epoch, stream.stats
+
+    def __iter__(self):
+        return iter(self.stream)
+
+    def state_dict(self):
+        return self.stream.state_dict()
 
 
 def _packed_loader(ds, args):
