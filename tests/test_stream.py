@@ -177,6 +177,7 @@ def test_state_taken_right_after_iter_in_a_later_epoch_resumes_that_epoch(tmp_pa
     assert len(resumed) == 5
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores, on purpose
 @pytest.mark.parametrize("workers,group", [(2, 1), (2, 3), (3, 2)])
 def test_resume_at_every_batch_with_messages_of_several_batches(tmp_path, workers, group):
     # 3 workers over 37 samples: 12/12/13 samples -> 4/4/5 batches of 3, so workers run out
