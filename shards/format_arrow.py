@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  -- flatten() needs it: imported here, before loader workers fork
 
 from .formats import Batch, CorruptShardError
 from .ragged import Ragged

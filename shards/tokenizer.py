@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 
 import numpy as np
 
@@ -36,6 +37,7 @@ def load_tokenizer(source):
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if os.path.isfile(file) and file.endswith(".json"):
             tok = Tokenizer.from_file(file)
+            _remember_file(tok, file)
         elif os.path.isdir(path):
             tok = _from_transformers(path)
         else:
@@ -61,16 +63,30 @@ def _from_transformers(path: str):
     return load_tokenizer(fast)
 
 
-_FINGERPRINTS: dict[int, tuple[object, str]] = {}
+# Memos keyed by the tokenizer object (weakly: a stream's tokenizer is freed with it) and by the
+# unchanged tokenizer.json it was read from, so each stream that loads it does not pay ~40 ms.
+_FINGERPRINTS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_FILES: "weakref.WeakKeyDictionary[object, tuple]" = weakref.WeakKeyDictionary()  # tok -> (path, mtime, size)
+_FILE_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _remember_file(tok, file: str) -> None:
+    st = os.stat(file)
+    _FILES[tok] = (os.path.abspath(file), st.st_mtime_ns, st.st_size)
 
 
 def fingerprint(tok) -> str:
-    """sha256 of the tokenizer's serialized vocabulary, model and pipeline (memoised per object)."""
-    known = _FINGERPRINTS.get(id(tok))
-    if known is not None and known[0] is tok:
-        return known[1]
-    digest = _fingerprint(tok)
-    _FINGERPRINTS[id(tok)] = (tok, digest)  # keeps tok alive, so the id cannot be reused
+    """sha256 of the tokenizer's serialized vocabulary, model and pipeline (memoised)."""
+    digest = _FINGERPRINTS.get(tok)
+    if digest is not None:
+        return digest
+    file_key = _FILES.get(tok)
+    digest = _FILE_FINGERPRINTS.get(file_key) if file_key else None
+    if digest is None:
+        digest = _fingerprint(tok)
+        if file_key:
+            _FILE_FINGERPRINTS[file_key] = digest
+    _FINGERPRINTS[tok] = digest
     return digest
 
 
