@@ -15,7 +15,7 @@ from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .batch_loader import BatchLoader
+from .batch_loader import BatchLoader, default_group
 from .collate import Collator, to_tensors
 from .dataset import ShardStream
 
@@ -46,16 +46,16 @@ class ShardLoader(StatefulDataLoader):
 def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=None,
                 pin_memory: bool = False, prefetch_factor: int | None = None,
                 persistent_workers: bool = False, pad_to_multiple_of: int | None = None,
-                multiprocessing_context: str | None = None, batches_per_message: int = 8):
+                multiprocessing_context: str | None = None, batches_per_message: int | None = None):
     """Batches of dicts of tensors: input_ids, attention_mask, labels, is_pad, sample_id.
 
     For a ShardStream (default collate) workers start with each epoch's iterator, so
     ``persistent_workers`` does not apply; ``batches_per_message`` batches travel per
-    worker message (1 gives torch's usual one batch per request)."""
+    worker message (default: ~2048 samples' worth; 1 gives torch's one batch per request)."""
     if collate_fn is None and isinstance(dataset, ShardStream):
         return BatchLoader(dataset, batch_size, num_workers, pad_id=_pad_id(dataset),
                            pad_to_multiple_of=pad_to_multiple_of, pin_memory=pin_memory,
-                           prefetch_factor=prefetch_factor, group=batches_per_message,
+                           prefetch_factor=prefetch_factor, group=batches_per_message or default_group(batch_size),
                            multiprocessing_context=multiprocessing_context)
     if collate_fn is None and hasattr(dataset, "collator"):
         collate_fn = dataset.collator()  # packed / mixed streams know their own batch layout
