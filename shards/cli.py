@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             PermissionError, storage.StorageError, ValueError) as exc:
         print(f"shards {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `shards inspect ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -42,8 +42,6 @@ def fields_of(labelled: bool, tokenized: bool, with_text: bool = True) -> list[s
 
 
 def get(name: str):
-    from . import format_arrow, format_tar
-
     formats = {"arrow": format_arrow, "tar": format_tar}
     if name not in formats:
         raise ValueError(f"unknown shard format {name!r}; valid: {', '.join(formats)}")
@@ -51,3 +49,7 @@ def get(name: str):
 
 
 EXTENSIONS = {"arrow": ".arrow", "tar": ".tar"}
+
+# The readers (pyarrow with them, ~0.15 s) load with the package, once per process: not inside the
+# first stream a user times, and never after DataLoader workers fork.  Last, as they import Batch.
+from . import format_arrow, format_tar  # noqa: E402
