@@ -63,6 +63,8 @@ def _as_is(message):
 
 
 class BatchLoader:
+    """Padded batches of a ShardStream as dicts of tensors; see the module docstring."""
+
     def __init__(self, stream, batch_size: int, num_workers: int = 0, *, pad_id: int = 0,
                  pad_to_multiple_of: int | None = None, pin_memory: bool = False,
                  prefetch_factor: int | None = None, group: int = 32,
@@ -137,6 +139,7 @@ class BatchLoader:
                         "loaded; epoch %d starts from its beginning", state["epoch"], self.dataset.epoch,
                         self.dataset.epoch)
             state = None
+        self.dataset.drop_sample_state()
         self._fold_stats()
         self._epoch = self.dataset.epoch
         self._delivered = int(state["batches"]) if state is not None else 0

@@ -176,12 +176,21 @@ class ShardStream(IterableDataset):
         """This worker's samples as padded numpy batches (see collate.collate_chunk), from
         batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
         worker_id, workers = world.worker()
-        self._resume = None
+        self.drop_sample_state()
         skip = start_batch * batch_size
         self._consumed = skip
         self._retries_seen = storage.retry_count()
         return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
                              pad_to_multiple_of, keep_text)
+
+    def drop_sample_state(self) -> None:
+        """Batches start at a batch index (the loader's state); refuse to drop a mid-epoch
+        per-sample state loaded with ``load_state_dict`` without a word."""
+        state, self._resume = self._resume, None
+        if state is not None and state.get("consumed"):
+            raise ValueError("this ShardStream holds a mid-epoch per-sample state (ShardStream.load_state_dict); "
+                             "make_loader resumes from its own state: save loader.state_dict() and pass it to "
+                             "loader.load_state_dict(), or iterate the stream itself")
 
     def _batches(self, chunks, batch_size, pad_id, multiple, keep_text) -> Iterator[dict]:
         for chunk in rechunk(chunks, batch_size):

@@ -262,3 +262,16 @@ def test_state_for_another_epoch_than_the_stream_is_not_applied(tmp_path, caplog
     loader.load_state_dict(json.loads(state))
     ds.set_epoch(1)
     assert sum(1 for _ in loader) == 5 and "starts from its beginning" in caplog.text
+
+
+def test_a_per_sample_state_is_not_silently_dropped_by_the_loader(tmp_path):
+    url = build_set(tmp_path, n=20, max_records=6)
+    ds = ShardStream(url)
+    it = iter(ds)
+    for _ in range(3):
+        next(it)
+    state = ds.state_dict()
+    fresh = ShardStream(url)
+    fresh.load_state_dict(state)
+    with pytest.raises(ValueError, match="loader.load_state_dict"):
+        iter(make_loader(fresh, 4))
