@@ -18,7 +18,6 @@ import torch
 
 from .columns import SampleIds
 
-ARRAY_KEYS = ("input_ids", "attention_mask", "labels", "is_pad", "position_ids")
 LONG_KEYS = ("input_ids", "attention_mask", "labels")  # LongTensors, whatever width travelled
 
 

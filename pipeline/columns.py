@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from shards import Ragged
+from shards import Ragged, sample_ids
 from shards.ragged import concat as concat_ragged
 
 
@@ -67,7 +67,7 @@ class Chunk:
 
 
 def format_ids(shard: np.ndarray, record: np.ndarray) -> list[str]:
-    return [f"{s:05d}:{r:06d}" for s, r in zip(shard.tolist(), record.tolist())]
+    return sample_ids(shard.tolist(), record.tolist())
 
 
 class SampleIds(Sequence):

@@ -71,7 +71,7 @@ class ShardStream(IterableDataset):
         self.config = config or StreamConfig()
         self.tokenizer = shards.load_tokenizer(tokenizer) if tokenizer is not None else None
         self._check_tokenizer()
-        shards.format_reader(self.manifest.format)  # import the reader here, not after fork in every worker
+        shards.format_reader(self.manifest.format)  # an unknown format fails here, not in every worker
         self.epoch = 0
         self.stats: Counter = Counter()
         self._consumed = 0
@@ -160,7 +160,9 @@ class ShardStream(IterableDataset):
             yield chunk
 
     def _start(self, worker_id: int, workers: int) -> int:
-        skip = self._resume_offset(worker_id, workers)
+        return self._begin(self._resume_offset(worker_id, workers))
+
+    def _begin(self, skip: int) -> int:
         self._consumed = skip
         self._retries_seen = storage.retry_count()
         return skip
@@ -177,9 +179,7 @@ class ShardStream(IterableDataset):
         batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
         worker_id, workers = world.worker()
         self.drop_sample_state()
-        skip = start_batch * batch_size
-        self._consumed = skip
-        self._retries_seen = storage.retry_count()
+        skip = self._begin(start_batch * batch_size)
         return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
                              pad_to_multiple_of, keep_text)
 

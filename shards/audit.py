@@ -23,7 +23,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .index import load_manifest
+from .index import SAMPLE_ID, load_manifest
 from .storage import parse_storage_options
 
 EXAMPLES = 5  # ids shown per failure kind
@@ -39,8 +39,7 @@ class RankLog:
 
 
 def sample_id(shard: int, record: int) -> str:
-    # the id format of pipeline.dataset.sample_id (shards never imports pipeline)
-    return f"{shard:05d}:{record:06d}"
+    return SAMPLE_ID % (shard, record)
 
 
 def read_log(path: str) -> RankLog:

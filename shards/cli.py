@@ -15,6 +15,7 @@ import re
 import sys
 
 from . import storage
+from .index import SAMPLE_ID
 from .storage import parse_storage_options
 from .corpus import BAD_POLICIES, BadRecordError, CorpusSpec
 from .engines import EngineError, node_summary
@@ -117,7 +118,7 @@ def cmd_inspect(args) -> int:
             for j in range(len(batch)):
                 if shown >= args.n:
                     return 0
-                row = {"sample_id": f"{i:05d}:{batch.start + j:06d}"}
+                row = {"sample_id": SAMPLE_ID % (i, batch.start + j)}
                 if batch.text is not None:
                     row["text"] = batch.text[j]
                 if batch.label is not None:

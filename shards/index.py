@@ -91,6 +91,14 @@ def _checked_shard(info: ShardInfo, where: str) -> ShardInfo:
     return info
 
 
+SAMPLE_ID = "%05d:%06d"  # a sample's id: its shard's and its record's index in the manifest
+
+
+def sample_ids(shards, records) -> list[str]:
+    """Ids of (shard, record) pairs (two sequences of ints)."""
+    return list(map(SAMPLE_ID.__mod__, zip(shards, records)))  # %-format: ~2x an f-string per id
+
+
 def index_url(url: str) -> str:
     """The index.json URL for a shard-set folder or an index.json URL."""
     url = str(url)
