@@ -5,6 +5,7 @@ future layout change cannot be misread silently.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -48,6 +49,18 @@ class Manifest:
     @property
     def num_bytes(self) -> int:
         return sum(s.num_bytes for s in self.shards)
+
+    @property
+    def identity(self) -> str:
+        """What the data is, not how big: sha256 over the format and each shard's (sha256, records).
+
+        Two sets of the same size but other content differ here, so a resume state or a
+        checkpoint taken over one is refused over the other.
+        """
+        h = hashlib.sha256(self.format.encode())
+        for s in self.shards:
+            h.update(f"\n{s.sha256}:{s.num_records}".encode())
+        return h.hexdigest()
 
     def to_json(self) -> str:
         data = asdict(self)
