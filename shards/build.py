@@ -6,6 +6,16 @@ do not depend on the worker count, so the output is byte-identical for any
 ``.done.json`` marker; a rerun skips marked units.  When all are done, parts
 get their global names (``shard-00000.arrow`` ...), ``index.json`` is written
 last, and the staging folder is removed.
+
+Output safety (:mod:`shards.lock`): one builder per ``--out`` (a lock), and a
+failed or killed rebuild never damages the set already there.  Its
+``index.json`` stays until the new one replaces it (the commit point), and no
+file it lists is overwritten with other bytes before then: a new shard whose
+plain name the old index lists with other content is published as
+``shard-NNNNN-<sha256[:16]>.ext`` first and gets its plain name after the
+commit (a hard link or server-side copy, then a second index swap), so the
+finished output is the same as a fresh build's.  Disk full or read-only
+output ends in one line naming the path, with staging cleaned.
 """
 from __future__ import annotations
 
@@ -13,18 +23,20 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import corpus_jsonl, formats, storage
 from .corpus import (ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit,
                      scan_labels)
 from .engines import EngineError, LocalEngine, Progress
-from .index import MANIFEST_NAME, Manifest, ShardInfo, index_url, write_manifest
+from .index import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, index_url, load_manifest, write_manifest
+from .lock import OutputLock, clean_after_failure, output_error, redacted, sigterm_raises
 from .tokenizer import fingerprint, load_tokenizer
 from .writer import Limits, Part, PartWriter, columns_of
 
@@ -208,8 +220,29 @@ def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
     return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key)
 
 
-def _final_url(cfg: BuildConfig, number: int) -> str:
-    return storage.join(cfg.out, f"shard-{number:05d}{formats.EXTENSIONS[cfg.format]}")
+def _listed(cfg: BuildConfig) -> dict[str, tuple[str, int]]:
+    """The shards the current index.json lists: name -> (sha256, bytes).  None of them may
+    change before the new index replaces it, so a failed rebuild leaves that set whole."""
+    if not storage.exists(index_url(cfg.out), cfg.storage_options):
+        return {}
+    try:
+        m = load_manifest(cfg.out, cfg.storage_options)
+    except ManifestError as exc:  # unreadable already: there is no set to keep
+        log.warning("%s; replacing it", exc)
+        return {}
+    return {s.path: (s.sha256, s.num_bytes) for s in m.shards}
+
+
+def _plain_name(cfg: BuildConfig, number: int) -> str:
+    return f"shard-{number:05d}{formats.EXTENSIONS[cfg.format]}"
+
+
+def _final_name(cfg: BuildConfig, number: int, part: Part, listed: dict) -> str:
+    """The plain name, unless the current index lists it with other bytes: then one of its own."""
+    name = _plain_name(cfg, number)
+    if listed.get(name, (part.sha256, part.num_bytes)) == (part.sha256, part.num_bytes):
+        return name
+    return f"shard-{number:05d}-{part.sha256[:16]}{formats.EXTENSIONS[cfg.format]}"
 
 
 def _part_in_place(cfg: BuildConfig, part: Part, final: str) -> bool:
@@ -224,33 +257,56 @@ def _part_in_place(cfg: BuildConfig, part: Part, final: str) -> bool:
     return (digest, n) == (part.sha256, part.num_bytes)
 
 
-def _publish_parts(cfg: BuildConfig, results: list[UnitResult]) -> list[ShardInfo]:
+def _publish_parts(cfg: BuildConfig, results: list[UnitResult], listed: dict) -> list[ShardInfo]:
     shards = []
     for part in (p for r in results for p in r.parts):
-        final = _final_url(cfg, len(shards))
+        name = _final_name(cfg, len(shards), part, listed)
         if storage.exists(part.path, cfg.storage_options):
-            fs, src = storage.filesystem(part.path, cfg.storage_options)
-            _, dst = storage.filesystem(final, cfg.storage_options)
-            if storage.is_remote(final):
-                fs.copy(src, dst)  # server-side copy; the staged part goes with the folder
-            else:
-                os.replace(src, dst)
-        shards.append(ShardInfo(final.rsplit("/", 1)[-1], part.num_records, part.num_bytes, part.sha256))
+            _move(cfg, part.path, storage.join(cfg.out, name))
+        shards.append(ShardInfo(name, part.num_records, part.num_bytes, part.sha256))
     return shards
 
 
-def _remove_leftovers(cfg: BuildConfig, keep: int) -> None:
-    """Remove what index.json does not list: shards numbered ``keep`` and up (or of the
-    other format) from earlier builds, and temp manifests of killed ones."""
+def _move(cfg: BuildConfig, src_url: str, dst_url: str, keep: bool = False) -> None:
+    """Publish a file under ``dst_url`` at once (a rename, a hard link, or one server-side copy)."""
+    fs, src = storage.filesystem(src_url, cfg.storage_options)
+    dst = storage.filesystem(dst_url, cfg.storage_options)[1]
+    if storage.is_remote(dst_url):
+        fs.copy(src, dst)  # server-side copy; a staged part goes with the folder
+    elif keep:
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    else:
+        os.replace(src, dst)
+
+
+def _plain_names(cfg: BuildConfig, manifest: Manifest) -> Manifest:
+    """After the commit, give shards published under names of their own their plain names:
+    link or copy each, then swap the index again; at any crash, the index lists whole files."""
+    shards = []
+    for i, s in enumerate(manifest.shards):
+        plain = _plain_name(cfg, i)
+        if s.path != plain:
+            _move(cfg, storage.join(cfg.out, s.path), storage.join(cfg.out, plain), keep=True)
+        shards.append(replace(s, path=plain))
+    manifest = replace(manifest, shards=shards)
+    write_manifest(cfg.out, manifest, cfg.storage_options)
+    return manifest
+
+
+def _remove_leftovers(cfg: BuildConfig, manifest: Manifest) -> None:
+    """Remove shard files index.json does not list (earlier builds, the other format, names of
+    their own, temp links) and temp manifests of killed builds."""
     fs, path = storage.filesystem(cfg.out, cfg.storage_options)
-    ext = formats.EXTENSIONS[cfg.format]
+    exts = "|".join(re.escape(e) for e in formats.EXTENSIONS.values())
+    shard_file = re.compile(rf"shard-\d{{5,}}(-[0-9a-f]{{16}})?({exts})(\.tmp-\d+)?")
+    listed = {s.path for s in manifest.shards}
     for name in fs.ls(path, detail=False):
         base = name.rsplit("/", 1)[-1]
-        stem, dot, suffix = base.rpartition(".")
-        number = stem[6:] if stem.startswith("shard-") else ""
-        stale_shard = number.isdigit() and f".{suffix}" in formats.EXTENSIONS.values() and (
-            int(number) >= keep or f".{suffix}" != ext)
-        if stale_shard or base.startswith(f"{MANIFEST_NAME}.tmp-"):
+        if (shard_file.fullmatch(base) and base not in listed) or base.startswith(f"{MANIFEST_NAME}.tmp-"):
             fs.rm(name)
 
 
@@ -267,47 +323,78 @@ def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
     return sort_labels(set().union(*found)) if found else []
 
 
+def check_label_names(names) -> None:
+    if names is None:
+        return
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ValueError(f"--label-names {','.join(names)}: {', '.join(map(repr, twice))} listed more than "
+                         f"once; name each label once, in id order")
+
+
 def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
     """Build a shard set at ``cfg.out`` from ``inputs``; see the module docstring.
 
     ``engine`` runs the units (see :mod:`shards.engines`); default: a
     :class:`~shards.engines.LocalEngine` with ``cfg.workers`` processes.
+    Holds the lock on ``cfg.out`` throughout; errors never show credentials of URLs.
     """
-    formats.get(cfg.format)  # fail fast on a bad format name
-    t0 = time.perf_counter()
-    urls = storage.expand_inputs(inputs, ALL_SUFFIXES, cfg.storage_options)
-    units = plan_units(urls, cfg.split_bytes, cfg.storage_options)
-    input_bytes = sum(storage.size(u, cfg.storage_options) for u in urls)
-    storage.makedirs(cfg.out, cfg.storage_options)
-    storage.remove(index_url(cfg.out), cfg.storage_options)  # never leave an old manifest over new shards
+    with redacted():
+        formats.get(cfg.format)  # fail fast on a bad format name
+        check_label_names(cfg.label_names)
+        t0 = time.perf_counter()
+        urls = storage.expand_inputs(inputs, ALL_SUFFIXES, cfg.storage_options)
+        units = plan_units(urls, cfg.split_bytes, cfg.storage_options)
+        input_bytes = sum(storage.size(u, cfg.storage_options) for u in urls)
+        try:
+            storage.makedirs(cfg.out, cfg.storage_options)
+            with OutputLock(cfg.out, cfg.storage_options), sigterm_raises():
+                try:
+                    return _build_locked(cfg, urls, units, engine, t0, input_bytes)
+                except BaseException as exc:
+                    full = isinstance(exc, OSError) and output_error(exc, cfg.out) is not None
+                    clean_after_failure(_staging(cfg), cfg.storage_options, everything=full)
+                    raise
+        except OSError as exc:
+            err = output_error(exc, cfg.out)
+            if err is None:
+                raise
+            raise err from exc
+
+
+def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, t0: float,
+                  input_bytes: int) -> BuildResult:
     tok = _tokenizer(cfg.tokenizer)
     tok_fp = fingerprint(tok) if tok is not None else None
+    listed = _listed(cfg)
     own_engine = engine is None
     engine = LocalEngine(cfg.workers) if own_engine else engine
     bar = None
+    failed = True
     try:
         labels = _labels(cfg, units, engine)
         keys = [unit_key(cfg, u, labels, tok_fp) for u in units]
-        done = _finished_units(cfg, keys)
+        done = _finished_units(cfg, keys, listed)
         todo = [(i, units[i], labels, keys[i]) for i in range(len(units)) if i not in done]
         bar = Progress(cfg.progress)
         bar.update(sum(r.records for r in done.values()))
         ran = engine(cfg, todo, bar)
+        failed = False
     finally:
         if bar is not None:
             bar.close()
         if own_engine:
-            engine.close()
+            engine.close(abort=failed)  # a failed unit stops the others now, not when they finish
     missing = [i for i, *_ in todo if i not in ran]
     if missing:
         raise EngineError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")
     results = {**done, **ran}
     ordered = [results[i] for i in range(len(units))]
-    manifest = _finish(cfg, urls, ordered, labels, tok_fp)
+    manifest = _finish(cfg, urls, ordered, labels, tok_fp, listed)
     return BuildResult(manifest, time.perf_counter() - t0, input_bytes, len(done), list(ran.values()))
 
 
-def _finished_units(cfg: BuildConfig, keys: list[str]) -> dict[int, UnitResult]:
+def _finished_units(cfg: BuildConfig, keys: list[str], listed: dict) -> dict[int, UnitResult]:
     """Units whose marker matches and whose parts are all still there.
 
     Parts are moved to their final names only once every unit is done, so a
@@ -322,7 +409,8 @@ def _finished_units(cfg: BuildConfig, keys: list[str]) -> dict[int, UnitResult]:
         if result is None:
             number = None
             continue
-        finals = [_final_url(cfg, number + k) if number is not None else "" for k in range(len(result.parts))]
+        finals = [storage.join(cfg.out, _final_name(cfg, number + k, p, listed)) if number is not None else ""
+                  for k, p in enumerate(result.parts)]
         if all(_part_in_place(cfg, p, f) for p, f in zip(result.parts, finals)):
             done[i] = result
         if number is not None:
@@ -330,8 +418,8 @@ def _finished_units(cfg: BuildConfig, keys: list[str]) -> dict[int, UnitResult]:
     return done
 
 
-def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels, tok_fp) -> Manifest:
-    shards = _publish_parts(cfg, results)
+def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels, tok_fp, listed) -> Manifest:
+    shards = _publish_parts(cfg, results, listed)
     bad = Counter()
     for r in results:
         bad.update(r.bad)
@@ -340,10 +428,13 @@ def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels
     manifest = Manifest(
         format=cfg.format, num_records=sum(s.num_records for s in shards), fields=fields,
         shards=shards, label_names=labels, tokenizer=tok_info, max_length=cfg.max_length,
-        bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields), sources=urls)
-    write_manifest(cfg.out, manifest, cfg.storage_options)
+        bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields),
+        sources=[storage.redact(u) for u in urls])
+    write_manifest(cfg.out, manifest, cfg.storage_options)  # the commit point: the old set is replaced here
+    if any(s.path != _plain_name(cfg, i) for i, s in enumerate(shards)):
+        manifest = _plain_names(cfg, manifest)
     storage.remove(_staging(cfg), cfg.storage_options, recursive=True)
-    _remove_leftovers(cfg, len(shards))
+    _remove_leftovers(cfg, manifest)
     return manifest
 
 

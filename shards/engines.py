@@ -5,13 +5,17 @@ An engine is a callable ``engine(cfg, [(i, unit, labels, key), ...], bar) ->
 anywhere, and calls ``bar.update(records, text_chars)`` as units finish.  It
 may also offer ``scan_labels(cfg, units) -> [set, ...]`` (the first pass
 that collects label values) and ``close()``.  :class:`LocalEngine` runs in
-this process (``workers=1``) or a spawned process pool; ``shards.ray_engine``
-runs on a Ray cluster.
+this process (``workers=1``) or a spawned process pool, whose workers end with
+their driver even when it is SIGKILLed; ``shards.ray_engine`` runs on a Ray cluster.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -50,6 +54,33 @@ class Progress:
             self._bar.close()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: this worker ends when its driver does, even by SIGKILL.
+
+    Linux sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); elsewhere, or if
+    that fails, a thread sees the process re-parented and exits.  The pool's
+    processes are spawned by the thread that submits, which lives until the pool closes.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no libc prctl here: the thread below still does it
+    if os.getppid() != parent:
+        os._exit(1)  # the driver died before prctl took effect
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-driver").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
 class LocalEngine:
     """Units in this process (``workers <= 1``) or in a pool of spawned processes."""
 
@@ -59,7 +90,8 @@ class LocalEngine:
 
     def _executor(self):
         if self._pool is None and self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def scan_labels(self, cfg, units) -> list[set[str]]:
@@ -83,10 +115,17 @@ class LocalEngine:
             bar.update(r.records, r.text_chars)
         return results
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+    def close(self, abort: bool = False) -> None:
+        """Shut the pool down; ``abort`` (the build failed) kills running units instead of
+        waiting for them: their temp files are cleaned, and a rerun redoes them."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if abort:
+            # no public API kills a pool's running tasks; _processes is stable since 3.8
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(cancel_futures=True)
 
 
 def node_summary(results) -> list[str]:

@@ -18,6 +18,7 @@ class HashingSink:
     """
 
     def __init__(self, path: str, background: bool = False):
+        self.path = path
         self._file = open(path, "wb")
         self._hash = hashlib.sha256()
         self.num_bytes = 0
@@ -43,7 +44,16 @@ class HashingSink:
 
     def _put(self, view: memoryview) -> None:
         self._hash.update(view)
-        self._file.write(view)
+        try:
+            self._file.write(view)
+        except OSError as exc:
+            raise self._named(exc) from exc
+
+    def _named(self, exc: OSError) -> OSError:
+        """A failed write(2) names no file; the one-line error (disk full ...) must."""
+        if exc.filename is not None or exc.errno is None:
+            return exc
+        return OSError(exc.errno, exc.strerror or str(exc), self.path)
 
     def wait(self) -> None:
         """Until the write in flight (background mode) is done; raises its error."""
@@ -56,7 +66,10 @@ class HashingSink:
 
     def flush(self) -> None:
         self.wait()
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._named(exc) from exc
 
     def writable(self) -> bool:
         return True
@@ -71,7 +84,10 @@ class HashingSink:
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
-            self._file.close()
+            try:
+                self._file.close()  # flushes the buffer: a full disk may show only here
+            except OSError as exc:
+                raise self._named(exc) from exc
 
     def digest(self) -> tuple[str, int]:
         """(sha256 hex digest, byte count) of everything written so far."""

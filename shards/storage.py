@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +76,19 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+# userinfo of any URL (``scheme://user:token@host``) and query values that carry secrets
+# (presigned S3 ``X-Amz-Signature``/``-Credential``/``-Security-Token``, Azure ``sig``, ``token=``)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&\s'\"]*(?:signature|credential|token|secret|password|passwd|key|sig)"
+                           r"[^=&\s'\"]*=)[^&#\s'\"]+")
+
+
+def redact(url) -> str:
+    """``url`` (or any text holding URLs, e.g. an error message) safe to print, log or store:
+    credentials in the userinfo and secret query values become ``***``."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(url)))
+
+
 def is_remote(url: str) -> bool:
     protocol = fsspec.utils.get_protocol(str(url))
     return protocol not in ("file", "local")
@@ -113,11 +127,16 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = Non
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):  # a full disk must not also keep the half-written temp file
+            os.remove(tmp)
+        raise
 
 
 def publish_file(local_path: str, url: str, storage_options: dict | None = None) -> None:
@@ -145,28 +164,46 @@ def makedirs(url: str, storage_options: dict | None = None) -> None:
 
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...],
                   storage_options: dict | None = None) -> list[str]:
-    """Files named by paths, directories or globs, sorted, each once.
+    """Files named by paths, directories, globs or URLs: each input's matches sorted, in input order.
 
     Directories are walked recursively and keep only files whose name ends in
-    one of ``suffixes``; explicitly named files are kept as given.
+    one of ``suffixes``; explicitly named files are kept as given.  A file named
+    twice (twice over, by two globs, by a folder and a path in it, by a symlink)
+    would be ingested twice: that is refused, naming both inputs.
     """
-    found: list[str] = []
+    found: dict[str, str] = {}  # the file's identity -> the input that named it
+    urls: list[str] = []
     for item in inputs:
-        fs, path = filesystem(item, storage_options)
-        protocol = fsspec.utils.get_protocol(str(item))
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        if any(ch in path for ch in "*?["):
-            matches = sorted(fs.glob(path))
-        elif fs.isdir(path):
-            matches = sorted(p for p in fs.find(path) if p.endswith(suffixes))
-        elif fs.exists(path):
-            matches = [path]
-        else:
-            raise FileNotFoundError(f"input {item}: no such file, directory or glob match")
-        if not matches:
-            raise FileNotFoundError(f"input {item}: matched no files ending in {', '.join(suffixes)}")
-        found.extend(prefix + m for m in matches)
-    return list(dict.fromkeys(found))
+        for url in _matches(str(item), suffixes, storage_options):
+            ident = os.path.realpath(url) if not is_remote(url) else url
+            if ident in found:
+                raise ValueError(f"input {redact(url)} is named twice, by {redact(found[ident])!r} and by "
+                                 f"{redact(item)!r}: it would be ingested twice; name each file once")
+            found[ident] = str(item)
+            urls.append(url)
+    return urls
+
+
+def _matches(item: str, suffixes: tuple[str, ...], storage_options: dict | None) -> list[str]:
+    fs, path = filesystem(item, storage_options)
+    protocol = fsspec.utils.get_protocol(item)
+    if protocol in ("http", "https"):
+        # a URL names one object; '?' starts its query (e.g. a presigned URL), not a glob
+        if not fs.exists(path):
+            raise FileNotFoundError(f"input {redact(item)}: no such object (or no access); check the URL")
+        return [item]
+    if any(ch in path for ch in "*?["):
+        matches = sorted(fs.glob(path))
+    elif fs.isdir(path):
+        matches = sorted(p for p in fs.find(path) if p.endswith(suffixes))
+    elif fs.exists(path):
+        matches = [path]
+    else:
+        raise FileNotFoundError(f"input {redact(item)}: no such file, directory or glob match")
+    if not matches:
+        raise FileNotFoundError(f"input {redact(item)}: matched no files ending in {', '.join(suffixes)}")
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return [m if "://" in m else prefix + m for m in matches]
 
 
 def _transient_types() -> tuple[type, ...]:
@@ -308,7 +345,7 @@ def read_object(url: str, storage_options: dict | None = None,
             want = min(CHUNK_BYTES, total - offset)
             chunk = fs.cat_file(path, start=offset, end=offset + want)
             if len(chunk) > want:
-                raise StorageError(f"{url}: asked for {want} bytes at offset {offset}, got {len(chunk)}; "
+                raise StorageError(f"{redact(url)}: asked for {want} bytes at offset {offset}, got {len(chunk)}; "
                                    f"the server ignored the Range header")
             _take(parts, chunk, hasher)
             offset += len(chunk)
@@ -337,7 +374,7 @@ def _give_up_or_wait(url: str, exc: Exception, attempt: int, offset: int, total:
                      policy: "RetryPolicy", last_progress: float) -> None:
     """Raise if ``exc`` is permanent or the policy is spent; else count a retry and back off."""
     if isinstance(exc, FileNotFoundError):
-        raise FileNotFoundError(errno.ENOENT, f"no such object ({exc})", url) from exc
+        raise FileNotFoundError(errno.ENOENT, redact(f"no such object ({exc})"), redact(url)) from exc
     stalled = time.monotonic() - last_progress
     if isinstance(exc, StorageError) or not is_transient(exc) or attempt >= policy.attempts \
             or stalled > policy.timeout_s:
@@ -345,12 +382,12 @@ def _give_up_or_wait(url: str, exc: Exception, attempt: int, offset: int, total:
             f"{attempt} failed attempt(s) in a row, {stalled:.1f} s without progress"
         code, status = _http_status(exc)
         http = f" (HTTP {status}, S3 code {code})" if status is not None else ""
-        raise StorageError(f"{url}: read failed at byte {offset} of {total if total is not None else '?'} "
-                           f"({kind}); last cause: {type(exc).__name__}: {exc}{http}") from exc
+        raise StorageError(redact(f"{url}: read failed at byte {offset} of {total if total is not None else '?'} "
+                                  f"({kind}); last cause: {type(exc).__name__}: {exc}{http}")) from exc
     _count_retry()
     delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
     delay *= 0.5 + random.random() / 2  # jitter: workers hit by the same outage spread out
-    log.debug("retrying %s at byte %d in %.2f s after %s", url, offset, delay, type(exc).__name__)
+    log.debug("retrying %s at byte %d in %.2f s after %s", redact(url), offset, delay, type(exc).__name__)
     time.sleep(min(delay, max(0.0, policy.timeout_s - stalled)))
 
 

@@ -156,14 +156,18 @@ def test_rebuild_with_fewer_shards_removes_stale_ones(tmp_path, corpus):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([s.path for s in m.shards] + ["index.json"])
 
 
-def test_exception_during_build_leaves_no_index(tmp_path, corpus):
+def test_exception_during_rebuild_keeps_the_previous_set(tmp_path, corpus):
+    """A failed rebuild leaves the old index.json and every shard it lists as they were."""
     inputs, _ = corpus
     build(inputs, cfg(tmp_path / "out"))
+    before = snapshot(tmp_path / "out")
     bad = pathlib.Path(inputs[1])
     bad.write_text(bad.read_text() + "{not json\n")
     with pytest.raises(BadRecordError, match=r"part1\.jsonl:101: malformed_json"):
         build(inputs, cfg(tmp_path / "out"))
-    assert not (tmp_path / "out" / "index.json").exists()
+    after = snapshot(tmp_path / "out")
+    assert {k: v for k, v in after.items() if not k.startswith(".staging")} == before
+    assert not [k for k in after if ".partial-" in k or ".tmp-" in k or k == ".lock"]
 
 
 def test_bad_records_skipped_counted_in_manifest(tmp_path):

@@ -1,0 +1,259 @@
+"""One builder per output: an exclusive lock on ``--out``, and one-line errors for writes there.
+
+Locally the lock is the file ``OUT/.lock``, published with ``os.link`` from a
+complete temp file, so it appears atomically (like ``O_EXCL``) and is never seen
+half-written.  It holds the host, pid, the pid's start time and the start time
+of the build.  On an object store it is the object ``OUT/.lock``, created with a
+conditional PUT where the filesystem offers one (``mode="create"``) and always
+read back: the token in it must be ours, so a server that ignores the condition
+still cannot give two builders the lock.
+
+A lock whose holder is a dead process on this host (pid gone, or reused by a
+process that started later) is stale and taken over; any other lock stops the
+second builder at once with one line naming the holder and how to clear it.
+The lock is released on success and on failure (exceptions, Ctrl-C, SIGTERM);
+after a SIGKILL the next build on the same host takes the stale lock over.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+from . import storage
+from .storage import StorageError, redact
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".lock"
+REMOTE_SETTLE_S = 0.2  # between writing a lock object and reading it back: lets a racing PUT land first
+
+
+class LockError(StorageError):
+    """Another builder holds the output folder."""
+
+
+class OutputError(StorageError):
+    """The output cannot be written: disk full, read-only, no permission."""
+
+
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file"}
+
+
+def output_error(exc: OSError, where: str) -> OutputError | None:
+    """The one-line error for a write that failed for a reason no retry fixes; None for others."""
+    reason = WRITE_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    fix = ("free space or choose another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable or choose another --out")
+    path = exc.filename if exc.filename is not None else where
+    return OutputError(f"cannot write {redact(path)}: {reason} ({errno.errorcode[exc.errno]}); {fix}")
+
+
+def clean_after_failure(staging: str, storage_options: dict | None, everything: bool) -> None:
+    """What a failed build leaves that no rerun can use: temp files of parts (``.partial-``) and of
+    markers (``.tmp-``); with ``everything`` (disk full, read-only) the whole staging folder."""
+    try:
+        fs, path = storage.filesystem(staging, storage_options)
+        if not fs.exists(path):
+            return
+        if everything:
+            fs.rm(path, recursive=True)
+            return
+        for name in fs.ls(path, detail=False):
+            base = name.rsplit("/", 1)[-1]
+            if ".partial-" in base or ".tmp-" in base:
+                fs.rm(name)
+    except OSError as exc:  # the failure being reported matters more than this one
+        log.warning("could not clean %s after the failed build: %s", redact(staging), exc)
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM ends the build like Ctrl-C does (locks released, workers stopped), not at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; the caller owns signals then
+        return
+
+    def stop(signum, frame):
+        raise SystemExit("shards build: stopped by SIGTERM; finished units are kept for a rerun")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def redacted():
+    """Errors raised inside carry no URL credentials: the message is redacted, the chain cut."""
+    try:
+        yield
+    except (ValueError, RuntimeError, OSError) as exc:
+        text = str(exc)
+        safe = redact(text)
+        if safe == text:
+            raise
+        try:
+            clean = type(exc)(safe) if not isinstance(exc, OSError) else StorageError(safe)
+        except TypeError:  # an error type with another constructor
+            clean = StorageError(safe)
+        raise clean from None
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return start is None or _process_start(pid) in (None, start)
+
+
+class OutputLock:
+    """``with OutputLock(out, storage_options):`` holds ``out`` for one builder."""
+
+    def __init__(self, out: str, storage_options: dict | None = None):
+        self.url = storage.join(str(out), LOCK_NAME)
+        self.options = storage_options
+        self.remote = storage.is_remote(self.url)
+        self.token = uuid.uuid4().hex
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": self.token}
+        self.held = False
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        for _ in range(3):  # a stale lock taken over, then retried; a race lost twice gives up
+            holder = self._try_remote() if self.remote else self._try_local()
+            if holder is None:
+                self.held = True
+                return
+            if not self._stale(holder):
+                raise LockError(self._held_message(holder))
+            log.warning("%s: taking over the stale lock of %s", redact(self.url), _who(holder))
+            self._break(holder)
+        raise LockError(f"{redact(self.url)}: could not take the lock (other builders keep taking it); "
+                        f"run one `shards build` per --out")
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (a stale-lock taker may have replaced it)."""
+        if not self.held:
+            return
+        self.held = False
+        fs, path = storage.filesystem(self.url, self.options)
+        try:
+            if self._read(fs, path).get("token") == self.token:
+                fs.rm(path)
+        except (OSError, StorageError) as exc:  # e.g. the disk that failed the build; the lock stays stale
+            log.warning("%s: could not remove the lock (%s); the next build on %s takes it over",
+                        redact(self.url), exc, self.info["host"])
+
+    def _try_local(self) -> dict | None:
+        """None when the lock is now ours, else what the holder wrote."""
+        path = storage.filesystem(self.url)[1]
+        tmp = f"{path}.{self.token}"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(self.info).encode())
+            os.link(tmp, path)  # atomic: fails with EEXIST when a lock is there
+            return None
+        except FileExistsError:
+            return self._read(*storage.filesystem(self.url))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _try_remote(self) -> dict | None:
+        fs, path = storage.filesystem(self.url, self.options)
+        if fs.exists(path):
+            return self._read(fs, path)
+        data = json.dumps(self.info).encode()
+        try:
+            fs.pipe_file(path, data, mode="create")  # conditional create (S3 If-None-Match, memory://)
+        except FileExistsError:
+            return self._read(fs, path)
+        except (TypeError, NotImplementedError):  # this filesystem has no conditional create
+            fs.pipe_file(path, data)
+        time.sleep(REMOTE_SETTLE_S)
+        seen = self._read(fs, path)
+        return None if seen.get("token") == self.token else seen
+
+    def _read(self, fs, path) -> dict:
+        try:
+            data = json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return {"token": None, "vanished": True}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"token": None, "unreadable": True}
+        return data if isinstance(data, dict) else {"token": None, "unreadable": True}
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("vanished"):
+            return True  # released between our try and our read: just try again
+        pid = holder.get("pid")
+        if holder.get("host") != self.info["host"] or not isinstance(pid, int):
+            return False  # another machine's process cannot be checked from here
+        return not _alive(pid, holder.get("pid_start"))
+
+    def _break(self, holder: dict) -> None:
+        """Remove a stale lock, unless it changed since it was read (then the next try sees the new one)."""
+        if holder.get("vanished"):
+            return
+        fs, path = storage.filesystem(self.url, self.options)
+        if self.remote:
+            if self._read(fs, path).get("token") == holder.get("token"):
+                fs.rm(path)
+            return
+        aside = f"{path}.stale-{self.token}"
+        try:
+            os.rename(path, aside)  # atomic: what we remove is exactly what we moved
+        except FileNotFoundError:
+            return
+        if self._read(fs, aside).get("token") != holder.get("token"):
+            try:  # a live builder's fresh lock replaced the stale one meanwhile: put it back
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+        os.remove(aside)
+
+    def _held_message(self, holder: dict) -> str:
+        where = redact(self.url)
+        if holder.get("unreadable"):
+            return (f"{where}: the output is locked by a builder whose lock cannot be read; if no `shards "
+                    f"build` writes to this --out, remove {where} and build again")
+        host = holder.get("host")
+        alive = "alive" if host == self.info["host"] else f"on another host, {host}"
+        return (f"{where}: another `shards build` is writing to this --out: {_who(holder)} ({alive}); wait "
+                f"for it to finish, or, if it is no longer running, remove {where} and build again")
+
+
+def _who(holder: dict) -> str:
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
