@@ -1,22 +1,30 @@
 """Training checkpoints: ``OUT/checkpoint/step-NNNNNNN/`` plus a ``latest`` pointer.
 
-    save(out, step, model, optimizer, scheduler, rank_states, meta)
-    ckpt = load(out, device)      # None when there is no checkpoint yet
+    save(out, step, model, optimizer, scheduler, rank_states, meta, keep=2)
+    name = choose(out)            # newest complete, verified step; None when there never was one
+    ckpt = load(out, name, device)
 
 Layout of one checkpoint (all written by rank 0):
     model.pt     the unwrapped model's state_dict (torch.save)
     optim.pt     optimizer and LR-scheduler state dicts
     state.json   step, epoch, run settings and, per rank, the loader state and RNG states
+    files.json   written last: every file above with its size and sha256
 Everything goes to a temporary folder that is renamed into place; only then is
-``latest`` replaced (write + ``os.replace``), so a crash at any moment leaves the
-previous checkpoint complete and pointed to.  Reading uses
-``torch.load(weights_only=True)``: a checkpoint cannot run code.
+``latest`` replaced (write + ``os.replace``) and only after that are older steps
+pruned (the newest ``keep`` complete ones stay), so a crash at any moment
+leaves a complete checkpoint.  ``choose`` trusts a step only when its
+``files.json`` matches the files byte for byte; it falls back to the previous
+step with a one-line note, and raises ``CheckpointError`` naming the folder
+when checkpoints exist but none verifies: a run never silently starts over.
+Reading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,8 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checkpoint_files import FILES, CheckpointError, verify, write_file_list
+
 LATEST = "latest"
 VERSION = 1
+STEP_NAME = re.compile(r"step-(\d{7,})")
+FIX = "restore the files, or start over with --resume never (it deletes them) or a new --out"
+log = logging.getLogger("pipeline.checkpoint")
+__all__ = ["CheckpointError", "Checkpoint", "checkpoint_root", "choose", "load", "save", "steps", "clear"]
 
 
 @dataclass
@@ -78,8 +92,9 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-# -- save / load -------------------------------------------------------------
-def save(out_dir: str, step: int, model, optimizer, scheduler, rank_states: list[dict], meta: dict) -> str:
+# -- save --------------------------------------------------------------------
+def save(out_dir: str, step: int, model, optimizer, scheduler, rank_states: list[dict], meta: dict,
+         keep: int = 2) -> str:
     """Write the checkpoint of ``step`` atomically; returns its folder.  Rank 0 only."""
     root = checkpoint_root(out_dir)
     os.makedirs(root, exist_ok=True)
@@ -92,16 +107,19 @@ def save(out_dir: str, step: int, model, optimizer, scheduler, rank_states: list
                    os.path.join(tmp, "optim.pt"))
         state = {"version": VERSION, "step": step, **meta, "ranks": rank_states}
         _write(os.path.join(tmp, "state.json"), json.dumps(state).encode())
-        for f in os.listdir(tmp):
+        for f in FILES:
             _fsync(os.path.join(tmp, f))
+        # the file list last: a folder holding it was complete when it was written
+        write_file_list(tmp, step, _write)
         if os.path.exists(final):  # a rerun past an older crash: replace the stale copy
             shutil.rmtree(final)
         os.rename(tmp, final)
+        _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _write(os.path.join(root, LATEST), name.encode())
-    _prune(root)
+    _prune(root, keep)
     return final
 
 
@@ -129,34 +147,117 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _prune(root: str) -> None:
-    """Drop every checkpoint but the latest, and temp folders of crashed saves."""
-    latest = latest_name(root)
+def _prune(root: str, keep: int) -> None:
+    """Keep the step ``latest`` names and the newest complete ones before it, ``keep`` in all.
+
+    Runs only once the new step is complete and pointed to, so the previous one
+    survives every crash before that.  Temp folders of crashed saves go too.
+    """
+    latest = _step_of(latest_name(root) or "")
+    kept = 0
+    for step, name in steps(root):
+        complete = os.path.exists(os.path.join(root, name, "files.json"))
+        if latest is not None and step <= latest and complete and kept < keep:
+            kept += 1
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     for d in os.listdir(root):
-        if (d.startswith("step-") and d != latest) or d.startswith(".step-"):
+        if d.startswith(".step-"):
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
 
 
+# -- find / load -------------------------------------------------------------
 def latest_name(root: str) -> str | None:
     try:
-        with open(os.path.join(root, LATEST), encoding="utf-8") as f:
-            return f.read().strip() or None
+        with open(os.path.join(root, LATEST), encoding="utf-8", errors="replace") as f:
+            return f.read(200).strip() or None
     except FileNotFoundError:
         return None
 
 
-def load(out_dir: str, device="cpu") -> Checkpoint | None:
-    """The newest complete checkpoint under ``out_dir``, or None when there is none."""
+def _step_of(name: str) -> int | None:
+    m = STEP_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def steps(root: str) -> list[tuple[int, str]]:
+    """(step, folder name) of every step folder under ``root``, newest first."""
+    if not os.path.isdir(root):
+        return []
+    found = [(_step_of(d), d) for d in os.listdir(root)]
+    return sorted(((s, d) for s, d in found if s is not None and os.path.isdir(os.path.join(root, d))),
+                  reverse=True)
+
+
+def exists(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds checkpoints (or a ``latest`` pointer) an earlier run left."""
     root = checkpoint_root(out_dir)
-    name = latest_name(root)
-    if name is None:
+    return bool(steps(root)) or os.path.exists(os.path.join(root, LATEST))
+
+
+def choose(out_dir: str) -> str | None:
+    """The folder name of the newest step that verifies; None when there is no checkpoint at all.
+
+    Falls back past steps that fail verification, one log line each; raises
+    ``CheckpointError`` when checkpoints (or ``latest``) exist but none verifies.
+    """
+    root = checkpoint_root(out_dir)
+    if not exists(out_dir):
         return None
-    path = os.path.join(root, name)
-    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-        state = json.load(f)
+    pointer = latest_name(root)
+    failures = []
+    for step, name in steps(root):
+        problem = verify(os.path.join(root, name), step)
+        if problem is None:
+            if pointer != name and not failures:
+                log.warning("%s: `latest` names %r, not the newest complete step; resuming from %s",
+                            root, pointer if pointer is None else pointer[:80], name)
+            return name
+        failures.append(problem)
+        log.warning("%s; falling back to the previous step", problem)
+    found = "; ".join(failures) if failures else f"no step folder, `latest` names {pointer!r}"
+    raise CheckpointError(f"{root}: no complete checkpoint verifies ({found}); refusing to start from "
+                          f"step 0 over it. Fix: {FIX}")
+
+
+def load(out_dir: str, name: str, device="cpu") -> Checkpoint:
+    """Read step folder ``name`` (chosen by ``choose``); CheckpointError names the file that fails."""
+    path = os.path.join(checkpoint_root(out_dir), name)
+    state = _read_json(os.path.join(path, "state.json"))
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, this code reads {VERSION}; "
-                         f"resume with the version that wrote it or start a fresh --out")
-    model = torch.load(os.path.join(path, "model.pt"), map_location=device, weights_only=True)
-    optim = torch.load(os.path.join(path, "optim.pt"), map_location=device, weights_only=True)
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, this code reads "
+                              f"{VERSION}; resume with the version that wrote it or start a fresh --out")
+    model = _torch_load(os.path.join(path, "model.pt"), device)
+    optim = _torch_load(os.path.join(path, "optim.pt"), device)
+    if not isinstance(optim, dict) or not {"optimizer", "scheduler"} <= optim.keys():
+        raise CheckpointError(f"{path}/optim.pt: no optimizer/scheduler state; {FIX}")
     return Checkpoint(path, state, model, optim["optimizer"], optim["scheduler"])
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc}); {FIX}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; {FIX}")
+    return data
+
+
+def _torch_load(path: str, device):
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:  # zip / pickle damage
+        raise CheckpointError(f"{path}: unreadable ({str(exc).splitlines()[0][:200]}); {FIX}") from exc
+
+
+def clear(out_dir: str) -> list[str]:
+    """Delete every step folder and ``latest`` (``--resume never``); returns the names removed."""
+    root = checkpoint_root(out_dir)
+    gone = [name for _, name in steps(root)]
+    for name in gone:
+        shutil.rmtree(os.path.join(root, name))
+    if os.path.exists(os.path.join(root, LATEST)):
+        os.unlink(os.path.join(root, LATEST))
+    return gone

@@ -4,6 +4,7 @@
         --steps 300 --batch-size 32 --out runs/sst2
     torchrun --nproc_per_node 2 -m pipeline.train ... --checkpoint-every 50 --audit
     torchrun --nproc_per_node 2 -m pipeline.train ... --resume     # same batches as if never stopped
+    python -m pipeline.train ... --resume never                     # start over: deletes OUT/checkpoint's steps
     shards audit runs/sst2                                          # every sample exactly once per epoch
 
 One process per device: gloo on CPU, nccl on CUDA (bf16 autocast with
@@ -11,7 +12,10 @@ One process per device: gloo on CPU, nccl on CUDA (bf16 autocast with
 ``pipeline.world.from_env``); each rank streams its own disjoint part of the
 shards and leaves the flagged pad samples out of the loss.  Writes
 ``OUT/metrics.json``, ``OUT/train.png``, ``OUT/checkpoint/`` and, with
-``--audit``, ``OUT/audit/rank{R}.jsonl``.
+``--audit``, ``OUT/audit/rank{R}.jsonl``.  ``--resume`` continues the newest checkpoint
+that verifies, with the same settings and data only (``pipeline.resume``).  A user
+error ends the run with one line and exit status 2 (``pipeline.failure``; ``--debug``
+for the traceback).
 """
 from __future__ import annotations
 
@@ -28,12 +32,17 @@ import torch.distributed as dist
 
 import shards
 
-from . import checkpoint, metrics, models
+from shards.storage import redact
+
+from . import checkpoint, failure, metrics, models
 from .audit import AuditLog, absolute_url
 from .batches import Batches
 from .dataset import ShardStream, StreamConfig
 from .evaluate import all_sum, autocast, evaluate
 from .loader import make_loader
+from .mix import MixedStream, parse_mixture
+from .pack import PackedStream
+from .resume import resume_point, run_settings
 from .world import World, from_env
 
 log = logging.getLogger("pipeline.train")
@@ -61,13 +70,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "never"),
+                   help="continue from the newest checkpoint in OUT/checkpoint that verifies; "
+                        "'never': start from step 0, deleting OUT/checkpoint's steps (without the flag a run "
+                        "refuses to start over existing checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="complete checkpoints kept (>= 2 leaves one to fall back to if the newest is damaged)")
     p.add_argument("--audit", action="store_true", help="log every trained sample id per rank")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
+    for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if args.pack is not None and (args.task != "lm" or args.pack < 2):
@@ -114,14 +129,11 @@ def make_stream(url: str, args, world: World, shuffle: bool, whole_documents: bo
 
 
 def train_dataset(args, world: World):
-    """(this rank's first ShardStream, what its loader reads).
+    """(this rank's first ShardStream, what its loader reads, the identity of each train set).
 
     ``--train a/:0.7,b/:0.3`` mixes shard sets (pipeline.mix, stopping when the first runs out);
     with ``--pack`` the (mixed) documents are packed into LM blocks.
     """
-    from .mix import MixedStream, parse_mixture
-    from .pack import PackedStream
-
     sources = parse_mixture(args.train)
     streams = [make_stream(url, args, world, shuffle=True, whole_documents=args.pack is not None)
                for url, _ in sources]
@@ -131,7 +143,14 @@ def train_dataset(args, world: World):
                          f"build them with the same --label-names")
     docs = streams[0] if len(streams) == 1 else MixedStream(
         [(s, w) for s, (_, w) in zip(streams, sources)], seed=args.seed, stop="first_exhausted")
-    return streams[0], docs if args.pack is None else PackedStream(docs, args.pack)
+    identity = [s.manifest.identity for s in streams]  # what the data is: a resume must see the same
+    return streams[0], docs if args.pack is None else PackedStream(docs, args.pack), identity
+
+
+def eval_identity(args) -> str | None:
+    if not args.eval:
+        return None
+    return shards.load_manifest(args.eval, args.storage_options).identity
 
 
 # -- model -----------------------------------------------------------------------
@@ -201,17 +220,14 @@ class Result:
 
 
 def train(args, world: World, device) -> Result:
-    stream, train_ds = train_dataset(args, world)
+    stream, train_ds, identity = train_dataset(args, world)
+    settings = run_settings(args, world, identity, eval_identity(args))
+    ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
     loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
     parts = build_parts(args, stream, world, device)
-    ckpt = checkpoint.load(args.out, device) if args.resume else None
     start, position, history = 0, {"epoch": 0, "exhausted": False}, []
     if ckpt is not None:
-        start, position, history = restore(ckpt, parts, train_ds, loader, args, world)
-    elif args.resume:
-        log.warning("--resume: no checkpoint in %s, starting from step 0", checkpoint.checkpoint_root(args.out))
-    elif checkpoint.latest_name(checkpoint.checkpoint_root(args.out)):
-        log.warning("%s holds a checkpoint; starting from step 0 (pass --resume to continue it)", args.out)
+        start, position, history = restore(ckpt, parts, train_ds, loader, world)
     torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
     if ckpt is not None:
         checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
@@ -248,7 +264,7 @@ def train(args, world: World, device) -> Result:
             history.append(point)
             log.info("%s", text)
         if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
-            save(args, world, parts, loader, batches, step, history, audit)
+            save(args, world, parts, loader, batches, step, history, audit, settings)
     if audit:
         audit.close()
     summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
@@ -262,32 +278,26 @@ def audit_header(args, ds: ShardStream, world: World) -> dict:
             "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
 
 
-def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit) -> None:
+def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
+         settings: dict) -> None:
     if audit:
         audit.sync()  # the audit lines a checkpoint vouches for are on disk before it is
     mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
     ranks = all_gather(mine, world)
     if world.rank == 0:
-        meta = {"epoch": batches.epoch, **run_settings(args, world), "train": args.train, "history": history}
-        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta)
+        meta = {"epoch": batches.epoch, **settings, "train": redact(args.train),
+                "eval": redact(args.eval) if args.eval else None, "history": history}
+        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta,
+                               keep=args.keep_checkpoints)
         log.info("checkpoint step %d -> %s", step, path)
     if dist.is_initialized():
         dist.barrier()  # nobody runs ahead of a checkpoint that may still fail to write
 
 
-def run_settings(args, world: World) -> dict:
-    """What the sequence of batches depends on: a resume must not change it."""
-    return {"world_size": world.world_size, "num_workers": args.num_workers, "seed": args.seed,
-            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "task": args.task, "pack": args.pack}
+def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World):
+    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history).
 
-
-def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, args, world: World):
-    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history)."""
-    now = run_settings(args, world)
-    changed = {k: (ckpt.state.get(k), v) for k, v in now.items() if ckpt.state.get(k) != v}
-    if changed:
-        raise ValueError(f"{ckpt.path}: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                         + ". Resume with the same values (the batches depend on them) or use a new --out")
+    The run settings were checked by ``resume_point``."""
     parts.model.load_state_dict(ckpt.model)
     parts.optimizer.load_state_dict(ckpt.optimizer)
     parts.scheduler.load_state_dict(ckpt.scheduler)
@@ -325,6 +335,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if world.rank == 0 else logging.WARNING,
                         format=f"[rank {world.rank}] %(message)s", stream=sys.stdout, force=True)
     quiet_libraries(world.rank)
+    try:
+        return run(args, world)
+    except failure.USER_ERRORS as exc:
+        if args.debug:
+            raise
+        return failure.report(exc, world.rank, world.world_size)
+
+
+def run(args, world: World) -> int:
     device = setup(world)
     try:
         os.makedirs(args.out, exist_ok=True)

@@ -33,7 +33,10 @@ def test_classify_one_process_writes_metrics_plot_checkpoint(kit, tmp_path):
     assert 0 <= m["eval_accuracy"] <= 1 and 0 <= m["data_wait_fraction"] <= 1
     assert (out / "train.png").stat().st_size > 0
     assert (out / "checkpoint" / "latest").read_text() == "step-0000006"
-    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-0000006"]
+    # the previous complete step stays as a fallback (--keep-checkpoints 2)
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-0000004", "step-0000006"]
+    assert sorted(p.name for p in (out / "checkpoint" / "step-0000006").iterdir()) == [
+        "files.json", "model.pt", "optim.pt", "state.json"]
     assert (out / "model" / "config.json").exists()
     assert sum(len(x["ids"]) for x in audit_lines(out, 0)) == 24
 
@@ -111,12 +114,17 @@ def test_crash_and_resume_gives_same_batches_and_weights(kit, tmp_path, monkeypa
 
 
 @pytest.mark.timeout(60)
-def test_resume_refuses_other_worker_count(kit, tmp_path):
+def test_resume_refuses_other_worker_count(kit, tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(train_args(kit["train"], None, kit["bert"], out, 2, 4, "classify")) == 0
-    with pytest.raises(ValueError, match="num_workers was 0, now 1"):
+    capsys.readouterr()
+    assert train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
+                                 "--num-workers", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pipeline.train: error: ") and "num_workers was 0, now 1" in err[0]
+    with pytest.raises(checkpoint.CheckpointError, match="num_workers was 0, now 1"):  # --debug: the traceback
         train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
-                              "--num-workers", "1"))
+                              "--num-workers", "1", "--debug"))
 
 
 @pytest.mark.timeout(60)
@@ -125,15 +133,16 @@ def test_eval_set_with_other_labels_is_refused(kit, tmp_path):
 
     other = build_set(tmp_path, n=10, max_records=5, name="other", label_names=("neg", "pos", "zzz"))
     with pytest.raises(ValueError, match="label names"):
-        train.main(train_args(kit["train"], other, kit["bert"], tmp_path / "run", 1, 4, "classify"))
+        train.main(train_args(kit["train"], other, kit["bert"], tmp_path / "run", 1, 4, "classify", "--debug"))
 
 
-def test_unlabelled_shards_refused_for_classify(tmp_path, kit):
+def test_unlabelled_shards_refused_for_classify(tmp_path, kit, capsys):
     from tests.conftest import build_set
 
     plain = build_set(tmp_path, n=10, max_records=5, name="plain", labels=False)
-    with pytest.raises(ValueError, match="--label-field"):
-        train.main(train_args(plain, None, kit["bert"], tmp_path / "run", 1, 4, "classify"))
+    assert train.main(train_args(plain, None, kit["bert"], tmp_path / "run", 1, 4, "classify")) == 2
+    err = capsys.readouterr().err
+    assert "--label-field" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_model_name_lists_choices():
@@ -159,7 +168,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoint.save(str(tmp_path), 2, model, opt, sched, [{"loader": {}, "rng": {}}], meta)
     assert sorted(os.listdir(tmp_path / "checkpoint")) == ["latest", "step-0000001"]
-    assert checkpoint.load(str(tmp_path)).step == 1
+    assert checkpoint.load(str(tmp_path), checkpoint.choose(str(tmp_path))).step == 1
 
 
 def test_rng_state_round_trips_through_json():
