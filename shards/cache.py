@@ -7,7 +7,8 @@ Entries are named by the shard's sha256 and size (content addressed), so two
 shard sets, a rebuilt set or several ranks and DataLoader workers can share one
 folder safely.  A new entry is checked against the manifest's sha256 before it
 is stored, written to a temporary name and renamed (readers never see half a
-file), and checked by size when read back.  Least recently used entries (file
+file), and checked by size when read back; ``shards.fetch_shard`` also
+hashes a cached copy and, when it fails, drops it and fetches the shard again once.  Least recently used entries (file
 mtime, refreshed on each hit) are evicted to stay under ``cache_limit`` bytes;
 a shard larger than the limit is returned without being stored.
 """
@@ -44,11 +45,18 @@ class ShardCache:
 
     def get(self, url: str, info: ShardInfo, storage_options: dict | None = None) -> bytes:
         """The shard's bytes: from the cache when present and of the right size, else fetched."""
-        path = self.entry_path(info)
-        data = self._read_entry(path, info)
+        data = self.lookup(info)
+        return data if data is not None else self.fetch(url, info, storage_options)
+
+    def lookup(self, info: ShardInfo) -> bytes | None:
+        """The cached copy (checked by size only), or None."""
+        data = self._read_entry(self.entry_path(info), info)
         if data is not None:
             self.stats["hits"] += 1
-            return data
+        return data
+
+    def fetch(self, url: str, info: ShardInfo, storage_options: dict | None = None) -> bytes:
+        """Read the shard from ``url`` and store it when it matches the manifest's size and sha256."""
         self.stats["misses"] += 1
         hasher = hashlib.sha256()
         data = storage.read_object(url, storage_options, hasher=hasher)
@@ -56,8 +64,15 @@ class ShardCache:
             # Not stored: the caller's own check reports the mismatch with the shard's URL.
             self.stats["not_stored_bad"] += 1
             return data
-        self._store(path, data)
+        self._store(self.entry_path(info), data)
         return data
+
+    def drop(self, info: ShardInfo, why: str) -> None:
+        """Remove a cached copy that failed the caller's check, so the next read fetches again."""
+        path = self.entry_path(info)
+        log.warning("shard cache: dropped %s, it failed its check (%s); fetching the shard again", path, why)
+        self.stats["dropped_bad"] += 1
+        _unlink(path)
 
     def _read_entry(self, path: str, info: ShardInfo) -> bytes | None:
         try:

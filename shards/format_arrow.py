@@ -9,9 +9,9 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  -- flatten() needs it: imported here, before loader workers fork
+import pyarrow.compute as pc  # flatten() needs it too: imported here, before loader workers fork
 
-from .formats import Batch, CorruptShardError
+from .formats import Batch, CorruptShardError, check_labels
 from .ragged import Ragged
 from .sink import HashingSink
 
@@ -97,16 +97,46 @@ def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def read_batches(data, url: str, start: int = 0, stop: int | None = None,
-                 columns: tuple[str, ...] = ("text", "label", "input_ids")) -> Iterator[Batch]:
-    """Batches of records [start, stop) from the bytes of one shard."""
+def _open(data, url: str):
     if len(data) < 12 or bytes(data[:6]) != MAGIC:
         raise CorruptShardError(f"shard {url}: not an Arrow IPC file (bad magic); rebuild it or "
                                 f"pass on_corrupt='skip'")
     try:
-        reader = pa.ipc.open_file(pa.py_buffer(data))
+        return pa.ipc.open_file(pa.py_buffer(data))
     except pa.ArrowInvalid as exc:
         raise CorruptShardError(f"shard {url}: unreadable Arrow file ({exc}); rebuild it") from exc
+
+
+def check(data, url: str, num_records: int, label_count: int | None = None, key: str | None = None) -> None:
+    """Refuse the shard before any record is read: the record batches (their row counts are in
+    the file's footer and message headers) must hold ``num_records`` rows, every label must be
+    an id in [0, label_count) and every token id >= 0."""
+    reader = _open(data, url)
+    names = set(reader.schema.names)
+    found = 0
+    for i in range(reader.num_record_batches):
+        try:
+            batch = reader.get_batch(i)
+            found += batch.num_rows
+            labels = batch.column("label").to_numpy(zero_copy_only=False) if "label" in names else None
+            ids = batch.column("input_ids").flatten() if "input_ids" in names else None
+            low = pc.min(ids).as_py() if ids is not None and len(ids) else None
+        except (pa.ArrowException, ValueError) as exc:
+            raise CorruptShardError(f"shard {url}: record batch {i} is damaged ({exc}); rebuild it") from exc
+        if labels is not None:
+            check_labels(labels, url, label_count, found - batch.num_rows)
+        if low is not None and low < 0:
+            raise CorruptShardError(f"shard {url}: record batch {i} holds a negative token id ({low}); rebuild it")
+    if found != num_records:
+        raise CorruptShardError(f"shard {url}: holds {found} records, the manifest says {num_records}; "
+                                f"the manifest or the shard was changed, rebuild the set")
+
+
+def read_batches(data, url: str, start: int = 0, stop: int | None = None,
+                 columns: tuple[str, ...] = ("text", "label", "input_ids"), key: str | None = None) -> Iterator[Batch]:
+    """Batches of records [start, stop) from the bytes of one shard (``key`` is unused: Arrow
+    has random access, nothing to cache)."""
+    reader = _open(data, url)
     names = set(reader.schema.names)
     offset = 0
     for i in range(reader.num_record_batches):

@@ -15,11 +15,13 @@ per member than the rest of the pipeline:
 from __future__ import annotations
 
 import io
+import re
+import zlib
 from typing import Iterator
 
 import numpy as np
 
-from .formats import Batch, CorruptShardError
+from .formats import Batch, CorruptShardError, Memo, check_labels
 from .ragged import Ragged
 from .tar_writer import BLOCK, RECORD, Writer, header, npy_bytes, npy_header  # noqa: F401 (the format's API)
 
@@ -27,6 +29,8 @@ EXT = ".tar"
 ACCEPTS_ARROW = True  # Writer.write takes an Arrow string array and a numpy label array as they are
 MAX_MEMBER_BYTES = 256 << 20
 BATCH_ROWS = 1024
+INT32_MAX = (1 << 31) - 1
+_DECIMAL = re.compile(rb"-?[0-9]{1,20}")
 
 _ZERO_BLOCK = bytes(BLOCK)
 REGULAR = (b"0", b"\x00")
@@ -143,29 +147,39 @@ class _Index:
 
     def __init__(self, n: int, spans: dict[str, np.ndarray]):
         self.n, self.spans = n, spans
+        self.labels: np.ndarray | None = None  # parsed on first use, then kept with the index
 
 
-# The index of the shard read last, by identity: a reader asks for several record
-# ranges of one shard in turn, and a tar (unlike Arrow) has no random access.
-# Holding it keeps no extra shard alive: the caller holds the shard while it reads.
-_last: tuple = (None, None)
+# Member indexes by shard content (sha256, size, head/tail checksum): a reader asks for several
+# record ranges of a shard in turn, and a mixed stream interleaves shards of several sets; a
+# tar (unlike Arrow) has no random access.  Bounded, and it holds no shard bytes.
+_INDEXES = Memo(16)
 
 
-def _index(data, url: str) -> _Index:
-    global _last
-    cached, index = _last
-    if cached is data:
-        return index
-    index = _build_index(data, url)
-    _last = (data, index)
+def _key(data, key) -> tuple | None:
+    if key is None:
+        return None  # unknown shard: no caching, an id() could be reused by other bytes
+    view = memoryview(data)
+    return (key, len(data), zlib.crc32(view[:4096]), zlib.crc32(view[-4096:]))
+
+
+def shard_index(data, url: str, key: str | None = None) -> _Index:
+    """The shard's member index, built once per shard content (``key``: its sha256)."""
+    k = _key(data, key)
+    index = _INDEXES.get(k) if k is not None else None
+    if index is None:
+        index = _build_index(data, url)
+        if k is not None:
+            _INDEXES.put(k, index)
     return index
 
 
 def _build_index(data, url: str) -> _Index:
     """Members grouped into samples (webdataset's rule: the key is the path up to the
-    first dot of the file name); every sample must have the same members."""
+    first dot of the file name); every sample must have the same members, once each, and
+    a sample's members must be consecutive (a key seen again later is a duplicate)."""
     spans: dict[str, list] = {}
-    key, parts, n = None, {}, 0
+    key, parts, n, done = None, {}, 0, set()
 
     def close_sample():
         if n == 0:
@@ -176,6 +190,7 @@ def _build_index(data, url: str) -> _Index:
                                     f"sample has {sorted(spans)}; rebuild the shard")
         for ext, span in parts.items():
             spans[ext].append(span)
+        done.add(key)
 
     for name, start, end in members(data, url):
         slash = name.rfind("/") + 1
@@ -185,6 +200,9 @@ def _build_index(data, url: str) -> _Index:
             close_sample()
             n += 1
             parts = {}
+        if k in done or ext in parts:
+            raise CorruptShardError(f"shard {url}: duplicate member {name!r} (record {n}): a sample's "
+                                    f"members must appear once and together; rebuild the shard")
         key = k
         parts[ext] = (start, end)
     if key is not None:
@@ -193,13 +211,41 @@ def _build_index(data, url: str) -> _Index:
     return _Index(n, {ext: np.asarray(v, dtype=np.int64).reshape(-1, 2) for ext, v in spans.items()})
 
 
+def check(data, url: str, num_records: int, label_count: int | None = None, key: str | None = None) -> None:
+    """Refuse the shard before any record is read: its member index must hold ``num_records``
+    samples and every label must be an id in [0, label_count)."""
+    index = shard_index(data, url, key)
+    if index.n != num_records:
+        raise CorruptShardError(f"shard {url}: holds {index.n} records, the manifest says {num_records}; "
+                                f"the manifest or the shard was changed, rebuild the set")
+    if "cls" in index.spans:
+        check_labels(_labels(data, index, url), url, label_count)
+
+
+def _labels(data, index: _Index, url: str) -> np.ndarray:
+    """Every sample's label id, parsed once per index (decimal ASCII in ``KEY.cls``)."""
+    if index.labels is None:
+        view = memoryview(data)
+        labels = np.empty(index.n, np.int64)
+        for i, (a, b) in enumerate(index.spans["cls"].tolist()):
+            text = bytes(view[a:b]).strip()
+            value = int(text) if _DECIMAL.fullmatch(text) else None
+            if value is None or not -(1 << 63) <= value < (1 << 63):
+                raise CorruptShardError(f"shard {url}: record {i}: label {text[:24]!r} is not a decimal "
+                                        f"int64 id; rebuild the shard")
+            labels[i] = value
+        index.labels = labels
+    return index.labels
+
+
 def read_batches(data, url: str, start: int = 0, stop: int | None = None,
-                 columns: tuple[str, ...] = ("text", "label", "input_ids")) -> Iterator[Batch]:
-    index = _index(data, url)
+                 columns: tuple[str, ...] = ("text", "label", "input_ids"), key: str | None = None) -> Iterator[Batch]:
+    index = shard_index(data, url, key)
     stop = index.n if stop is None else min(stop, index.n)
+    labels = _labels(data, index, url) if "cls" in index.spans and "label" in columns else None
     view = memoryview(data)
     for lo in range(start, stop, BATCH_ROWS):
-        yield _to_batch(view, index, lo, min(lo + BATCH_ROWS, stop), columns, url)
+        yield _to_batch(view, index, labels, lo, min(lo + BATCH_ROWS, stop), columns, url)
 
 
 def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
@@ -212,20 +258,25 @@ def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise ValueError(f"input_ids of record {record} is {arr.dtype} with shape {arr.shape}, "
                          f"expected a 1-D integer array")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > INT32_MAX):
+        raise ValueError(f"input_ids of record {record} hold {int(arr.min())}..{int(arr.max())}, "
+                         f"outside token ids 0..{INT32_MAX}")
     return arr.astype(np.int32, copy=False)
 
 
-def _to_batch(view: memoryview, index: _Index, lo: int, hi: int, columns, url: str) -> Batch:
+def _to_batch(view: memoryview, index: _Index, labels, lo: int, hi: int, columns, url: str) -> Batch:
     def spans(ext: str, column: str):
         return index.spans[ext][lo:hi].tolist() if ext in index.spans and column in columns else None
 
-    txt, cls, npy = spans("txt", "text"), spans("cls", "label"), spans("input_ids.npy", "input_ids")
+    txt, npy = spans("txt", "text"), spans("input_ids.npy", "input_ids")
     try:
         text = [str(view[a:b], "utf-8") for a, b in txt] if txt is not None else None
-        label = np.array([int(view[a:b]) for a, b in cls], dtype=np.int64) if cls is not None else None
         ids = [_load_npy(view[a:b], url, lo + i) for i, (a, b) in enumerate(npy)] if npy is not None else None
         ids = Ragged.from_lists(ids) if ids is not None else None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptShardError(f"shard {url}: malformed sample in records {lo}..{hi - 1} ({exc!r}); "
+        raise CorruptShardError(f"shard {url}: malformed sample in records {lo}..{hi - 1} ({exc}); "
                                 f"rebuild it") from exc
-    return Batch(lo, text, label, ids)
+    if ids is not None and len(ids.values) and int(ids.values.min()) < 0:
+        r = lo + int(np.searchsorted(ids.offsets, int(np.argmax(ids.values < 0)), side="right")) - 1
+        raise CorruptShardError(f"shard {url}: record {r} has a negative token id; rebuild it")
+    return Batch(lo, text, labels[lo:hi].copy() if labels is not None else None, ids)

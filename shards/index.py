@@ -14,6 +14,7 @@ from . import storage
 MANIFEST_NAME = "index.json"
 VERSION = 1
 FORMATS = ("arrow", "tar")
+FIELDS = ("text", "label", "input_ids")
 
 
 class ManifestError(ValueError):
@@ -72,31 +73,101 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
         version = data.get("version")
-        if version != VERSION:
+        if version != VERSION or isinstance(version, bool):
             raise ManifestError(f"{where}: manifest version {version!r} is not supported "
                                 f"(this reader knows version {VERSION}); upgrade the package or rebuild")
         fmt = data.get("format")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise ManifestError(f"{where}: unknown shard format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raw = data.get("shards")
+        if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
+            raise ManifestError(f"{where}: 'shards' must be a list of objects; rebuild it with `shards build`")
         try:
-            shards = [_checked_shard(ShardInfo(**s), where) for s in data["shards"]]
-            known = {f for f in cls.__dataclass_fields__ if f != "shards"}
-            rest = {k: v for k, v in data.items() if k in known}
-            return cls(shards=shards, **rest)
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{where}: malformed manifest ({exc}); rebuild it with `shards build`") from exc
+            shards = [_checked_shard(ShardInfo(**s), where) for s in raw]
+        except TypeError as exc:
+            raise ManifestError(f"{where}: malformed shard entry ({exc}); rebuild it with `shards build`") from exc
+        check_unique_shards(shards, where)
+        known = {f for f in cls.__dataclass_fields__ if f != "shards"}
+        rest = {k: v for k, v in data.items() if k in known}
+        _check_fields(rest, sum(s.num_records for s in shards), where)
+        return cls(shards=shards, **rest)
+
+
+def check_unique_shards(shards: list[ShardInfo], where: str) -> None:
+    """No shard path and no shard content listed twice: either would deliver the same
+    records twice under distinct sample ids, which no audit can see."""
+    seen_path: dict[str, int] = {}
+    seen_hash: dict[str, int] = {}
+    for i, s in enumerate(shards):
+        if s.path in seen_path:
+            j = seen_path[s.path]
+            raise ManifestError(f"{where}: shards[{j}] and shards[{i}] both list path {s.path!r}; each "
+                                f"shard may be listed once: rebuild the set with `shards build`")
+        seen_path[s.path] = i
+        if s.num_records == 0:
+            continue  # two empty shards may be byte-identical and duplicate nothing
+        if s.sha256 in seen_hash:
+            j = seen_hash[s.sha256]
+            raise ManifestError(f"{where}: shards[{j}] ({shards[j].path}) and shards[{i}] ({s.path}) have the "
+                                f"same sha256 {s.sha256[:16]}…: the same data listed twice; rebuild the set")
+        seen_hash[s.sha256] = i
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _check_fields(d: dict, shard_records: int, where: str) -> None:
+    """Each top-level field has its type; a wrong one is a ManifestError naming the field."""
+    def bad(name: str, want: str):
+        raise ManifestError(f"{where}: field {name!r} = {d.get(name)!r:.80} must be {want}; "
+                            f"rebuild the set with `shards build`")
+
+    for name in ("num_records", "fields"):
+        if name not in d:
+            raise ManifestError(f"{where}: malformed manifest (missing {name!r}); rebuild it with `shards build`")
+    if not _is_int(d["num_records"]):
+        bad("num_records", "a count (int >= 0)")
+    if d["num_records"] != shard_records:
+        bad("num_records", f"the sum of the shards' num_records ({shard_records})")
+    fields = d["fields"]
+    if not _is_str_list(fields) or len(set(fields)) != len(fields) or not set(fields) <= set(FIELDS):
+        bad("fields", f"a list of distinct names from {list(FIELDS)}")
+    names = d.get("label_names")
+    if names is not None and (not _is_str_list(names) or len(set(names)) != len(names)):
+        bad("label_names", "null or a list of distinct strings")
+    if ("label" in fields) != (names is not None):
+        bad("label_names", "a list exactly when 'label' is in fields")
+    tok = d.get("tokenizer")
+    if tok is not None and not (isinstance(tok, dict) and isinstance(tok.get("name_or_path"), str)
+                                and isinstance(tok.get("fingerprint"), str)):
+        bad("tokenizer", "null or an object with string name_or_path and fingerprint")
+    if d.get("max_length") is not None and not _is_int(d["max_length"], 1):
+        bad("max_length", "null or an int >= 1")
+    for name, ok in (("bad_records", _is_int), ("schema", lambda v: isinstance(v, str))):
+        value = d.get(name, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and ok(v) for k, v in value.items()):
+            bad(name, "an object of " + ("counts (int >= 0)" if name == "bad_records" else "strings"))
+    if not _is_str_list(d.get("sources", [])):
+        bad("sources", "a list of strings")
 
 
 def _checked_shard(info: ShardInfo, where: str) -> ShardInfo:
     """A shard entry must name a file under index.json's folder and carry sane counts."""
     path = info.path
-    parts = path.split("/") if isinstance(path, str) else [""]
+    if not isinstance(path, str):
+        raise ManifestError(f"{where}: shard path {path!r} must be a string; rebuild with `shards build`")
+    parts = path.split("/")
     if "\\" in path or ":" in path or any(p in ("", ".", "..") for p in parts):
         raise ManifestError(f"{where}: shard path {path!r} must be relative to index.json, without "
                             f"'..'; rebuild with `shards build`")
     for name in ("num_records", "num_bytes"):
         value = getattr(info, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _is_int(value):
             raise ManifestError(f"{where}: shard {path}: {name}={value!r} is not a count; rebuild it")
     if not (isinstance(info.sha256, str) and len(info.sha256) == 64
             and all(c in "0123456789abcdef" for c in info.sha256)):

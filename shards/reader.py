@@ -1,48 +1,138 @@
 """Read shards: fetch a shard's bytes, verify size and sha256 while reading, stream its batches.
 
-This is the public read API that ``pipeline`` uses; it never unpickles.
+This is the public read API that ``pipeline`` uses; it never unpickles.  A shard is checked
+against its manifest entry before any of its records is used: bytes (size, sha256), then
+contents (record count, label ids within ``label_names``, token ids), so a manifest that
+does not describe its shards is a corrupt shard, never a short or long stream.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import zlib
 from typing import Iterator
 
 from . import formats, storage
-from .formats import Batch, CorruptShardError
+from .formats import Batch, CorruptShardError, Memo
 from .index import Manifest, ShardInfo, shard_url
 
+log = logging.getLogger(__name__)
 VERIFY_MODES = ("sha256", "size", "none")
+_CHECKED = Memo(256)  # shard contents already checked against their entry (see _content_key)
+_ENTRIES = Memo(8)  # id(manifest) -> (manifest, {path: ShardInfo})
 
 
 def fetch_shard(url: str, info: ShardInfo, storage_options: dict | None = None,
-                verify: str = "sha256", cache=None) -> bytes:
-    """The verified bytes of one shard; a failed check raises CorruptShardError naming it."""
+                verify: str = "sha256", cache=None, manifest: Manifest | None = None) -> bytes:
+    """The verified bytes of one shard; a failed check raises CorruptShardError naming it.
+
+    Unless ``verify='none'`` the contents are checked too (record count; with ``manifest``
+    also label ids against its label_names), so a caller's skip policy covers them."""
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify={verify!r}; valid: {', '.join(VERIFY_MODES)}")
-    hasher = hashlib.sha256() if verify == "sha256" else None
     try:
-        if cache is not None:
-            data = cache.get(url, info, storage_options)
-            if hasher is not None:
-                hasher.update(data)
-        else:
-            data = storage.read_object(url, storage_options, expected_size=None, hasher=hasher)
+        data = _fetch_cached(url, info, storage_options, verify, cache) if cache is not None else \
+            _fetch_plain(url, info, storage_options, verify)
     except FileNotFoundError as exc:
         raise CorruptShardError(f"shard {url}: missing ({exc}); rebuild the shard set or pass "
                                 f"on_corrupt='skip'") from exc
-    if verify != "none" and len(data) != info.num_bytes:
-        raise CorruptShardError(f"shard {url}: size mismatch (expected {info.num_bytes} bytes, got "
-                                f"{len(data)}); rebuild it or pass on_corrupt='skip'")
-    if hasher is not None and hasher.hexdigest() != info.sha256:
-        raise CorruptShardError(f"shard {url}: sha256 mismatch (expected {info.sha256}, got "
-                                f"{hasher.hexdigest()}); rebuild it or pass on_corrupt='skip'")
+    if verify != "none":
+        check_contents(url, info, data, manifest)
     return data
+
+
+def _fetch_plain(url: str, info: ShardInfo, storage_options, verify: str) -> bytes:
+    hasher = hashlib.sha256() if verify == "sha256" else None
+    data = storage.read_object(url, storage_options, expected_size=None, hasher=hasher)
+    _raise_mismatch(url, info, data, verify, hasher.hexdigest() if hasher else None)
+    return data
+
+
+def _fetch_cached(url: str, info: ShardInfo, storage_options, verify: str, cache) -> bytes:
+    """From the cache; a cached copy failing its check is dropped and fetched again, once,
+    so a damaged local file never stands for a shard whose source is fine."""
+    data = cache.lookup(info)
+    if data is not None:
+        problem = _mismatch(url, info, data, verify, _digest(data, verify))
+        if problem is None:
+            return data
+        cache.drop(info, problem)
+    data = cache.fetch(url, info, storage_options)
+    _raise_mismatch(url, info, data, verify, _digest(data, verify))
+    return data
+
+
+def _digest(data: bytes, verify: str) -> str | None:
+    return hashlib.sha256(data).hexdigest() if verify == "sha256" else None
+
+
+def _mismatch(url: str, info: ShardInfo, data: bytes, verify: str, digest: str | None) -> str | None:
+    if verify != "none" and len(data) != info.num_bytes:
+        return (f"shard {url}: size mismatch (expected {info.num_bytes} bytes, got {len(data)}); "
+                f"rebuild it or pass on_corrupt='skip'")
+    if verify == "sha256" and digest != info.sha256:
+        return (f"shard {url}: sha256 mismatch (expected {info.sha256}, got {digest}); "
+                f"rebuild it or pass on_corrupt='skip'")
+    return None
+
+
+def _raise_mismatch(url: str, info: ShardInfo, data: bytes, verify: str, digest: str | None) -> None:
+    problem = _mismatch(url, info, data, verify, digest)
+    if problem is not None:
+        raise CorruptShardError(problem)
+
+
+def _content_key(info: ShardInfo, data) -> tuple:
+    """Which bytes were checked: the entry plus a cheap fingerprint of the bytes in hand
+    (under verify='none' they may not be the entry's)."""
+    view = memoryview(data)
+    return (info, len(data), zlib.crc32(view[:4096]), zlib.crc32(view[-4096:]))
+
+
+def check_contents(url: str, info: ShardInfo, data, manifest: Manifest | None = None) -> None:
+    """The shard holds ``info.num_records`` records, label ids index the manifest's
+    label_names and token ids are in range; else CorruptShardError naming the shard."""
+    key = _content_key(info, data) + ((manifest.format, _label_count(manifest)) if manifest else (None,))
+    if _CHECKED.get(key):
+        return
+    fmt = manifest.format if manifest is not None else formats.sniff(data)
+    if fmt is None:
+        raise CorruptShardError(f"shard {url}: neither an Arrow IPC file nor a tar (bad magic); "
+                                f"rebuild it or pass on_corrupt='skip'")
+    formats.get(fmt).check(data, url, info.num_records, _label_count(manifest), info.sha256)
+    _CHECKED.put(key, True)
+
+
+def _label_count(manifest: Manifest | None) -> int | None:
+    return None if manifest is None or manifest.label_names is None else len(manifest.label_names)
+
+
+def entry_for(manifest: Manifest, url: str) -> ShardInfo | None:
+    """The manifest entry whose path ``url`` ends with (the longest such path)."""
+    held = _ENTRIES.get(id(manifest))
+    if held is None or held[0] is not manifest:
+        held = (manifest, {s.path: s for s in manifest.shards})
+        _ENTRIES.put(id(manifest), held)
+    paths = held[1]
+    if url in paths:
+        return paths[url]
+    pos = url.find("/")
+    while pos >= 0:
+        if url[pos + 1:] in paths:
+            return paths[url[pos + 1:]]
+        pos = url.find("/", pos + 1)
+    return None
 
 
 def read_batches(manifest: Manifest, url: str, data: bytes, start: int = 0, stop: int | None = None,
                  columns: tuple[str, ...] = ("text", "label", "input_ids")) -> Iterator[Batch]:
-    """Batches of records [start, stop) of a fetched shard, in manifest format."""
-    return formats.get(manifest.format).read_batches(data, url, start, stop, columns)
+    """Batches of records [start, stop) of a fetched shard, in manifest format.  The shard's
+    contents are checked against its entry when called, before any batch is made."""
+    info = entry_for(manifest, str(url))
+    if info is not None:
+        check_contents(url, info, data, manifest)
+    key = info.sha256 if info is not None else None
+    return formats.get(manifest.format).read_batches(data, url, start, stop, columns, key=key)
 
 
 def iter_shard(manifest: Manifest, base: str, index: int, storage_options: dict | None = None,
@@ -50,7 +140,7 @@ def iter_shard(manifest: Manifest, base: str, index: int, storage_options: dict 
     """Fetch, verify and stream one shard of a shard set (convenience for tools and tests)."""
     info = manifest.shards[index]
     url = shard_url(base, info)
-    data = fetch_shard(url, info, storage_options, verify)
+    data = fetch_shard(url, info, storage_options, verify, manifest=manifest)
     yield from read_batches(manifest, url, data, 0, None, columns)
 
 

@@ -98,8 +98,9 @@ def test_unsafe_shard_refused_through_the_public_read_path(tmp_path):
     manifest = Manifest(format="tar", num_records=2, fields=["text"], shards=[info])
     write_manifest(str(tmp_path), manifest)
     url = str(tmp_path / "shard-00000.tar")
-    fetched = fetch_shard(url, info)  # size and hash are fine ...
     with pytest.raises(CorruptShardError, match="not a regular file"):
-        list(read_batches(manifest, url, fetched))  # ... the content is not
+        fetch_shard(url, info)  # size and hash are fine, the content is not: refused at fetch ...
+    with pytest.raises(CorruptShardError, match="not a regular file"):
+        list(read_batches(manifest, url, data))  # ... and by the reader, given the bytes anyway
     with pytest.raises(CorruptShardError, match="not a regular file"):
         verify_shard(manifest, str(tmp_path), 0)
