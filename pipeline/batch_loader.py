@@ -19,10 +19,11 @@ from __future__ import annotations
 import gc
 import logging
 from collections import Counter
+from itertools import islice
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import order, split, world
+from . import order, settings, split, world
 from .collate import to_tensors
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class _Messages(IterableDataset):
         start = self.starts[worker_id]
         batches = self.stream.batches(self.batch_size, start, **self.batch_kw)
         for size in order.messages(start, self.counts[worker_id], self.group, self.lead[worker_id]):
-            group = [next(batches) for _ in range(size)]
+            group = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
+            if len(group) < size:
+                raise RuntimeError(f"worker {worker_id}: the stream ended {size - len(group)} batch(es) short of "
+                                   f"the {self.counts[worker_id]} planned; report this bug")
             yield worker_id, group, self.stream.state_dict()["stats"]
         for _ in batches:  # runs the stream's end-of-epoch report; yields nothing
             raise RuntimeError(f"worker {worker_id}: more batches than planned; report this bug")
@@ -93,30 +97,28 @@ class BatchLoader:
 
     # -- state -------------------------------------------------------------
     def _settings(self) -> dict:
-        ds = self.dataset
+        """What decides the batch sequence (see settings.py); ``num_records`` is written for readers only."""
         return {"batch_size": self.batch_size, "num_workers": self.num_workers, "group": self.group,
-                "rank": ds.world.rank, "world_size": ds.world.world_size, "seed": ds.seed,
-                "shuffle": ds.shuffle, "num_records": ds.manifest.num_records}
+                **self.dataset.order_settings()}
 
     def state_dict(self) -> dict:
         if self._resume is not None:
             return dict(self._resume)
-        return {"kind": STATE_KIND, "epoch": self._epoch, "batches": self._delivered,
-                **self._settings(), "stats": self.stats()}
+        return {"kind": STATE_KIND, "epoch": self._epoch, "batches": self._delivered, **self._settings(),
+                "num_records": self.dataset.manifest.num_records, "stats": self.stats()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != STATE_KIND:
-            raise ValueError(f"loader state of kind {state.get('kind')!r}; this loader reads {STATE_KIND!r} "
-                             f"(saved by make_loader over a ShardStream)")
-        if state["batches"]:
-            changed = {k: (state.get(k), v) for k, v in self._settings().items() if state.get(k) != v}
-            if changed:
-                raise ValueError("cannot resume mid-epoch: " + ", ".join(
-                    f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                    + ". Resume with the same world size, num_workers, batch size and seed, "
-                      "or start at an epoch boundary")
+        if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
+            kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
+            raise settings.ResumeError(f"loader state of kind {kind!r}; this loader reads {STATE_KIND!r} "
+                                       f"(saved by make_loader over a ShardStream)")
+        what = f"loader state for {self.dataset.url}"
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        batches = settings.count(what, "batches", settings.entry(what, state, "batches"))
+        settings.check(what, state, self._settings(), mid_epoch=batches > 0)
+        settings.count(what, "batches", batches, len(self))  # same settings: the same epoch length
         self._resume = dict(state)
-        self.dataset.set_epoch(int(state["epoch"]))
+        self.dataset.set_epoch(epoch)
         self._stats_done = Counter(state.get("stats", {}))
         self._stats_now = {}
 
@@ -157,6 +159,9 @@ class BatchLoader:
         for batch in stream.batches(self.batch_size, self._delivered, **self.batch_kw):
             self._delivered += 1
             yield to_tensors(batch, self.pin_memory)
+        if self._delivered != len(self):  # ranks must take equal steps: never end short unnoticed
+            raise RuntimeError(f"{stream.url}: the epoch ended after {self._delivered} of {len(self)} batches; "
+                               f"report this bug")
 
     def _from_workers(self):
         counts = self._counts()

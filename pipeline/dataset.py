@@ -27,13 +27,13 @@ from torch.utils.data import IterableDataset
 import shards
 from shards import Ragged, storage
 
-from . import split, world
+from . import settings, split, world
 from .collate import collate_chunk
 from .columns import Chunk, from_rows, rechunk
 from .shuffle import window_order
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: no shuffle, shuffle_buffer, block_size, identity (mid-epoch: refused, unverifiable)
 CORRUPT_POLICIES = ("error", "skip")
 
 
@@ -78,6 +78,7 @@ class ShardStream(IterableDataset):
         self._resume: dict | None = None
         self._cache = None
         self._skipped: set[int] = set()
+        self._identity: str | None = None
 
     def _check_tokenizer(self) -> None:
         built = self.manifest.tokenizer
@@ -98,6 +99,29 @@ class ShardStream(IterableDataset):
     def label_names(self) -> list[str] | None:
         return self.manifest.label_names
 
+    @property
+    def text_only(self) -> bool:
+        """No token ids (no tokenizer, not pre-tokenized): batches carry the texts."""
+        return self.tokenizer is None and not self.pretokenized
+
+    @property
+    def identity(self) -> str:
+        """The data's fingerprint (Manifest.identity), computed once per stream."""
+        if self._identity is None:
+            self._identity = self.manifest.identity
+        return self._identity
+
+    def order_settings(self) -> dict:
+        """What decides this rank's order of samples, the same in every worker (see settings.py)."""
+        c = self.config
+        return {"seed": self.seed, "shuffle": self.shuffle, "shuffle_buffer": c.shuffle_buffer,
+                "block_size": c.block_size, "rank": self.world.rank, "world_size": self.world.world_size,
+                "identity": self.identity}
+
+    def worker_samples(self, worker_id: int, workers: int) -> int:
+        """Samples worker ``worker_id`` of ``workers`` yields per epoch (pads included)."""
+        return split.worker_counts(self.manifest.num_records, self.world.world_size, workers)[worker_id]
+
     def __len__(self) -> int:
         """Samples this rank yields per epoch (pads included), equal on every rank."""
         return split.per_rank(self.manifest.num_records, self.world.world_size)
@@ -115,29 +139,31 @@ class ShardStream(IterableDataset):
     def state_dict(self) -> dict:
         self._update_retries()
         worker_id, workers = world.worker()
-        return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "consumed": self._consumed,
-                "rank": self.world.rank, "world_size": self.world.world_size, "worker": worker_id,
-                "num_workers": workers, "stats": dict(self.stats)}
+        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self._consumed, **self.order_settings(),
+                "worker": worker_id, "num_workers": workers, "stats": dict(self.stats)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"stream state version {state.get('version')!r}; this reader knows {STATE_VERSION}")
+        what = f"stream state for {self.url}"
+        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
+            version = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 and {STATE_VERSION} "
+                                       f"(pass ShardStream.state_dict() output)")
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        consumed = settings.count(what, "consumed", settings.entry(what, state, "consumed"))
+        settings.check(what, state, self.order_settings(), mid_epoch=consumed > 0)
+        if consumed:  # which worker it was, and how far it can be, are checked where it resumes
+            workers = settings.count(what, "num_workers", state.get("num_workers"), low=1)
+            settings.count(what, "worker", state.get("worker"), workers - 1)
         self._resume = dict(state)
-        self.epoch = int(state["epoch"])
+        self.epoch = epoch
 
     def _resume_offset(self, worker_id: int, workers: int) -> int:
         state, self._resume = self._resume, None
         if state is None or state["consumed"] == 0:
             return 0
-        same = (state["world_size"], state["rank"], state["num_workers"], state["worker"], state["seed"]) == \
-            (self.world.world_size, self.world.rank, workers, worker_id, self.seed)
-        if not same:
-            raise ValueError(
-                f"cannot resume mid-epoch: state was saved by rank {state['rank']}/{state['world_size']}, "
-                f"worker {state['worker']}/{state['num_workers']}, seed {state['seed']}; this is rank "
-                f"{self.world.rank}/{self.world.world_size}, worker {worker_id}/{workers}, seed {self.seed}. "
-                f"Resume with the same world size, num_workers and seed, or start at an epoch boundary")
-        return int(state["consumed"])
+        what = f"stream state for {self.url}"
+        settings.check(what, state, {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
+        return settings.count(what, "consumed", state["consumed"], self.worker_samples(worker_id, workers))
 
     # -- the stream --------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -179,6 +205,9 @@ class ShardStream(IterableDataset):
         batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
         worker_id, workers = world.worker()
         self.drop_sample_state()
+        total = -(-self.worker_samples(worker_id, workers) // batch_size)
+        settings.count(f"{self.url} worker {worker_id}/{workers}", "start_batch", start_batch, total)
+        keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
         skip = self._begin(start_batch * batch_size)
         return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
                              pad_to_multiple_of, keep_text)
@@ -224,7 +253,9 @@ class ShardStream(IterableDataset):
         return chunk if keep_text else chunk.without_text()
 
     def _columns(self, want_text: bool) -> tuple[str, ...]:
-        return ("label", "input_ids", "text") if want_text else ("label", "input_ids")
+        # The rows are counted from the columns read: a set with only texts reads them always.
+        other = tuple(c for c in ("label", "input_ids") if c in self.manifest.fields)
+        return (*other, "text") if want_text or not other else other
 
     def _fetch(self, shard: int) -> bytes | Exception:
         info = self.manifest.shards[shard]
@@ -266,8 +297,14 @@ class ShardStream(IterableDataset):
         url = shards.shard_url(self.url, self.manifest.shards[shard])
         columns = self._columns(want_text)
         for s in slices:
+            got = 0
             for b in shards.read_batches(self.manifest, url, data, s.start, s.stop, columns):
+                got += len(b)
                 yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
+            if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
+                raise shards.CorruptShardError(
+                    f"shard {url}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} (manifest says "
+                    f"{self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
 
     def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
         """Keep the step count: the skipped shard's records become flagged pads."""

@@ -1,0 +1,79 @@
+"""The one check every resume state goes through: same order settings, counters in range.
+
+Every state (BatchLoader, ShardStream, PackedStream, MixedStream, ShardLoader)
+records the settings that decide which sample comes next: seed, shuffle,
+shuffle window, block size, batch size, world size, rank, workers, the data's
+identity (``Manifest.identity``: the shard hashes, not the record count), and
+for packed blocks the tokenizer and ``max_length``.  A mid-epoch state resumed
+under any other value would replay some samples and skip others, so
+:func:`check` refuses it, naming every changed setting with both values.  A
+state at an epoch boundary (nothing of the epoch delivered yet) only has to
+be over the same data: the epoch starts afresh under the new layout.
+
+A state written before a setting was recorded reads it as ``NOT_RECORDED``: a
+mid-epoch one is refused (it cannot be checked), an epoch-boundary one is
+accepted.
+"""
+from __future__ import annotations
+
+NOT_RECORDED = "not recorded"
+DATA_KEYS = ("identity", "identities")   # what the data is: checked at epoch boundaries too
+_SHORT = ("identity", "tokenizer")       # sha256 hex: the first 16 digits name it in a message
+
+
+class ResumeError(ValueError):
+    """A resume state that does not fit this loader or stream (changed setting, bad counter)."""
+
+
+def _show(key: str, value) -> str:
+    if value is NOT_RECORDED:
+        return NOT_RECORDED
+    if key in _SHORT and isinstance(value, str):
+        return repr(value[:16])
+    if key == "identities" and isinstance(value, list):
+        return repr([v[:16] if isinstance(v, str) else v for v in value])
+    return repr(value)
+
+
+def changes(saved: dict, now: dict, keys=None) -> list[str]:
+    """``"seed was 1, now 2"`` for each key of ``now`` (or of ``keys``) whose saved value differs."""
+    out = []
+    for key in (now if keys is None else keys):
+        old = saved.get(key, NOT_RECORDED) if isinstance(saved, dict) else NOT_RECORDED
+        if old != now[key]:
+            out.append(f"{key} was {_show(key, old)}, now {_show(key, now[key])}")
+    return out
+
+
+def check(what: str, saved, now: dict, mid_epoch: bool) -> None:
+    """Refuse a resume of ``what`` (e.g. "loader state") whose recorded settings differ from ``now``.
+
+    Mid-epoch every key of ``now`` must match; at an epoch boundary only the data keys."""
+    keys = list(now) if mid_epoch else [k for k in now if k in DATA_KEYS]
+    diffs = changes(saved, now, keys)
+    if not diffs:
+        return
+    when = "mid-epoch" if mid_epoch else "over other data"
+    old = " (a state from an older version: what it did not record cannot be checked)" \
+        if any(NOT_RECORDED in d for d in diffs) else ""
+    raise ResumeError(f"cannot resume {when}: {what}: " + "; ".join(diffs) + old
+                      + ". Resume with the same settings and data (they decide which sample comes next), "
+                        "or start afresh (a new run / no state)")
+
+
+def count(what: str, name: str, value, high: int | None = None, low: int = 0) -> int:
+    """``value`` as a counter in ``[low, high]``; a one-line ResumeError otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        valid = f"{low}..{high}" if high is not None else f"an integer >= {low}"
+        raise ResumeError(f"{what}: {name}={value!r} is out of range (valid: {valid}); the state is damaged "
+                          f"or from another run: pass the state saved with this loader, or none")
+    return value
+
+
+def entry(what: str, state, name: str):
+    """``state[name]``, or a one-line ResumeError naming the missing key."""
+    if not isinstance(state, dict) or name not in state:
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ResumeError(f"{what}: no {name!r} in the state (has: {have}); pass a state saved by "
+                          f"state_dict() of the same kind")
+    return state[name]
