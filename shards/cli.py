@@ -17,11 +17,15 @@ import sys
 from . import storage
 from .index import SAMPLE_ID
 from .storage import parse_storage_options
-from .corpus import BAD_POLICIES, BadRecordError, CorpusSpec
+from .corpus import BAD_POLICIES, CorpusSpec
 from .engines import EngineError, node_summary
 from .formats import CorruptShardError
-from .index import ManifestError, load_manifest
+from .index import load_manifest
 from .writer import Limits
+
+# What a user can cause (bad input or settings, a missing, unreadable or full path, a damaged
+# shard): one line `shards CMD: error: ...`, exit 2.  Anything else is a bug: its traceback.
+USER_ERRORS = (ValueError, OSError, CorruptShardError, EngineError, storage.StorageError)
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -139,9 +143,9 @@ def cmd_verify(args) -> int:
     for i, info in enumerate(m.shards):
         try:
             total += verify_shard(m, args.url, i, so)
-        except (CorruptShardError, storage.StorageError) as exc:
+        except (CorruptShardError, storage.StorageError, OSError) as exc:
             failed.append(info.path)
-            print(f"FAIL {exc}", file=sys.stderr)
+            print(f"FAIL {one_line(exc)}", file=sys.stderr)
     if total != m.num_records and not failed:
         failed.append("index.json")
         print(f"FAIL manifest says {m.num_records} records, shards hold {total}", file=sys.stderr)
@@ -158,6 +162,8 @@ def cmd_audit(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shards", description="Build, inspect and verify text shards.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_args(sub.add_parser("build", help="corpus files -> shards + index.json"))
     for name in ("inspect", "verify"):
@@ -174,14 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify, "audit": cmd_audit}
     try:
         return commands[args.command](args)
-    except (BadRecordError, ManifestError, CorruptShardError, EngineError, FileNotFoundError,
-            PermissionError, storage.StorageError, ValueError) as exc:
-        print(f"shards {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `shards inspect ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"shards {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"shards {args.command}: interrupted", file=sys.stderr)
+        return 130
 
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line; an OSError without one still says what and where."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text or type(exc).__name__
 
 if __name__ == "__main__":
     sys.exit(main())
