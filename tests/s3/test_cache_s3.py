@@ -82,3 +82,22 @@ def test_shard_larger_than_the_limit_is_served_uncached(s3_build_set, s3_options
     assert cache.entries() == [] and cache.stats["too_large"] == 1
     with pytest.raises(ValueError, match="cache_limit"):
         ShardCache(tmp_path / "d", -1)
+
+
+def test_poisoned_entry_is_dropped_and_refetched_from_s3(s3_build_set, fault_proxy, tmp_path):
+    """A same-size cached copy that fails its sha256 is dropped and fetched from S3 again once:
+    the epoch succeeds with the same samples; later epochs read the good copy from disk."""
+    url = s3_build_set(n=60, max_records=6)
+    proxy, so = fault_proxy(0.0)
+    config = StreamConfig(cache_dir=str(tmp_path / "cache"))
+    ds = ShardStream(url, storage_options=so, config=config, shuffle=True, seed=2)
+    first = [it["sample_id"] for it in ds]
+    assert shard_gets(proxy) == 10
+    victim = ShardCache(str(tmp_path / "cache"), 1 << 30).entry_path(ds.manifest.shards[4])
+    data = bytearray(open(victim, "rb").read())
+    data[len(data) // 2] ^= 0x01
+    open(victim, "wb").write(bytes(data))
+    assert [it["sample_id"] for it in ds] == first
+    assert shard_gets(proxy) == 11 and ds._cache.stats["dropped_bad"] == 1
+    assert [it["sample_id"] for it in ds] == first
+    assert shard_gets(proxy) == 11  # the refetched copy was stored again
