@@ -22,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .corpus import BadRecords, CorpusSpec, Unit, Where, drain_line, jsonl_records, kind_of, open_binary
 from .corpus_jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, bool_array
+from .corpus_open import Where, line_blocks, split_lines
+from .corpus_records import jsonl_records
+from .corpus_spec import BadRecords, CorpusSpec, Unit, kind_of
 from .writer import Columns
 
 BLOCK_BYTES = 8 << 20  # read from the file at a time
@@ -60,37 +62,10 @@ class _Reader:
 
     # -- blocks of whole lines ------------------------------------------------------------
     def blocks(self) -> Iterator[tuple[bytes, int]]:
-        """(block of whole lines, number of its first line) for the lines the unit owns.
-
-        Same ownership as ``corpus._lines``: a range owns the lines that start
-        inside it; a line over ``max_record_bytes`` is counted and drained, never held.
-        """
-        unit, limit = self.unit, self.spec.max_record_bytes
-        with open_binary(unit.url, kind_of(unit.url)[1], self.storage_options) as f:
-            pos, line, carry = 0, 1, b""
-            if unit.start > 0:
-                f.seek(unit.start - 1)
-                pos = unit.start - 1 + drain_line(f)
-            while unit.end is None or pos < unit.end:
-                chunk = f.read(BLOCK_BYTES)
-                if not chunk:
-                    if carry:
-                        yield carry, line  # the last line, without a newline
-                    return
-                buf = carry + chunk if carry else chunk
-                cut = buf.rfind(b"\n") + 1
-                if unit.end is not None and pos + cut > unit.end:
-                    cut = buf.index(b"\n", unit.end - 1 - pos) + 1  # the last line starting before end
-                    yield buf[:cut], line
-                    return
-                if cut:
-                    yield buf[:cut], line
-                    line += buf.count(b"\n", 0, cut)
-                carry, pos = buf[cut:], pos + cut
-                if len(carry) > limit:
-                    self.bad.add("too_long", self.where(line), f"over {limit} bytes (--max-record-bytes)")
-                    pos += len(carry) + drain_line(f)
-                    carry, line = b"", line + 1
+        """(block of whole lines, number of its first line) for the lines the unit owns, as the
+        per-line path reads them (:func:`corpus_open.line_blocks`: ranges, BOM, too_long, damage)."""
+        return line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, kind_of(self.unit.url)[1],
+                           self.storage_options, BLOCK_BYTES)
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
         """The block cut at line ends into about RETRY_PIECES pieces of MIN_PIECE_BYTES or more
@@ -110,6 +85,9 @@ class _Reader:
 
     # -- one block ---------------------------------------------------------------------
     def columns(self, block: bytes, first: int) -> Iterator[Columns]:
+        if b"\r" in block:  # CRLF or lone-CR line breaks: numbered by the per-line path
+            yield from self._per_line(block, first)
+            return
         checked = self.checker.check(block)
         if checked is None:
             pieces = self._pieces(block, first)
@@ -151,6 +129,8 @@ class _Reader:
         yield Columns(text, labels, chars)
 
     def block_labels(self, block: bytes, first: int) -> set[str]:
+        if b"\r" in block:
+            return self._per_line_labels(block, first)
         checked = self.checker.check(block, for_scan=True)
         if checked is None:
             pieces = self._pieces(block, first)
@@ -192,13 +172,5 @@ class _Reader:
 
 def block_lines(block: bytes, first_line: int, spec: CorpusSpec, bad: BadRecords, where
                 ) -> Iterator[tuple[bytes, int]]:
-    """The lines of a block of whole lines as :func:`corpus._lines` gives them (same numbers, same too_long)."""
-    pieces = block.split(b"\n")
-    if block.endswith(b"\n"):
-        pieces.pop()
-    limit = spec.max_record_bytes
-    for k, piece in enumerate(pieces):
-        if len(piece) > limit:
-            bad.add("too_long", where(first_line + k), f"over {limit} bytes (--max-record-bytes)")
-            continue
-        yield piece.rstrip(b"\r"), first_line + k
+    """The lines of a block of whole lines as the per-line path gives them (same numbers, same too_long)."""
+    return split_lines(block, first_line, spec.max_record_bytes, bad, where)

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .corpus import CorpusSpec
+from .corpus_records import LABEL_BAD_CHARS
+from .corpus_spec import CorpusSpec
 
 PARSE_BLOCK = 1 << 20  # pyarrow's own block (one parallel task)
 MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the rest is suspect
@@ -25,11 +26,14 @@ MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, 
 # "empty after strip" must mean the same here.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
                  "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-LABEL_TYPES = (pa.string(), pa.int64(), pa.bool_())  # str() of these matches the per-line path
+# label types read column-wise (the label rule of corpus_records: strings stripped, integers in
+# decimal); booleans and floats are left to the per-line path, which refuses or converts them
+LABEL_TYPES = (pa.string(), pa.int64())
 # reason codes, in the order the per-line path checks them
-OK, NO_TEXT, EMPTY, NUL, NO_LABEL, UNKNOWN = range(6)
+OK, NO_TEXT, EMPTY, NUL, NO_LABEL, UNKNOWN, BAD_LABEL = range(7)
 REASONS = {NO_TEXT: "missing_field", EMPTY: "empty_text", NUL: "nul_byte", NO_LABEL: "missing_field",
-           UNKNOWN: "unknown_label"}
+           BAD_LABEL: "bad_label", UNKNOWN: "unknown_label"}
+LABEL_BAD_RE2 = "[" + LABEL_BAD_CHARS.replace("\u2028", "\\x{2028}").replace("\u2029", "\\x{2029}") + "]"
 
 
 class Lines(NamedTuple):
@@ -124,6 +128,7 @@ class Checker:
             if label is None:
                 return None
             masks.append((NO_LABEL, pc.or_kleene(pc.is_null(label), pc.equal(pc.binary_length(label), 0))))
+            masks.append((BAD_LABEL, pc.match_substring_regex(label, LABEL_BAD_RE2)))
             if self.label_set is not None and not for_scan:
                 ids = pc.index_in(label, value_set=self.label_set)
                 masks.append((UNKNOWN, pc.is_null(ids)))
@@ -135,8 +140,8 @@ class Checker:
             return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
         col = table.column(name)
         if col.type not in LABEL_TYPES:
-            return None  # a float, list, ...: the per-line path words these its own way
-        return col if col.type == pa.string() else pc.cast(col, pa.string())
+            return None  # a float, boolean, list, ...: the per-line path words these its own way
+        return pc.utf8_trim(col, PY_WHITESPACE) if col.type == pa.string() else pc.cast(col, pa.string())
 
     def _parse(self, data: bytes, lines: int, longest: int) -> pa.Table | None:
         """The lines as a table with the text and label fields, or None if pyarrow refuses them."""

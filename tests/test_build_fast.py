@@ -71,9 +71,17 @@ LINES = [
     ("too_long", b'{"text": "' + b"x" * 400 + b'", "label": "pos"}'),
     ("empty_object", b"{}"),
     ("closing_extra", good(8) + b"}"),
+    ("padded_label", b'{"text": "padded label", "label": " pos\\t"}'),
+    ("integral_float_label", b'{"text": "integral float label", "label": 1.0}'),
+    ("newline_label", b'{"text": "newline label", "label": "pos\\nneg"}'),
+    ("control_label", b'{"text": "control label", "label": "p\\u0085os"}'),
+    ("blank_label", b'{"text": "blank label", "label": " \\u3000"}'),
+    ("lone_cr", good(9) + b"\r" + good(10)),
+    ("cr_in_string", b'{"text": "a\rb", "label": "pos"}'),
+    ("bool_text", b'{"text": false, "label": "pos"}'),
 ]
 # lines that are good (or blank, which never stops a build) with labels neg/pos
-RAISES = {"number_text": False, "escaped": False, "raw_utf8": False, "swapped_extra": False, "padded_text": False, "plain": False,
+RAISES = {"padded_label": False, "lone_cr": False, "escaped": False, "raw_utf8": False, "swapped_extra": False, "padded_text": False, "plain": False,
           "nan_elsewhere": False, "huge_number_elsewhere": False, "duplicate_key": False, "escaped_key": False,
           "blank": False, "spaces": False, "crlf": False, "tab_between_tokens": False, "leading_space": False,
           "trailing_space": False}
@@ -181,7 +189,8 @@ def test_same_bytes_int_labels(tmp_path, monkeypatch, small_blocks):
     lines[100:100] = [b'{"text": "string label", "label": "2"}', b'{"text": "bool", "label": false}']
     src = write(tmp_path / "in" / "ints.jsonl", lines)
     (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src])
-    assert fast == slow and manifest.label_names == ["0", "1", "2", "false"]
+    assert fast == slow and manifest.label_names == ["0", "1", "2"]
+    assert manifest.bad_records == {"wrong_type": 1}
     (fast, slow), _ = build_both(tmp_path, monkeypatch, [src], name="named", label_names=("2", "0"))
     assert fast == slow
 

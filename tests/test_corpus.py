@@ -119,11 +119,26 @@ def test_labels_sorted_numerically_when_numeric():
 
 
 def test_json_label_types(tmp_path):
-    rows = [{"text": "a", "label": 1}, {"text": "b", "label": True}, {"text": "c", "label": "x"}]
+    """One label rule: strings stripped, integers and integral floats in decimal, the rest refused."""
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": True}, {"text": "c", "label": " x "},
+            {"text": "d", "label": 1.0}, {"text": "e", "label": "1 "}, {"text": "f", "label": 1.5},
+            {"text": "g", "label": "a\nb"}, {"text": "h", "label": "  "}, {"text": "i", "label": [1]},
+            {"text": "j", "label": -0.0}, {"text": "k", "label": None}]
     url = tmp_path / "a.jsonl"
     url.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    records, _ = read(str(url), CorpusSpec(label_field="label"))
-    assert [r.label for r in records] == ["1", "true", "x"]
+    records, bad = read(str(url), CorpusSpec(label_field="label"), policy="skip")
+    assert [(r.text, r.label) for r in records] == [("a", "1"), ("c", "x"), ("d", "1"), ("e", "1"), ("j", "0")]
+    assert bad == {"wrong_type": 3, "bad_label": 1, "missing_field": 2}
+    with pytest.raises(BadRecordError, match=r"a\.jsonl:2: wrong_type: label field 'label' is a boolean"):
+        read(str(url), CorpusSpec(label_field="label"))
+
+
+def test_text_must_be_a_string(tmp_path):
+    rows = [{"text": 12.5}, {"text": True}, {"text": None}, {"text": ["a"]}, {"text": "ok"}, {"text": 0}]
+    url = tmp_path / "a.jsonl"
+    url.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, bad = read(str(url), policy="skip")
+    assert [r.text for r in records] == ["ok"] and bad == {"wrong_type": 4, "missing_field": 1}
 
 
 BAD_JSONL = (b'{"text": "ok"}\n'
@@ -164,9 +179,9 @@ def test_csv_bad_rows_counted_and_reading_continues(tmp_path):
     url = tmp_path / "bad.csv"
     url.write_bytes(data)
     records, bad = read(str(url), CorpusSpec(label_field="label"), policy="skip")
-    # an unterminated quote swallows the rest of the file as one field: counted, not silent
+    # an unterminated quote swallows the rest of the file: each line it took is counted
     assert [r.text for r in records] == ["ok"]
-    assert sum(bad.values()) == 1 and list(bad) == ["malformed_csv"]
+    assert bad == {"malformed_csv": 3}
     data = b'text,label\nok,1\nx,1,extra\n\xff\xfe,0\n,\nlast,0\n'
     url.write_bytes(data)
     records, bad = read(str(url), CorpusSpec(label_field="label"), policy="skip")
