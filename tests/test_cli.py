@@ -116,3 +116,50 @@ def test_progress_bar_shows_records_and_mb_per_s(tmp_path, capsys):
     assert main(["build", src, "--out", str(tmp_path / "o"), "--progress"]) == 0
     err = capsys.readouterr().err
     assert "shards build: " in err and "3.00k records" in err and "MB/s text" in err
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "shards", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def user_errors(tmp_path) -> dict[str, list[str]]:
+    bad_json = tmp_path / "badjson"
+    bad_json.mkdir(exist_ok=True)
+    (bad_json / "index.json").write_text("{not json")
+    wrong_type = tmp_path / "wrongtype"
+    wrong_type.mkdir()
+    (wrong_type / "index.json").write_text('{"version": 1, "format": "arrow", "shards": [], '
+                                           '"num_records": "0", "fields": []}')
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    src = write_jsonl(tmp_path / "a.jsonl", labelled_records(3))
+    return {
+        "missing set": ["verify", str(tmp_path / "nope")],
+        "manifest not JSON": ["inspect", str(bad_json)],
+        "wrong-typed field": ["verify", str(wrong_type)],
+        "missing input": ["build", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"), "--no-progress"],
+        "out under a file": ["build", src, "--out", str(a_file / "o"), "--no-progress"],
+        "bad setting": ["build", src, "--out", str(tmp_path / "o2"), "--max-length", "0", "--tokenizer",
+                        str(tmp_path / "no-tokenizer"), "--no-progress"],
+    }
+
+
+def test_user_errors_are_one_line_without_traceback_and_debug_shows_it(tmp_path):
+    cases = user_errors(tmp_path)
+    for case, args in cases.items():
+        run = run_cli(*args)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2, (case, run.stderr)
+        assert "Traceback" not in run.stderr and len(lines) == 1, (case, run.stderr)
+        assert lines[0].startswith(f"shards {args[0]}: error: "), (case, lines)
+    run = run_cli("--debug", *cases["missing set"])
+    assert run.returncode != 0 and "Traceback" in run.stderr and "ManifestError" in run.stderr
+
+
+def test_verify_reports_an_unreadable_shard_as_a_failure_in_one_line(built, capsys):
+    (built / "shard-00002.tar").unlink()
+    (built / "shard-00002.tar").mkdir()  # reading it is an OSError (IsADirectoryError)
+    assert main(["verify", str(built)]) == 1
+    captured = capsys.readouterr()
+    assert "shard-00002.tar" in captured.out and "Traceback" not in captured.err
