@@ -70,11 +70,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import shards
 
+from . import settings
 from .pack_cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
 from .pack_read import make_reader
 
 __all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
-STATE_VERSION = 2           # 1: no "skip" (read as 0)
+STATE_VERSION = 3           # 1: no "skip" (read as 0); 2: no settings but seq_len/split_documents
 CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at least 8 blocks)
 
 
@@ -110,6 +111,9 @@ class PackedStream(IterableDataset):
         self.pad_id = int(pad_id if pad_id is not None else specials.get("pad", sep))
         self.chunk_tokens = max(1, int(chunk_tokens)) if chunk_tokens is not None else max(CHUNK_TOKENS, 8 * self.seq_len)
         self.epoch = int(getattr(stream, "epoch", 0))
+        self._tokens = {"sep_id": self.format.sep_id, "pad_id": self.pad_id,
+                        "max_length": getattr(stream, "max_length", None),
+                        "tokenizer": shards.fingerprint(self.tokenizer) if self.tokenizer is not None else None}
         self.stats: Counter = Counter()
         self._resume: dict | None = None
         self._snapshot: tuple[dict | None, int, int] = (None, 0, 0)  # (inner state, items to skip, tokens)
@@ -126,19 +130,27 @@ class PackedStream(IterableDataset):
         inner, skip, offset = self._snapshot
         stats = Counter(getattr(self.stream, "stats", {}))
         stats.update(self.stats)
-        return {"version": STATE_VERSION, "epoch": self.epoch, "seq_len": self.seq_len,
-                "split_documents": self.split_documents, "inner": inner, "skip": skip, "offset": offset,
-                "stats": dict(stats)}
+        return {"version": STATE_VERSION, "epoch": self.epoch, **self.resume_settings(), "inner": inner,
+                "skip": skip, "offset": offset, "stats": dict(stats)}
+
+    def resume_settings(self) -> dict:
+        """What decides the blocks from a position on: the inner stream's order and the tokens."""
+        inner = getattr(self.stream, "resume_settings", None)
+        return {**(inner() if callable(inner) else {}), "seq_len": self.seq_len,
+                "split_documents": self.split_documents, **self._tokens}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") not in (1, STATE_VERSION):
-            raise ValueError(f"packed state version {state.get('version')!r}; this reader knows 1 and {STATE_VERSION}")
-        saved = (state["seq_len"], state["split_documents"])
-        if saved != (self.seq_len, self.split_documents):
-            raise ValueError(f"state was saved with seq_len={saved[0]}, split_documents={saved[1]}; this stream "
-                             f"has seq_len={self.seq_len}, split_documents={self.split_documents}: the blocks "
-                             f"would differ. Resume with the same settings, or start at an epoch boundary")
-        self.set_epoch(state["epoch"])
+        what = "packed state"
+        if not isinstance(state, dict) or state.get("version") not in (1, 2, STATE_VERSION):
+            version = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 to {STATE_VERSION} "
+                                       f"(pass PackedStream.state_dict() output)")
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        skip = settings.count(what, "skip", state.get("skip", 0))
+        offset = settings.count(what, "offset", settings.entry(what, state, "offset"))
+        mid = settings.entry(what, state, "inner") is not None or skip > 0 or offset > 0
+        settings.check(what, state, self.resume_settings(), mid_epoch=mid)  # older versions: refused mid-epoch
+        self.set_epoch(epoch)
         self._resume = dict(state)
 
     # -- iteration -------------------------------------------------------------
@@ -172,6 +184,9 @@ class PackedStream(IterableDataset):
                 after = (states[chunk + 1], 0, 0)
             if offset and len(new):    # the resumed document: its first tokens were emitted before
                 new, offset = new.skip_first(offset), 0
+            elif offset and exhausted:
+                raise settings.ResumeError(f"packed state: offset={offset} tokens into a document, but the "
+                                           f"stream has none left: the state belongs to other data")
             docs = carry + new
             result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
             yield from self._emit(result, docs, states, after)

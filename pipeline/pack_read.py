@@ -21,6 +21,7 @@ import numpy as np
 
 from .columns import format_ids
 from .pack_cut import DocFormat, Docs
+from .settings import ResumeError
 
 CHUNK_ITEMS = 8192  # items per read at most
 NEEDS_IDS = ("PackedStream needs token ids: give the inner ShardStream a tokenizer= or "
@@ -56,8 +57,11 @@ class ItemReader:
     def __init__(self, stream, fmt: DocFormat, stats: Counter, skip: int):
         self.fmt, self.stats = fmt, stats
         self.items = iter(stream)
-        for _ in islice(self.items, skip):  # re-read what the chunk had before the resumed document
-            pass
+        # re-read what the chunk had before the resumed document
+        skipped = sum(1 for _ in islice(self.items, skip))
+        if skipped < skip:
+            raise ResumeError(f"packed state: skip={skip} items, but the stream has only {skipped} from the "
+                              f"saved position: the state belongs to other data")
 
     def read(self, chunk: int, first: int, budget: int) -> tuple[Docs, int, bool]:
         """Documents of up to ~``budget`` tokens, the items read, whether the stream ran out."""
@@ -95,11 +99,16 @@ class ChunkReader:
         self.fmt, self.stats = fmt, stats
         self.chunks: Iterator = stream.iter_chunks()
         self.head = None  # the rest of the chunk the resumed document is in
+        left = skip
         for chunk in self.chunks:
-            if skip < len(chunk):
-                self.head = chunk.slice(skip, len(chunk)) if skip else chunk
+            if left < len(chunk):
+                self.head = chunk.slice(left, len(chunk)) if left else chunk
+                left = 0
                 break
-            skip -= len(chunk)
+            left -= len(chunk)
+        if left:
+            raise ResumeError(f"packed state: skip={skip} items, but the stream has only {skip - left} from the "
+                              f"saved position: the state belongs to other data")
 
     def _next(self):
         if self.head is not None:

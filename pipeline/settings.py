@@ -49,7 +49,7 @@ def check(what: str, saved, now: dict, mid_epoch: bool) -> None:
     """Refuse a resume of ``what`` (e.g. "loader state") whose recorded settings differ from ``now``.
 
     Mid-epoch every key of ``now`` must match; at an epoch boundary only the data keys."""
-    keys = list(now) if mid_epoch else [k for k in now if k in DATA_KEYS]
+    keys = list(now) if mid_epoch else [k for k in now if k in DATA_KEYS and k in saved]
     diffs = changes(saved, now, keys)
     if not diffs:
         return

@@ -130,15 +130,24 @@ def test_chunked_packer_resumes_from_any_block(items, fmt, seq_len, split, chunk
     assert_same_blocks(list(resumed), blocks[k:])
 
 
-def test_version_1_state_still_resumes():
+def test_older_state_versions_are_refused_mid_epoch_and_read_at_the_boundary():
     items = [{"sample_id": f"d{i}", "is_pad": False, "input_ids": np.arange(10) + 100 * i} for i in range(6)]
     full = list(packer(items, FORMATS[0], 8, True, None))
     # version 1: the inner state just before the document holding the next token, and its tokens emitted
     old = {"version": 1, "epoch": 0, "seq_len": 8, "split_documents": True, "inner": {"consumed": 2, "epoch": 0},
            "offset": 2, "stats": {}}  # after block 2: 24 tokens = documents 0, 1 (11 each) + 2 of document 2
+    # it records neither the separator nor the tokenizer: mid-epoch that cannot be checked
+    with pytest.raises(ValueError, match="cannot resume mid-epoch: .*sep_id was not recorded, now 3"):
+        packer(items, FORMATS[0], 8, True, None).load_state_dict(old)
+    # with what it lacks, the version 1 layout (no "skip": read as 0) still resumes exactly
+    current = packer(items, FORMATS[0], 8, True, None)
     resumed = packer(items, FORMATS[0], 8, True, None)
-    resumed.load_state_dict(old)
+    resumed.load_state_dict({**old, **current.resume_settings()})
     assert_same_blocks(list(resumed), full[3:])
+    # at an epoch boundary nothing can repeat: an older state is read
+    boundary = packer(items, FORMATS[0], 8, True, None)
+    boundary.load_state_dict({**old, "inner": None, "offset": 0})
+    assert_same_blocks(list(boundary), full)
 
 
 @settings(max_examples=200, deadline=None)
