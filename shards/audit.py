@@ -5,7 +5,7 @@
 Reads ``RUN_DIR/audit/rank{R}.jsonl`` (written by ``pipeline.train --audit``:
 a header, then one line per micro-batch with the trained sample ids and the
 flagged pad ids) and checks them against the train manifest named in the
-header.  For every complete epoch (each rank logged its full share): each
+header (and, when the header records it, the manifest's ``identity``).  For every complete epoch (each rank logged its full share): each
 sample of the manifest trained exactly once, none missing, no unknown id, and
 pads (the repeats that even out ranks) never counted as trained.  A partial
 last epoch is checked for duplicates and unknown ids, and its coverage shown.
@@ -148,6 +148,10 @@ def audit(run_dir: str, storage_options: dict | None = None, train_url: str | No
     url = train_url or next(iter(logs.values())).header["train"]
     manifest = load_manifest(url, storage_options)
     expected = {sample_id(s, r) for s, size in enumerate(manifest.shard_sizes) for r in range(size)}
+    recorded = next(iter(logs.values())).header.get("identity")
+    if recorded is not None and recorded != manifest.identity:
+        out.fail(f"manifest {url} has identity {manifest.identity[:16]}, the run trained on "
+                 f"{str(recorded)[:16]}: other data (rebuilt, edited or another set) than the run's")
     if manifest.num_records != next(iter(logs.values())).header["num_records"]:
         out.fail(f"manifest {url} has {manifest.num_records} records, the run trained on "
                  f"{next(iter(logs.values())).header['num_records']}: shards were rebuilt after the run")

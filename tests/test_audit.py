@@ -15,11 +15,11 @@ from tools import audit as tools_audit
 N = 41  # odd: 2 ranks need one pad per epoch
 
 
-def write_logs(run: pathlib.Path, train: str, per_rank_lines: list[list[dict]], per_rank: int = 21):
+def write_logs(run: pathlib.Path, train: str, per_rank_lines: list[list[dict]], per_rank: int = 21, **extra):
     (run / "audit").mkdir(parents=True, exist_ok=True)
     for rank, lines in enumerate(per_rank_lines):
         header = {"audit": 1, "rank": rank, "train": train, "world_size": len(per_rank_lines), "seed": 0,
-                  "shuffle": True, "num_records": N, "samples_per_rank": per_rank, "first_step": 1}
+                  "shuffle": True, "num_records": N, "samples_per_rank": per_rank, "first_step": 1, **extra}
         text = "\n".join(json.dumps(x) for x in [header, *lines]) + "\n"
         (run / "audit" / f"rank{rank}.jsonl").write_text(text)
 
@@ -135,3 +135,25 @@ def test_two_rank_run_over_full_epochs_passes_and_tampering_fails(train_set, tmp
     (bad / "audit" / "rank1.jsonl").write_text("\n".join(lines) + "\n")
     assert audit.main([str(bad)]) == 1
     assert "trained more than once" in capsys.readouterr().out
+
+
+def test_other_data_of_the_same_size_fails_by_identity(train_set, tmp_path, capsys):
+    from shards import load_manifest
+
+    logs = one_epoch(train_set)
+    write_logs(tmp_path / "run", train_set, logs, identity=load_manifest(train_set).identity)
+    assert audit.main([str(tmp_path / "run")]) == 0
+    other = build_set(tmp_path, n=N, max_records=5, name="other", labels=False)  # same size, other bytes
+    assert audit.main([str(tmp_path / "run"), "--train", other]) == 1
+    assert "identity" in capsys.readouterr().out
+
+
+def test_manifest_listing_a_shard_twice_cannot_be_audited(train_set, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(train_set, copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["shards"][1] = dict(index["shards"][0])  # duplicates would get distinct ids: refused
+    (copy / "index.json").write_text(json.dumps(index))
+    write_logs(tmp_path / "run", str(copy), one_epoch(train_set))
+    assert audit.main([str(tmp_path / "run")]) == 2
+    assert "shards[0] and shards[1]" in capsys.readouterr().err
