@@ -23,7 +23,7 @@ from . import storage
 from .corpus_spec import CORRUPT_FILE, BadRecords, Unit
 
 BOM = b"\xef\xbb\xbf"
-IN_CHUNK = 1 << 16  # compressed bytes fed to the decoder at a time
+IN_CHUNK = 1 << 14  # compressed bytes fed to the decoder at a time (what decodes before damage is kept)
 READ_BYTES = 1 << 20  # block size of the per-line readers
 
 
@@ -74,14 +74,16 @@ class Source:
                 self.error = (f"truncated {self.compression} data: the file ends inside a "
                               f"{'member' if self.compression == 'gzip' else 'frame'} at compressed byte {at}")
             return
+        out: list[bytes] = []
         try:
-            self._out = self._decode(data)
+            self._decode(data, out)
         except (zlib.error, _zstd_error()) as exc:
             self._done = True
-            self.error = f"corrupt {self.compression} data at or after compressed byte {at}: {exc}"
+            self.error = (f"corrupt {self.compression} data in compressed bytes {at}-{self._fed} "
+                          f"({'member' if self.compression == 'gzip' else 'frame'} {self._members + 1}): {exc}")
+        self._out = b"".join(out)  # what decoded before the damage is still delivered
 
-    def _decode(self, data: bytes) -> bytes:
-        out = []
+    def _decode(self, data: bytes, out: list[bytes]) -> None:
         while data:
             if self._dec is None:
                 if self.compression == "gzip" and self._members:
@@ -94,7 +96,6 @@ class Source:
                 break
             data, self._dec = self._dec.unused_data, None
             self._members += 1
-        return b"".join(out)
 
 
 def _decoder(compression: str):
