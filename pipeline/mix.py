@@ -40,10 +40,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from . import world
+from . import settings, world
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: no worker, num_workers, identities (mid-epoch: refused, unverifiable)
 STOP_RULES = ("first_exhausted", "cycle", "drain")
 CHUNK = 4096  # uniform draws generated at once; resume regenerates one chunk and indexes into it
 _END = object()
@@ -200,24 +200,39 @@ class MixedStream(IterableDataset):
         # A source's own state is stale until it yields in this pass: store None until then.
         self._started = [s is not None for s in state["sources"]] if state else [False] * n
 
+    def resume_settings(self) -> dict:
+        """What decides the draws and which source each comes from (see settings.py)."""
+        worker_id, workers = world.worker()
+        return {"seed": self.seed, "stop": self.stop, "weights": self.weights, "worker": worker_id,
+                "num_workers": workers, "identities": [_identity(s) for s in self.streams]}
+
     def state_dict(self) -> dict:
         sources = [s.state_dict() if started else None for s, started in zip(self.streams, self._started)]
         stats = Counter(self.stats)
         for s in self.streams:
             stats.update(getattr(s, "stats", {}))
-        return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "stop": self.stop,
-                "weights": self.weights, "draws": self._draws, "passes": list(self._passes),
-                "dropped": list(self._dropped), "sources": sources, "stats": dict(stats)}
+        return {"version": STATE_VERSION, "epoch": self.epoch, **self.resume_settings(), "draws": self._draws,
+                "passes": list(self._passes), "dropped": list(self._dropped), "sources": sources,
+                "stats": dict(stats)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"mixed state version {state.get('version')!r}; this reader knows {STATE_VERSION}")
-        saved = (state["seed"], state["stop"], list(state["weights"]))
-        if saved != (self.seed, self.stop, self.weights):
-            raise ValueError(f"state was saved by a mixture with seed, stop, weights = {saved}; this one has "
-                             f"{(self.seed, self.stop, self.weights)}. Resume with the same mixture, or start "
-                             f"at an epoch boundary")
-        self.set_epoch(state["epoch"])
+        what = "mixed state"
+        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
+            version = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 and {STATE_VERSION} "
+                                       f"(pass MixedStream.state_dict() output)")
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        draws = settings.count(what, "draws", settings.entry(what, state, "draws"))
+        settings.check(what, state, self.resume_settings(), mid_epoch=draws > 0)
+        n = len(self.streams)
+        for key in ("passes", "dropped", "sources"):
+            value = settings.entry(what, state, key)
+            if not isinstance(value, list) or len(value) != n:
+                raise settings.ResumeError(f"{what}: {key} must list one entry per source ({n}), got {value!r}; "
+                                           f"pass the state saved by this mixture")
+        for count in state["passes"]:
+            settings.count(what, "passes", count)
+        self.set_epoch(epoch)
         for stream, sub in zip(self.streams, state["sources"]):
             if sub is not None:
                 stream.load_state_dict(sub)
@@ -270,3 +285,9 @@ class MixedStream(IterableDataset):
             self.stats["empty_sources"] += 1
             self._dropped[i] = True
         return item
+
+
+def _identity(stream) -> str | None:
+    """The data a source reads (Manifest.identity), through a PackedStream too; None if unknown."""
+    found = getattr(stream, "identity", None)
+    return found if found is not None else getattr(getattr(stream, "stream", None), "identity", None)

@@ -145,11 +145,26 @@ def test_resume_after_any_item_equals_uninterrupted(sizes, stop, seed, epoch, da
     assert first + list(fresh) == full
 
 
-def test_resume_refuses_a_different_mixture():
+def test_resume_refuses_a_different_mixture_mid_epoch():
     m = mixed([5, 5], [1, 1])
-    state = m.state_dict()
-    with pytest.raises(ValueError, match="same mixture"):
+    it = iter(m)
+    next(it), next(it)
+    state = json.loads(json.dumps(m.state_dict()))
+    with pytest.raises(ValueError, match=r"mid-epoch: mixed state: weights was \[1.0, 1.0\], now \[1.0, 2.0\]$|"
+                                         r"weights was \[1.0, 1.0\], now \[1.0, 2.0\]\. "):
         mixed([5, 5], [1, 2]).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed was 0, now 1"):
+        mixed([5, 5], [1, 1], seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="draws=-1 is out of range"):
+        mixed([5, 5], [1, 1]).load_state_dict({**state, "draws": -1})
+    with pytest.raises(ValueError, match="weights was .*; identities was"):
+        mixed([5, 5, 5], [1, 1, 1]).load_state_dict(state)
+    with pytest.raises(ValueError, match="passes must list one entry per source"):
+        mixed([5, 5], [1, 1]).load_state_dict({**state, "passes": [0, 0, 0]})
+    # at an epoch boundary nothing was drawn: the new mixture starts the epoch afresh
+    fresh = mixed([5, 5], [1, 2])
+    fresh.load_state_dict(mixed([5, 5], [1, 1]).state_dict())
+    assert len(list(fresh)) > 0
 
 
 # -- real shard sets -------------------------------------------------------------------
