@@ -32,8 +32,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 from . import corpus_jsonl, formats, storage
-from .corpus import (ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit,
-                     scan_labels)
+from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
 from .engines import EngineError, LocalEngine, Progress
 from .index import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, index_url, load_manifest, write_manifest
 from .lock import OutputLock, clean_after_failure, output_error, redacted, sigterm_raises

@@ -211,7 +211,6 @@ def _transient_types() -> tuple[type, ...]:
     types: list[type] = [ConnectionError, TimeoutError, asyncio.TimeoutError, ShortReadError]
     try:
         import botocore.exceptions as boto
-
         from botocore.parsers import ResponseParserError  # throttling answers with broken XML
 
         types += [boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError, boto.FlexibleChecksumError,

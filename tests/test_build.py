@@ -3,7 +3,6 @@ bad records, output to a non-local filesystem, and the SST-2 corpus."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
