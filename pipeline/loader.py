@@ -15,9 +15,12 @@ from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from . import settings
 from .batch_loader import BatchLoader, default_group
 from .collate import Collator, to_tensors
 from .dataset import ShardStream
+
+SETTINGS_KEY = "shardstream_settings"  # our part of a StatefulDataLoader state (torchdata ignores it)
 
 
 class ShardLoader(StatefulDataLoader):
@@ -41,6 +44,29 @@ class ShardLoader(StatefulDataLoader):
         if not self._tensors_in_main:
             return batches
         return (to_tensors(b, self._pin_arrays) if isinstance(b, dict) else b for b in batches)
+
+    # -- state: torchdata's, plus the settings it does not check (see settings.py) --------------
+    def resume_settings(self) -> dict:
+        return {"batch_size": self.batch_size, "num_workers": self.num_workers,
+                "identity": data_identity(self.dataset)}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), SETTINGS_KEY: self.resume_settings()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise settings.ResumeError(f"loader state is a {type(state).__name__}; pass loader.state_dict() output")
+        state = dict(state)
+        saved = state.pop(SETTINGS_KEY, {})
+        if not state:  # torchdata's "nothing to resume"
+            return super().load_state_dict(state)
+        yielded = _yielded(state)
+        settings.check("loader state", saved, self.resume_settings(), mid_epoch=yielded > 0)
+        if yielded == 0:  # an epoch boundary: the epoch starts afresh, under any worker layout
+            return super().load_state_dict({})
+        if self.num_workers:
+            _check_workers(state, self.num_workers)
+        super().load_state_dict(state)
 
 
 def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=None,
@@ -80,6 +106,39 @@ def _pad_id(dataset) -> int:
         return 0
     from shards import special_ids
     return special_ids(tok)["pad"]
+
+
+def data_identity(dataset):
+    """Manifest.identity of what ``dataset`` reads (a list for a mixture; None if unknown)."""
+    found = getattr(dataset, "identity", None)
+    if isinstance(found, str):
+        return found
+    if isinstance(getattr(dataset, "streams", None), list):
+        return [data_identity(s) for s in dataset.streams]
+    inner = getattr(dataset, "stream", None)
+    return data_identity(inner) if inner is not None else None
+
+
+def _yielded(state: dict) -> int:
+    """Batches a StatefulDataLoader state has delivered (both of torchdata's layouts)."""
+    what = "loader state"
+    if "_snapshot" not in state:
+        return settings.count(what, "_num_yielded", settings.entry(what, state, "_num_yielded"))
+    snap = state["_snapshot"]
+    step = settings.count(what, "_snapshot_step", settings.entry(what, snap, "_snapshot_step"))
+    return step + settings.count(what, "_steps_since_snapshot", settings.entry(what, state, "_steps_since_snapshot"))
+
+
+def _check_workers(state: dict, workers: int) -> None:
+    """Worker snapshots for exactly this loader's workers, the last one served among them."""
+    what = "loader state"
+    snap = settings.entry(what, state, "_snapshot")
+    keys = set(settings.entry(what, snap, "_worker_snapshots") or {})
+    want = {f"worker_{i}" for i in range(workers)}
+    if keys != want:
+        raise settings.ResumeError(f"{what}: worker snapshots {sorted(keys)}, this loader has {sorted(want)}; "
+                                   f"resume with the num_workers it was saved with")
+    settings.count(what, "_last_yielded_worker_id", snap.get("_last_yielded_worker_id"), workers - 1)
 
 
 def loader_stats(loader) -> dict:
