@@ -23,19 +23,29 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from . import corpus_jsonl, formats, storage
 from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
 from .engines import EngineError, LocalEngine, Progress
-from .index import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, index_url, load_manifest, write_manifest
-from .lock import OutputLock, clean_after_failure, output_error, redacted, sigterm_raises
+from .index import Manifest
+from .lock import (
+    OutputLock,
+    clean_after_failure,
+    commit,
+    final_name,
+    listed_shards,
+    output_error,
+    part_in_place,
+    publish_parts,
+    redacted,
+    sigterm_raises,
+)
 from .tokenizer import fingerprint, load_tokenizer
 from .writer import Limits, Part, PartWriter, columns_of
 
@@ -219,96 +229,6 @@ def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
     return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key)
 
 
-def _listed(cfg: BuildConfig) -> dict[str, tuple[str, int]]:
-    """The shards the current index.json lists: name -> (sha256, bytes).  None of them may
-    change before the new index replaces it, so a failed rebuild leaves that set whole."""
-    if not storage.exists(index_url(cfg.out), cfg.storage_options):
-        return {}
-    try:
-        m = load_manifest(cfg.out, cfg.storage_options)
-    except ManifestError as exc:  # unreadable already: there is no set to keep
-        log.warning("%s; replacing it", exc)
-        return {}
-    return {s.path: (s.sha256, s.num_bytes) for s in m.shards}
-
-
-def _plain_name(cfg: BuildConfig, number: int) -> str:
-    return f"shard-{number:05d}{formats.EXTENSIONS[cfg.format]}"
-
-
-def _final_name(cfg: BuildConfig, number: int, part: Part, listed: dict) -> str:
-    """The plain name, unless the current index lists it with other bytes: then one of its own."""
-    name = _plain_name(cfg, number)
-    if listed.get(name, (part.sha256, part.num_bytes)) == (part.sha256, part.num_bytes):
-        return name
-    return f"shard-{number:05d}-{part.sha256[:16]}{formats.EXTENSIONS[cfg.format]}"
-
-
-def _part_in_place(cfg: BuildConfig, part: Part, final: str) -> bool:
-    """A part moved by an earlier, interrupted finalize is already under its final name."""
-    if storage.exists(part.path, cfg.storage_options):
-        return True
-    if not final or not storage.exists(final, cfg.storage_options):
-        return False
-    if storage.is_remote(final):
-        return storage.size(final, cfg.storage_options) == part.num_bytes
-    digest, n = storage.sha256_file(storage.filesystem(final)[1])
-    return (digest, n) == (part.sha256, part.num_bytes)
-
-
-def _publish_parts(cfg: BuildConfig, results: list[UnitResult], listed: dict) -> list[ShardInfo]:
-    shards = []
-    for part in (p for r in results for p in r.parts):
-        name = _final_name(cfg, len(shards), part, listed)
-        if storage.exists(part.path, cfg.storage_options):
-            _move(cfg, part.path, storage.join(cfg.out, name))
-        shards.append(ShardInfo(name, part.num_records, part.num_bytes, part.sha256))
-    return shards
-
-
-def _move(cfg: BuildConfig, src_url: str, dst_url: str, keep: bool = False) -> None:
-    """Publish a file under ``dst_url`` at once (a rename, a hard link, or one server-side copy)."""
-    fs, src = storage.filesystem(src_url, cfg.storage_options)
-    dst = storage.filesystem(dst_url, cfg.storage_options)[1]
-    if storage.is_remote(dst_url):
-        fs.copy(src, dst)  # server-side copy; a staged part goes with the folder
-    elif keep:
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-    else:
-        os.replace(src, dst)
-
-
-def _plain_names(cfg: BuildConfig, manifest: Manifest) -> Manifest:
-    """After the commit, give shards published under names of their own their plain names:
-    link or copy each, then swap the index again; at any crash, the index lists whole files."""
-    shards = []
-    for i, s in enumerate(manifest.shards):
-        plain = _plain_name(cfg, i)
-        if s.path != plain:
-            _move(cfg, storage.join(cfg.out, s.path), storage.join(cfg.out, plain), keep=True)
-        shards.append(replace(s, path=plain))
-    manifest = replace(manifest, shards=shards)
-    write_manifest(cfg.out, manifest, cfg.storage_options)
-    return manifest
-
-
-def _remove_leftovers(cfg: BuildConfig, manifest: Manifest) -> None:
-    """Remove shard files index.json does not list (earlier builds, the other format, names of
-    their own, temp links) and temp manifests of killed builds."""
-    fs, path = storage.filesystem(cfg.out, cfg.storage_options)
-    exts = "|".join(re.escape(e) for e in formats.EXTENSIONS.values())
-    shard_file = re.compile(rf"shard-\d{{5,}}(-[0-9a-f]{{16}})?({exts})(\.tmp-\d+)?")
-    listed = {s.path for s in manifest.shards}
-    for name in fs.ls(path, detail=False):
-        base = name.rsplit("/", 1)[-1]
-        if (shard_file.fullmatch(base) and base not in listed) or base.startswith(f"{MANIFEST_NAME}.tmp-"):
-            fs.rm(name)
-
-
 def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
     if cfg.spec.label_field is None:
         return None
@@ -365,7 +285,7 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
                   input_bytes: int) -> BuildResult:
     tok = _tokenizer(cfg.tokenizer)
     tok_fp = fingerprint(tok) if tok is not None else None
-    listed = _listed(cfg)
+    listed = listed_shards(cfg)
     own_engine = engine is None
     engine = LocalEngine(cfg.workers) if own_engine else engine
     bar = None
@@ -408,9 +328,9 @@ def _finished_units(cfg: BuildConfig, keys: list[str], listed: dict) -> dict[int
         if result is None:
             number = None
             continue
-        finals = [storage.join(cfg.out, _final_name(cfg, number + k, p, listed)) if number is not None else ""
+        finals = [storage.join(cfg.out, final_name(cfg, number + k, p, listed)) if number is not None else ""
                   for k, p in enumerate(result.parts)]
-        if all(_part_in_place(cfg, p, f) for p, f in zip(result.parts, finals)):
+        if all(part_in_place(cfg, p, f) for p, f in zip(result.parts, finals)):
             done[i] = result
         if number is not None:
             number += len(result.parts)
@@ -418,7 +338,7 @@ def _finished_units(cfg: BuildConfig, keys: list[str], listed: dict) -> dict[int
 
 
 def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels, tok_fp, listed) -> Manifest:
-    shards = _publish_parts(cfg, results, listed)
+    shards = publish_parts(cfg, results, listed)
     bad = Counter()
     for r in results:
         bad.update(r.bad)
@@ -429,12 +349,7 @@ def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels
         shards=shards, label_names=labels, tokenizer=tok_info, max_length=cfg.max_length,
         bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields),
         sources=[storage.redact(u) for u in urls])
-    write_manifest(cfg.out, manifest, cfg.storage_options)  # the commit point: the old set is replaced here
-    if any(s.path != _plain_name(cfg, i) for i, s in enumerate(shards)):
-        manifest = _plain_names(cfg, manifest)
-    storage.remove(_staging(cfg), cfg.storage_options, recursive=True)
-    _remove_leftovers(cfg, manifest)
-    return manifest
+    return commit(cfg, manifest, _staging(cfg))
 
 
 def _schema(fmt: str, fields: list[str]) -> dict[str, str]:

@@ -8,6 +8,8 @@ conditional PUT where the filesystem offers one (``mode="create"``) and always
 read back: the token in it must be ours, so a server that ignores the condition
 still cannot give two builders the lock.
 
+The set already at ``--out`` is replaced only whole (:func:`commit`): see :mod:`shards.build`.
+
 A lock whose holder is a dead process on this host (pid gone, or reused by a
 process that started later) is stale and taken over; any other lock stops the
 second builder at once with one line naming the holder and how to clear it.
@@ -20,15 +22,19 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 
-from . import storage
+from . import formats, storage
+from .index import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, index_url, load_manifest, write_manifest
 from .storage import StorageError, redact
+from .writer import Part
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -109,6 +115,109 @@ def redacted():
         except TypeError:  # an error type with another constructor
             clean = StorageError(safe)
         raise clean from None
+
+
+# --- replacing a set only whole ------------------------------------------------------------
+
+def listed_shards(cfg) -> dict[str, tuple[str, int]]:
+    """The shards the current index.json lists: name -> (sha256, bytes).  None of them may
+    change before the new index replaces it, so a failed rebuild leaves that set whole."""
+    if not storage.exists(index_url(cfg.out), cfg.storage_options):
+        return {}
+    try:
+        m = load_manifest(cfg.out, cfg.storage_options)
+    except ManifestError as exc:  # unreadable already: there is no set to keep
+        log.warning("%s; replacing it", exc)
+        return {}
+    return {s.path: (s.sha256, s.num_bytes) for s in m.shards}
+
+
+def plain_name(cfg, number: int) -> str:
+    return f"shard-{number:05d}{formats.EXTENSIONS[cfg.format]}"
+
+
+def final_name(cfg, number: int, part: Part, listed: dict) -> str:
+    """The plain name, unless the current index lists it with other bytes: then one of its own."""
+    name = plain_name(cfg, number)
+    if listed.get(name, (part.sha256, part.num_bytes)) == (part.sha256, part.num_bytes):
+        return name
+    return f"shard-{number:05d}-{part.sha256[:16]}{formats.EXTENSIONS[cfg.format]}"
+
+
+def part_in_place(cfg, part: Part, final: str) -> bool:
+    """A part moved by an earlier, interrupted finalize is already under its final name."""
+    if storage.exists(part.path, cfg.storage_options):
+        return True
+    if not final or not storage.exists(final, cfg.storage_options):
+        return False
+    if storage.is_remote(final):
+        return storage.size(final, cfg.storage_options) == part.num_bytes
+    digest, n = storage.sha256_file(storage.filesystem(final)[1])
+    return (digest, n) == (part.sha256, part.num_bytes)
+
+
+def publish_parts(cfg, results, listed: dict) -> list[ShardInfo]:
+    shards = []
+    for part in (p for r in results for p in r.parts):
+        name = final_name(cfg, len(shards), part, listed)
+        if storage.exists(part.path, cfg.storage_options):
+            _move(cfg, part.path, storage.join(cfg.out, name))
+        shards.append(ShardInfo(name, part.num_records, part.num_bytes, part.sha256))
+    return shards
+
+
+def _move(cfg, src_url: str, dst_url: str, keep: bool = False) -> None:
+    """Publish a file under ``dst_url`` at once (a rename, a hard link, or one server-side copy)."""
+    fs, src = storage.filesystem(src_url, cfg.storage_options)
+    dst = storage.filesystem(dst_url, cfg.storage_options)[1]
+    if storage.is_remote(dst_url):
+        fs.copy(src, dst)  # server-side copy; a staged part goes with the folder
+    elif keep:
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    else:
+        os.replace(src, dst)
+
+
+def plain_names(cfg, manifest: Manifest) -> Manifest:
+    """After the commit, give shards published under names of their own their plain names:
+    link or copy each, then swap the index again; at any crash, the index lists whole files."""
+    shards = []
+    for i, s in enumerate(manifest.shards):
+        plain = plain_name(cfg, i)
+        if s.path != plain:
+            _move(cfg, storage.join(cfg.out, s.path), storage.join(cfg.out, plain), keep=True)
+        shards.append(replace(s, path=plain))
+    manifest = replace(manifest, shards=shards)
+    write_manifest(cfg.out, manifest, cfg.storage_options)
+    return manifest
+
+
+def remove_leftovers(cfg, manifest: Manifest) -> None:
+    """Remove shard files index.json does not list (earlier builds, the other format, names of
+    their own, temp links) and temp manifests of killed builds."""
+    fs, path = storage.filesystem(cfg.out, cfg.storage_options)
+    exts = "|".join(re.escape(e) for e in formats.EXTENSIONS.values())
+    shard_file = re.compile(rf"shard-\d{{5,}}(-[0-9a-f]{{16}})?({exts})(\.tmp-\d+)?")
+    listed = {s.path for s in manifest.shards}
+    for name in fs.ls(path, detail=False):
+        base = name.rsplit("/", 1)[-1]
+        if (shard_file.fullmatch(base) and base not in listed) or base.startswith(f"{MANIFEST_NAME}.tmp-"):
+            fs.rm(name)
+
+
+def commit(cfg, manifest: Manifest, staging: str) -> Manifest:
+    """Replace the set at ``cfg.out`` with ``manifest``'s (its shards published): the index swap is the
+    commit point; then plain names, and what the new index does not list is removed."""
+    write_manifest(cfg.out, manifest, cfg.storage_options)
+    if any(s.path != plain_name(cfg, i) for i, s in enumerate(manifest.shards)):
+        manifest = plain_names(cfg, manifest)
+    storage.remove(staging, cfg.storage_options, recursive=True)
+    remove_leftovers(cfg, manifest)
+    return manifest
 
 
 def _process_start(pid: int) -> str | None:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from shards import build as build_mod
+from shards import lock as lock_mod
 from shards import load_manifest
 from shards.build import BuildConfig, build
 from shards.corpus import CorpusSpec
@@ -77,11 +77,14 @@ def test_second_concurrent_builder_fails_fast_naming_the_holder(tmp_path):
     while not (out / ".lock").exists():
         assert first.poll() is None and time.monotonic() < deadline, "the first build never took its lock"
         time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # holds the lock, mid-build, however slow the second one starts
     t0 = time.monotonic()
-    second = subprocess.run(build_cmd(inputs, out, "--max-records", "7"), cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    try:
+        second = subprocess.run(build_cmd(inputs, out, "--max-records", "7"), cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     line = one_line_error(second)
-    assert first.poll() is None, "the first build ended before the second tried; grow the corpus"
     assert f"pid {first.pid} on {socket.gethostname()}" in line and "remove" in line and ".lock" in line
     out_s, err_s = first.communicate(timeout=120)
     assert first.returncode == 0, err_s
@@ -132,7 +135,7 @@ def test_rebuild_crashing_while_publishing_keeps_a_whole_set(tmp_path, monkeypat
                       limits=Limits(max_records=40))
     build(old, cfg)
     before = published(tmp_path / "out")
-    real_move, moves = build_mod._move, []
+    real_move, moves = lock_mod._move, []
 
     def crashing_move(*args, **kw):
         if len(moves) == crash_at:
@@ -140,12 +143,12 @@ def test_rebuild_crashing_while_publishing_keeps_a_whole_set(tmp_path, monkeypat
         moves.append(args[1:])
         return real_move(*args, **kw)
 
-    monkeypatch.setattr(build_mod, "_move", crashing_move)
+    monkeypatch.setattr(lock_mod, "_move", crashing_move)
     with pytest.raises(KeyboardInterrupt):
         build(new, cfg)
     assert {k: before[k] for k in before} == {k: published(tmp_path / "out")[k] for k in before}
     assert verifies(tmp_path / "out") == 600 and load_manifest(cfg.out).sources[0].endswith("in-old/f0.jsonl")
-    monkeypatch.setattr(build_mod, "_move", real_move)
+    monkeypatch.setattr(lock_mod, "_move", real_move)
     result = build(new, cfg)
     assert result.reused_units == 2 and verifies(tmp_path / "out") == 600
     build(new, dataclasses.replace(cfg, out=str(tmp_path / "fresh")))
@@ -156,14 +159,14 @@ def test_crash_after_the_commit_leaves_the_new_set_whole(tmp_path, monkeypatch):
     old, new = corpus(tmp_path, 1, 300, "-old"), corpus(tmp_path, 1, 300, "-new")
     cfg = BuildConfig(out=str(tmp_path / "out"), spec=CorpusSpec(label_field="label"), limits=Limits(max_records=40))
     build(old, cfg)
-    real_plain = build_mod._plain_names
-    monkeypatch.setattr(build_mod, "_plain_names", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    real_plain = lock_mod.plain_names
+    monkeypatch.setattr(lock_mod, "plain_names", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         build(new, cfg)
     m = load_manifest(cfg.out)
     assert verifies(tmp_path / "out") == 300 and m.sources[0].endswith("in-new/f0.jsonl")
     assert all("-" in s.path[len("shard-"):] for s in m.shards)  # names of their own, until renamed
-    monkeypatch.setattr(build_mod, "_plain_names", real_plain)
+    monkeypatch.setattr(lock_mod, "plain_names", real_plain)
     build(new, cfg)
     assert [s.path for s in load_manifest(cfg.out).shards] == [f"shard-{i:05d}.arrow" for i in range(8)]
 
