@@ -31,18 +31,29 @@ from .checkpoint_files import CheckpointError
 # file or folder, a full disk and a read-only --out (its message names the path)
 USER_ERRORS = (ValueError, shards.CorruptShardError, StorageError, CheckpointError, OSError)
 EXIT_STATUS = 2
-# printed by a detached interpreter once torchrun (pid argv[1]) has gone; gives up after 10 minutes
+# printed by a detached interpreter once torchrun (pid argv[1]) has gone, gives up after 2 minutes.
+# An exited torchrun stays a zombie until its parent reaps it, and a parent reading our shared
+# pipe to its end reaps it only after we exit: so a zombie counts as gone (/proc state Z or X).
 _PRINT_AFTER = """
 import os, sys, time
 pid, line, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-end = time.monotonic() + 600
-while time.monotonic() < end:
+
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        break
-    except PermissionError:
-        break
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+end = time.monotonic() + 120
+while time.monotonic() < end and alive():
     time.sleep(0.05)
 sys.stderr.write(line + "\\n")
 sys.stderr.flush()

@@ -214,10 +214,9 @@ def test_real_processes_fall_back_refuse_and_print_one_line(base, tmp_path):
         assert line.startswith("pipeline.train: error: "), line
         assert ("step-0000002/optim.pt" in line) if extra else ("holds checkpoints" in line)
         assert snapshot(out) == before
+    out = copy_run(base, tmp_path / "b")
     proc = run_train(args(base, out, 6, "--resume", train_set=base["other"]))
     assert proc.returncode == 2 and "--train changed" in error_line(proc.stderr)
-
-    out = copy_run(base, tmp_path / "b")
     truncate(out / "checkpoint" / "step-0000004" / "state.json")
     proc = run_train(args(base, out, 6, "--checkpoint-every", "2", "--resume"))
     assert proc.returncode == 0, proc.stderr[-2000:]
