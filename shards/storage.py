@@ -171,15 +171,17 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...],
     twice (twice over, by two globs, by a folder and a path in it, by a symlink)
     would be ingested twice: that is refused, naming both inputs.
     """
-    found: dict[str, str] = {}  # the file's identity -> the input that named it
+    found: dict[str, tuple[str, str]] = {}  # the file's identity -> (its URL, the input that named it)
     urls: list[str] = []
     for item in inputs:
         for url in _matches(str(item), suffixes, storage_options):
             ident = os.path.realpath(url) if not is_remote(url) else url
             if ident in found:
-                raise ValueError(f"input {redact(url)} is named twice, by {redact(found[ident])!r} and by "
+                first, by = found[ident]
+                same = "" if first == url else f" (the same file as {redact(first)})"
+                raise ValueError(f"input {redact(url)}{same} is named twice, by {redact(by)!r} and by "
                                  f"{redact(item)!r}: it would be ingested twice; name each file once")
-            found[ident] = str(item)
+            found[ident] = (url, str(item))
             urls.append(url)
     return urls
 
