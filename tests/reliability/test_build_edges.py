@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from shards import lock as lock_mod
 from shards import load_manifest
+from shards import lock as lock_mod
 from shards.build import BuildConfig, build
 from shards.corpus import CorpusSpec
 from shards.lock import LockError
