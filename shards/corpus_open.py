@@ -224,7 +224,8 @@ class _Blocks:
             if self.buf.startswith(BOM):
                 self.buf = self.buf[len(BOM):]
                 self.pos = len(BOM)
-        while end is None or self.pos < end:
+        # the first line of a file starts at 0, before a dropped BOM
+        while end is None or self.pos < end or (unit.start == 0 and self.line == 1):
             cut = _safe_cut(self.buf, self.eof)
             if end is not None and self.pos + cut >= end:
                 q = _next_start(self.buf, max(end - 1 - self.pos, 0), True)
