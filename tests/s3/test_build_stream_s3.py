@@ -128,3 +128,41 @@ def test_rerun_after_crashes_skips_uploaded_shards_and_never_lists_a_missing_one
     assert names == {"index.json"} | {s.path for s in manifest.shards}, "staging or stale shards left"
     seen, _, _ = epoch(out, s3_options, world=1, workers=0)
     assert len(seen) == 120 and set(seen.values()) == {1}
+
+
+def test_one_builder_per_s3_output_and_a_failed_rebuild_keeps_the_old_set(tmp_path, s3_url, s3_options,
+                                                                           fault_proxy):
+    from shards.lock import LockError, OutputLock
+
+    out = f"{s3_url}/shards"
+    old = write_jsonl(tmp_path / "old.jsonl", labelled_records(60))
+    build([old], _config(out, s3_options))
+
+    # 1. The lock object: a second holder is refused while the first holds it, and gets it after.
+    first = OutputLock(out, s3_options)
+    first.acquire()
+    with pytest.raises(LockError, match=r"another `shards build` is writing to this --out: pid \d+"):
+        OutputLock(out, s3_options).acquire()
+    with pytest.raises(LockError):
+        build([old], _config(out, s3_options))
+    first.release()
+    with OutputLock(out, s3_options):
+        pass
+    assert not storage.exists(f"{out}/.lock", s3_options)
+
+    # 2. A rebuild with other content that fails while publishing its shards leaves the old set whole.
+    new = write_jsonl(tmp_path / "new.jsonl", [{**r, "text": r["text"] + "!"} for r in labelled_records(60)])
+    _, so = fault_proxy(0.0, fail={"/shard-00003": "denied"}, methods=("PUT",))
+    with pytest.raises(PermissionError):
+        build([new], _config(out, so))
+    manifest = shards.load_manifest(out, s3_options)
+    assert manifest.sources == [old]
+    assert sum(shards.verify_shard(manifest, out, i, s3_options) for i in range(len(manifest.shards))) == 60
+    assert not storage.exists(f"{out}/.lock", s3_options)
+
+    # 3. The rerun commits the new set under the plain names, and nothing else is left.
+    manifest = build([new], _config(out, s3_options)).manifest
+    assert manifest.sources == [new] and [s.path for s in manifest.shards][:2] == ["shard-00000.arrow",
+                                                                                   "shard-00001.arrow"]
+    names = {p.rsplit("/", 1)[-1] for p in storage.filesystem(out, s3_options)[0].ls(out[5:], detail=False)}
+    assert names == {"index.json"} | {s.path for s in manifest.shards}
