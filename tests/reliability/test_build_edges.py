@@ -109,6 +109,24 @@ def test_stale_lock_of_a_dead_process_is_taken_over_and_a_live_one_is_not(tmp_pa
         assert (out / ".lock").exists() and verifies(out) == 50  # not ours: neither removed nor touched
 
 
+def test_sigterm_releases_the_lock_stops_workers_and_cleans_temp_files(tmp_path):
+    inputs = corpus(tmp_path, n_files=4, n=4000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(build_cmd(inputs, out, "--workers", "2"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / ".staging").exists() or not any(".partial-" in p.name for p in (out / ".staging").iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the build never started a unit"
+        time.sleep(0.02)
+    workers = [p for p in children(proc.pid) if alive(p)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.strip().splitlines() == [
+        "shards build: stopped by SIGTERM; finished units are kept for a rerun"], err
+    assert not (out / ".lock").exists() and not [p for p in workers if alive(p)]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".tmp-" in p.name]
+
+
 # --- a failed rebuild never damages the previous set -----------------------------------------
 
 def test_rebuild_failing_on_a_bad_record_keeps_the_old_set(tmp_path):
