@@ -1,4 +1,4 @@
-"""One builder per output: an exclusive lock on ``--out``, and one-line errors for writes there.
+"""The builder's hold on ``--out``: an exclusive lock, one-line write errors, a set replaced only whole.
 
 Locally the lock is the file ``OUT/.lock``, published with ``os.link`` from a
 complete temp file, so it appears atomically (like ``O_EXCL``) and is never seen
@@ -80,7 +80,7 @@ def clean_after_failure(staging: str, storage_options: dict | None, everything: 
             if ".partial-" in base or ".tmp-" in base:
                 fs.rm(name)
     except OSError as exc:  # the failure being reported matters more than this one
-        log.warning("could not clean %s after the failed build: %s", redact(staging), exc)
+        log.warning("could not clean %s after the failed build: %s", redact(staging), redact(exc))
 
 
 @contextmanager
@@ -127,7 +127,7 @@ def listed_shards(cfg) -> dict[str, tuple[str, int]]:
     try:
         m = load_manifest(cfg.out, cfg.storage_options)
     except ManifestError as exc:  # unreadable already: there is no set to keep
-        log.warning("%s; replacing it", exc)
+        log.warning("%s; replacing it", redact(exc))
         return {}
     return {s.path: (s.sha256, s.num_bytes) for s in m.shards}
 
@@ -282,7 +282,7 @@ class OutputLock:
                 fs.rm(path)
         except (OSError, StorageError) as exc:  # e.g. the disk that failed the build; the lock stays stale
             log.warning("%s: could not remove the lock (%s); the next build on %s takes it over",
-                        redact(self.url), exc, self.info["host"])
+                        redact(self.url), redact(exc), self.info["host"])
 
     def _try_local(self) -> dict | None:
         """None when the lock is now ours, else what the holder wrote."""
