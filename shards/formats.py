@@ -1,7 +1,8 @@
 """Shard formats by name: each has a writer of one shard and a reader of its batches.
 
-A new format touches this package alone: add a module with ``Writer`` and
-``read_batches`` and register it in ``FORMATS``.
+A new format touches this package alone: add a module with ``Writer``,
+``read_batches`` and ``check`` (record count, label ids and token ids against the
+manifest entry, before any record is used) and register it in ``get``.
 """
 from __future__ import annotations
 
