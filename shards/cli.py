@@ -15,12 +15,11 @@ import re
 import sys
 
 from . import storage
-from .index import SAMPLE_ID
-from .storage import parse_storage_options
 from .corpus import BAD_POLICIES, CorpusSpec
 from .engines import EngineError, node_summary
 from .formats import CorruptShardError
-from .index import load_manifest
+from .index import SAMPLE_ID, load_manifest
+from .storage import parse_storage_options
 from .writer import Limits
 
 # What a user can cause (bad input or settings, a missing, unreadable or full path, a damaged
