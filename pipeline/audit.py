@@ -67,20 +67,21 @@ def truncate(path: str, step: int, header: dict) -> int | None:
     """
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
-    old = json.loads(lines[0])
+    old = _entry(path, 1, lines[0], "audit")
     for key in ("train", "world_size", "seed"):
         if old.get(key) != header.get(key):
             raise ValueError(f"{path}: audit log was written with {key}={old.get(key)!r}, this run has "
                              f"{header.get(key)!r}; resume with the same settings or use a new --out")
     kept = [lines[0]]
-    for text in lines[1:]:
-        try:
-            entry = json.loads(text)
-        except json.JSONDecodeError:
-            continue  # the torn line of a killed write; its step is past the checkpoint
-        if entry["step"] <= step:
+    last = max((i for i, text in enumerate(lines) if text.strip()), default=0)
+    for number, text in enumerate(lines[1:], start=2):
+        if not text.strip():
+            continue
+        if number - 1 == last and not _parses(text):
+            continue  # the torn last line of a killed write; its step is past the checkpoint
+        if _entry(path, number, text, "step")["step"] <= step:
             kept.append(text)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -89,3 +90,23 @@ def truncate(path: str, step: int, header: dict) -> int | None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return len(kept) - 1
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _entry(path: str, number: int, text: str, key: str) -> dict:
+    """Line ``number`` as a JSON object with an integer ``key`` ("audit" for the header)."""
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError as exc:
+        entry = exc
+    if not isinstance(entry, dict) or not isinstance(entry.get(key), int):
+        raise ValueError(f"{path}:{number}: not an audit line (damaged or edited); restore the file, or "
+                         f"start the run over with --resume never")
+    return entry

@@ -331,7 +331,10 @@ def quiet_libraries(rank: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    world = from_env()
+    try:
+        world = from_env()
+    except ValueError as exc:
+        return failure.report(exc, 0, 1)
     logging.basicConfig(level=logging.INFO if world.rank == 0 else logging.WARNING,
                         format=f"[rank {world.rank}] %(message)s", stream=sys.stdout, force=True)
     quiet_libraries(world.rank)

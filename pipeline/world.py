@@ -23,7 +23,16 @@ class World:
 def from_env(environ=None) -> World:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process when unset."""
     env = os.environ if environ is None else environ
-    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    return World(_int(env, "RANK", 0), _int(env, "WORLD_SIZE", 1), _int(env, "LOCAL_RANK", 0))
+
+
+def _int(env, name: str, default: int) -> int:
+    value = env.get(name, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"environment variable {name}={value!r}: not an integer; torchrun sets it, "
+                         f"unset it to run one process") from None
 
 
 def resolve(rank: int | None, world_size: int | None) -> World:

@@ -242,3 +242,26 @@ def test_torchrun_refusal_is_the_last_line_on_the_terminal(base, tmp_path):
     assert "ChildFailedError" in proc.stderr  # torchrun's block came first ...
     assert f"traceback : {message}" in proc.stderr  # ... and names the message as the root cause
     assert "pipeline/train.py" not in proc.stderr  # no traceback of ours
+
+
+# -- the audit log a resume cuts back ------------------------------------------------
+@pytest.mark.timeout(60)
+def test_damaged_audit_line_refuses_resume_naming_file_and_line(base, tmp_path, capsys):
+    out = copy_run(base, tmp_path)
+    log = out / "audit" / "rank0.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2] + ["{not json"] + lines[2:]) + "\n")  # a line in the middle: damage
+    capsys.readouterr()
+    assert train.main(args(base, out, 6, "--audit", "--resume")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"{log}:3: not an audit line" in line, line
+    log.write_text("\n".join(lines) + '\n{"step": 5, "ids": ["torn')  # a torn last line: a killed write
+    assert train.main(args(base, out, 5, "--audit", "--resume")) == 0
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()[1:]] == [1, 2, 3, 4, 5]
+
+
+def test_bad_torchrun_variable_is_one_line(base, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert train.main(args(base, tmp_path / "run", 1)) == 2
+    assert error_line(capsys.readouterr().err) == ("pipeline.train: error: environment variable WORLD_SIZE='two': "
+                                                   "not an integer; torchrun sets it, unset it to run one process")
