@@ -6,9 +6,10 @@ Reads ``RUN_DIR/audit/rank{R}.jsonl`` (written by ``pipeline.train --audit``:
 a header, then one line per micro-batch with the trained sample ids and the
 flagged pad ids) and checks them against the train manifest named in the
 header (and its ``identity``, when the header records one).  For every
-complete epoch (each rank logged its full share): each sample of the manifest trained exactly once, none missing, no unknown id, and
-pads (the repeats that even out ranks) never counted as trained.  A partial
-last epoch is checked for duplicates and unknown ids, and its coverage shown.
+complete epoch (each rank logged its full share): each sample of the
+manifest trained exactly once, none missing, no unknown id, and pads (the
+repeats that even out ranks) never counted as trained.  A partial last epoch
+is checked for duplicates and unknown ids, and its coverage shown.
 Exit status: 0 when the audit passes, 1 when it fails, 2 when the logs
 cannot be read.
 """
