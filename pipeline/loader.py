@@ -62,7 +62,11 @@ class ShardLoader(StatefulDataLoader):
             return super().load_state_dict(state)
         yielded = _yielded(state)
         settings.check("loader state", saved, self.resume_settings(), mid_epoch=yielded > 0)
-        if yielded == 0:  # an epoch boundary: the epoch starts afresh, under any worker layout
+        if yielded == 0 and saved.get("num_workers") != self.num_workers:
+            # an epoch boundary under another worker layout: that epoch starts afresh
+            epoch = next((s["epoch"] for s in _dataset_states(state) if isinstance(s.get("epoch"), int)), None)
+            if epoch is not None and hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(settings.count("loader state", "epoch", epoch))
             return super().load_state_dict({})
         if self.num_workers:
             _check_workers(state, self.num_workers)

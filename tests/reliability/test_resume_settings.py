@@ -264,3 +264,22 @@ def test_mixed_stream_refuses_other_data_and_resumes_exactly(sets, mixed_state):
     m = mixture(sets)
     m.load_state_dict(mixed_state)
     assert full[:9] + [(it["source"], it["sample_id"]) for it in m] == full
+
+
+def test_packed_loader_epoch_boundary_state_loads_under_another_worker_count(sets, minilm):
+    def started(loader):
+        return sorted(sid for b in loader for sid in b["started_ids"])
+
+    ds = packed(sets["a"], minilm)
+    ds.set_epoch(1)
+    loader = make_loader(ds, 2, num_workers=0)
+    state = loader.state_dict()  # made with the iterator: nothing delivered yet
+    epoch1 = started(loader)
+    epoch0 = started(make_loader(packed(sets["a"], minilm), 2, num_workers=0))
+    assert epoch1 != epoch0 and len(epoch1) == N // 2
+    other = packed(sets["a"], minilm)
+    resumed = make_loader(other, 2, num_workers=2)
+    resumed.load_state_dict(state)  # the epoch it names starts afresh under two workers
+    assert started(resumed) == epoch1
+    with pytest.raises(ValueError, match="cannot resume over other data"):
+        make_loader(packed(sets["a_other"], minilm), 2, num_workers=2).load_state_dict(state)
