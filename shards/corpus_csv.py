@@ -35,7 +35,8 @@ class _Feed:
     def __init__(self, lines: Iterator[tuple[bytes, int]], dropped: dict[int, int], limit: int):
         self.lines, self.dropped, self.limit = lines, dropped, limit
         self.expect = 1  # number of the next line; a gap is a line drained as too_long
-        self.row: list[tuple[int, int, bool]] = []  # (line, '"' count, counted already) of the current row
+        # the current row's lines: (number, the line's bytes or a drained line's '"' count, counted already)
+        self.row: list[tuple[int, bytes | int, bool]] = []
         self.size = 0
         self.held: tuple[bytes, int] | None = None
         self.ended = False
@@ -56,7 +57,7 @@ class _Feed:
 
     def __next__(self) -> str:
         while True:
-            if self.expect in self.dropped:  # drained by line_blocks (too_long, counted there)
+            if self.dropped and self.expect in self.dropped:  # drained by line_blocks (too_long, counted there)
                 self.row.append((self.expect, self.dropped.pop(self.expect), True))
                 self.expect += 1
                 raise _Cut
@@ -73,11 +74,16 @@ class _Feed:
                 self.held, self.expect = None, line
                 break
         self.size += len(data)
-        self.row.append((line, data.count(b'"'), False))
+        self.row.append((line, data, False))
         self.expect += 1
-        if content_length(data) > self.limit or self.size > self.limit + len(data) - content_length(data):
+        if self.size > self.limit and (content_length(data) > self.limit or len(self.row) > 1
+                                       and self.size - len(data) + content_length(data) > self.limit):
             raise _Cut
         return data.decode("utf-8", "surrogateescape")
+
+
+def quotes(entry: bytes | int) -> int:
+    return entry if isinstance(entry, int) else entry.count(b'"')
 
 
 def _lines(blocks) -> Iterator[tuple[bytes, int]]:
@@ -148,10 +154,10 @@ def _drain_too_long(feed: _Feed, bad: BadRecords, where, limit: int, in_header: 
     start = feed.row[0][0]
     if in_header:
         raise _header_error(where, start, f"is over {limit} bytes (--max-record-bytes)")
-    quotes = sum(q for _, q, _ in feed.row)
-    while quotes % 2:
+    count = sum(quotes(q) for _, q, _ in feed.row)
+    while count % 2:
         if feed.expect in feed.dropped:
-            quotes += feed.dropped.pop(feed.expect)
+            count += feed.dropped.pop(feed.expect)
             feed.row.append((feed.expect, 0, True))
             feed.expect += 1
             continue
@@ -162,7 +168,7 @@ def _drain_too_long(feed: _Feed, bad: BadRecords, where, limit: int, in_header: 
         if line != feed.expect:
             feed.held = item
             continue
-        quotes += data.count(b'"')
+        count += data.count(b'"')
         feed.row.append((line, 0, False))
         feed.expect += 1
     uncounted = sum(1 for *_, counted in feed.row if not counted)

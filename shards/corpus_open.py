@@ -227,7 +227,7 @@ class _Blocks:
         # the first line of a file starts at 0, before a dropped BOM
         while end is None or self.pos < end or (unit.start == 0 and self.line == 1):
             cut = _safe_cut(self.buf, self.eof)
-            if end is not None and self.pos + cut >= end:
+            if end is not None and cut and self.pos + cut >= end:
                 q = _next_start(self.buf, max(end - 1 - self.pos, 0), True)
                 yield self.buf[:q], self.line
                 return
