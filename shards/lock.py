@@ -220,13 +220,19 @@ def commit(cfg, manifest: Manifest, staging: str) -> Manifest:
     return manifest
 
 
-def _process_start(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+def _stat(pid: int) -> list[bytes]:
+    """Fields of /proc/PID/stat after the command name (Linux; empty elsewhere)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
+            return f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot, to tell a reused pid apart."""
+    fields = _stat(pid)
+    return fields[19].decode() if len(fields) > 19 else None
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -236,7 +242,10 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return start is None or _process_start(pid) in (None, start)
+    fields = _stat(pid)
+    if fields[:1] == [b"Z"]:
+        return False  # killed, not yet reaped by its parent
+    return start is None or len(fields) <= 19 or fields[19].decode() == start
 
 
 class OutputLock:
