@@ -283,3 +283,25 @@ def test_packed_loader_epoch_boundary_state_loads_under_another_worker_count(set
     assert started(resumed) == epoch1
     with pytest.raises(ValueError, match="cannot resume over other data"):
         make_loader(packed(sets["a_other"], minilm), 2, num_workers=2).load_state_dict(state)
+
+
+def test_packed_loader_with_workers_refuses_unknown_workers_and_bad_counters(sets, minilm):
+    loader = make_loader(packed(sets["a"], minilm), 2, num_workers=2)
+    it = iter(loader)
+    next(it), next(it)
+    state = json.loads(json.dumps(loader.state_dict()))
+    del it
+    snap = state["_snapshot"]
+
+    def load(**snapshot):
+        broken = {**state, "_snapshot": {**snap, **snapshot}}
+        make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict(broken)
+
+    extra = {**snap["_worker_snapshots"], "worker_7": snap["_worker_snapshots"]["worker_0"]}
+    with pytest.raises(ValueError, match=r"worker snapshots \['worker_0', 'worker_1', 'worker_7'\]"):
+        load(_worker_snapshots=extra)
+    with pytest.raises(ValueError, match=r"_last_yielded_worker_id=5 is out of range \(valid: 0..1\)"):
+        load(_last_yielded_worker_id=5)
+    with pytest.raises(ValueError, match="_snapshot_step=-2 is out of range"):
+        load(_snapshot_step=-2)
+    load()  # the state as saved loads
