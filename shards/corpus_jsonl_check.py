@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from .corpus_records import LABEL_BAD_CHARS
+from .corpus_records import EXACT_FLOAT, LABEL_BAD_CHARS
 from .corpus_spec import CorpusSpec
 
 PARSE_BLOCK = 1 << 20  # pyarrow's own block (one parallel task)
@@ -28,7 +28,7 @@ PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u200
                  "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 # label types read column-wise (the label rule of corpus_records: strings stripped, integers in
 # decimal); booleans and floats are left to the per-line path, which refuses or converts them
-LABEL_TYPES = (pa.string(), pa.int64())
+LABEL_TYPES = (pa.string(), pa.int64(), pa.float64())
 # reason codes, in the order the per-line path checks them
 OK, NO_TEXT, EMPTY, NUL, NO_LABEL, UNKNOWN, BAD_LABEL = range(7)
 REASONS = {NO_TEXT: "missing_field", EMPTY: "empty_text", NUL: "nul_byte", NO_LABEL: "missing_field",
@@ -140,7 +140,12 @@ class Checker:
             return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
         col = table.column(name)
         if col.type not in LABEL_TYPES:
-            return None  # a float, boolean, list, ...: the per-line path words these its own way
+            return None  # a boolean, list, ...: the per-line path words these its own way
+        if col.type == pa.float64():  # 1.0 -> "1"; any other float: the per-line path refuses it
+            exact = pc.and_kleene(pc.equal(pc.floor(col), col), pc.less(pc.abs(col), EXACT_FLOAT))
+            if not pc.all(pc.or_kleene(pc.is_null(col), exact)).as_py():
+                return None
+            col = pc.cast(col, pa.int64())
         return pc.utf8_trim(col, PY_WHITESPACE) if col.type == pa.string() else pc.cast(col, pa.string())
 
     def _parse(self, data: bytes, lines: int, longest: int) -> pa.Table | None:

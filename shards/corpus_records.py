@@ -9,8 +9,9 @@ are joined with a newline; text that is empty after ``str.strip()`` is
 Labels, ONE rule for every reader (so ``1``, ``1.0``, ``"1"`` and ``" 1 "`` are one class):
 
 * a string is stripped of surrounding whitespace (``str.strip()``);
-* an integer, or a float with an integral value (``1.0``), becomes its decimal form ``"1"``;
-* a boolean, a non-integral or non-finite float (``1.5``, ``NaN``), a list or an object is
+* an integer, or a float with an integral value (``1.0``, below 2**53 where floats are exact
+  integers), becomes its decimal form ``"1"``;
+* a boolean, any other float (``1.5``, ``NaN``, ``1e300``), a list or an object is
   ``wrong_type`` (a boolean is refused rather than guessed as ``"true"``/``"1"``/``"True"``);
 * a missing or null label, or one that is empty after stripping, is ``missing_field``;
 * a label holding a line break or another control character is ``bad_label`` (it is
@@ -28,6 +29,7 @@ from .corpus_spec import BLANK, BadRecords, CorpusSpec, Raw
 # control characters and line breaks that no label may hold (the fast JSONL path uses the same class)
 LABEL_BAD_CHARS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
 _LABEL_BAD = re.compile(f"[{LABEL_BAD_CHARS}]")
+EXACT_FLOAT = 2.0 ** 53  # a float label from here up is not an exact integer
 
 
 def decode(data: bytes, where, line: int, bad: BadRecords) -> str | None:
@@ -119,7 +121,7 @@ def normalize_label(value) -> tuple[str | None, tuple[str, str] | None]:
         return None, ("missing_field", "is missing or null")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value), None
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+    if isinstance(value, float) and math.isfinite(value) and value == int(value) and abs(value) < EXACT_FLOAT:
         return str(int(value)), None
     return None, ("wrong_type", f"is a {_type(value)} ({str(value)[:40]}); labels are strings or integers")
 

@@ -195,6 +195,17 @@ def test_same_bytes_int_labels(tmp_path, monkeypatch, small_blocks):
     assert fast == slow
 
 
+def test_same_bytes_float_and_padded_labels(tmp_path, monkeypatch, small_blocks, fast_blocks):
+    """Labels 1.0 / " 1 " / 1 are one class on both paths, and integral floats stay column-wise."""
+    lines = [json.dumps({"text": f"float {i}", "label": float(i % 2)}).encode() for i in range(400)]
+    lines[50:50] = [b'{"text": "half", "label": 1.5}', b'{"text": "padded", "label": " 1 "}',
+                    b'{"text": "int", "label": 0}', b'{"text": "big", "label": 1e300}']
+    src = write(tmp_path / "in" / "floats.jsonl", lines)
+    (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src])
+    assert fast == slow and manifest.label_names == ["0", "1"] and manifest.num_records == 402
+    assert manifest.bad_records == {"wrong_type": 2} and fast_blocks["clean"] > 0
+
+
 @pytest.mark.timeout(300)
 def test_same_bytes_pretokenized(tmp_path, monkeypatch, minilm, small_blocks):
     src = write(tmp_path / "in" / "mixed.jsonl", corpus_lines(200))

@@ -85,7 +85,7 @@ def ref_label(value):
         return None, "missing_field"
     if type(value) is int:
         return str(value), None
-    if type(value) is float and math.isfinite(value) and value.is_integer():
+    if type(value) is float and math.isfinite(value) and value.is_integer() and abs(value) < 2 ** 53:
         return str(int(value)), None
     return None, "wrong_type"
 
@@ -237,7 +237,7 @@ TEXTS = st.lists(WORDS, max_size=5).map("".join)
 JUNK = st.sampled_from([b"", b"   ", b"\xff\xfe bad", b"caf\xe9", b"nul \x00 byte", b'{"text": "cut', b"[1, 2]",
                         b'"str"', b"{}", b"\x0c", BOM + b"mid-file bom", b"\xe2\x80"])
 LABELS = st.one_of(st.sampled_from(["pos", "neg", " pos ", "1", "1 ", "", "a\nb", "\u3000"]),
-                   st.sampled_from([1, 0, 1.0, 1.5, True, None, [1], float("nan")]))
+                   st.sampled_from([1, 0, 1.0, -2.0, 1.5, 1e300, 2.0 ** 53, True, None, [1], float("nan")]))
 JSON_VALUES = st.one_of(TEXTS, st.sampled_from([None, 3, 2.5, False, ["a"], {"a": 1}]))
 
 
