@@ -9,7 +9,8 @@ from .dataset import ShardStream, StreamConfig
 from .loader import loader_stats, make_loader
 from .mix import MixedStream, open_mixture, parse_mixture
 from .pack import BlockCollator, PackedStream, lockstep
+from .settings import ResumeError
 from .world import World, from_env
 
-__all__ = ["BlockCollator", "Collator", "MixedStream", "PackedStream", "ShardStream", "StreamConfig", "World",
-           "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture", "parse_mixture"]
+__all__ = ["BlockCollator", "Collator", "MixedStream", "PackedStream", "ResumeError", "ShardStream", "StreamConfig",
+           "World", "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture", "parse_mixture"]

@@ -12,7 +12,10 @@ per-request cost (queues, wake-ups, pickling: ~0.5 ms) once per message, not
 per batch; tensors are made here, zero-copy from the numpy arrays.  The state is the count of batches
 delivered: with the per-worker batch counts (split.py) and the message order
 (order.py) it fixes where every worker resumes — no replay, nothing read
-before the resume point.
+before the resume point.  The state also records every setting that decides
+the batches (settings.py); a mid-epoch state under other values, or a count
+out of range, is refused in ``load_state_dict``.  A set with texts only
+(no labels, no token ids) gives batches of ``text``, ``sample_id``, ``is_pad``.
 """
 from __future__ import annotations
 
@@ -117,9 +120,12 @@ class BatchLoader:
         batches = settings.count(what, "batches", settings.entry(what, state, "batches"))
         settings.check(what, state, self._settings(), mid_epoch=batches > 0)
         settings.count(what, "batches", batches, len(self))  # same settings: the same epoch length
+        stats = state.get("stats", {})
+        if not isinstance(stats, dict):
+            raise settings.ResumeError(f"{what}: stats={stats!r} is not a dict of counts; pass loader.state_dict()")
         self._resume = dict(state)
         self.dataset.set_epoch(epoch)
-        self._stats_done = Counter(state.get("stats", {}))
+        self._stats_done = Counter(stats)
         self._stats_now = {}
 
     def stats(self) -> dict:

@@ -10,7 +10,9 @@ shards (with the next one prefetched) → record batches → windows of
 → items (``__iter__``) or padded batches (``batches``, the loader's path).
 Every step is a function of integers (seed, epoch, rank, worker, window), so a
 resumed stream starts at the window holding its position and reads nothing
-before it.
+before it.  The state records those settings and the data's identity
+(``Manifest.identity``); a mid-epoch state resumed under other ones, or with a
+position outside this worker's part, is refused (settings.py).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ pipe message, state = batches delivered.  Anything else (packed or mixed
 streams, a custom ``collate_fn``) gets ``ShardLoader``, torchdata's
 ``StatefulDataLoader``: ``loader.state_dict()`` holds every worker's stream
 state and which worker is next.  Either way ``load_state_dict`` in a fresh
-process continues the exact batch sequence, with ``num_workers`` 0 or more.
+process continues the exact batch sequence, with ``num_workers`` 0 or more,
+and refuses a mid-epoch state taken under other settings (settings.py).
 """
 from __future__ import annotations
 

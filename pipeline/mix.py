@@ -22,7 +22,9 @@ the realised mixture and for audits, since sample ids repeat across shard sets).
 
 Determinism and resume: draw k of an epoch is a fixed uniform number derived from
 (seed, epoch, worker, k) (numpy PCG64 in chunks of 4096), so the state is just each
-source's state, the draw count and which sources were cycled or dropped.
+source's state, the draw count and which sources were cycled or dropped.  It also
+records the seed, stop rule, weights, worker layout and each source's data identity,
+and a mid-epoch state resumed under other values is refused (settings.py).
 
 Equal steps per rank: the draws do not depend on the rank.  Sources that yield the
 same number of items on every rank (ShardStream does, per worker too) therefore run
@@ -232,6 +234,9 @@ class MixedStream(IterableDataset):
                                            f"pass the state saved by this mixture")
         for count in state["passes"]:
             settings.count(what, "passes", count)
+        if not all(isinstance(d, bool) for d in state["dropped"]):
+            raise settings.ResumeError(f"{what}: dropped={state['dropped']!r} must be true/false per source; "
+                                       f"pass the state saved by this mixture")
         self.set_epoch(epoch)
         for stream, sub in zip(self.streams, state["sources"]):
             if sub is not None:
