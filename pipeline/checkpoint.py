@@ -39,7 +39,6 @@ VERSION = 1
 STEP_NAME = re.compile(r"step-(\d{7,})")
 FIX = "restore the files, or start over with --resume never (it deletes them) or a new --out"
 log = logging.getLogger("pipeline.checkpoint")
-__all__ = ["CheckpointError", "Checkpoint", "checkpoint_root", "choose", "load", "save", "steps", "clear"]
 
 
 @dataclass
@@ -206,7 +205,8 @@ def choose(out_dir: str) -> str | None:
         return None
     pointer = latest_name(root)
     failures = []
-    for step, name in steps(root):
+    found = steps(root)
+    for i, (step, name) in enumerate(found):
         problem = verify(os.path.join(root, name), step)
         if problem is None:
             if pointer != name and not failures:
@@ -214,7 +214,8 @@ def choose(out_dir: str) -> str | None:
                             root, pointer if pointer is None else pointer[:80], name)
             return name
         failures.append(problem)
-        log.warning("%s; falling back to the previous step", problem)
+        if i + 1 < len(found):
+            log.warning("%s; falling back to %s", problem, found[i + 1][1])
     found = "; ".join(failures) if failures else f"no step folder, `latest` names {pointer!r}"
     raise CheckpointError(f"{root}: no complete checkpoint verifies ({found}); refusing to start from "
                           f"step 0 over it. Fix: {FIX}")

@@ -113,6 +113,7 @@ def test_truncated_newest_step_falls_back_to_the_previous_one(base, tmp_path, ca
     printed = capsys.readouterr()
     notes = [x for x in (printed.out + printed.err).splitlines() if "falling back" in x]
     assert len(notes) == 1 and "step-0000004/model.pt" in notes[0] and "truncated" in notes[0], notes
+    assert notes[0].endswith("falling back to step-0000002")
     assert metrics(out)["resumed_from"] == 2
     steps = [json.loads(line)["step"] for line in (out / "audit" / "rank0.jsonl").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 3-4 replayed from step 2, none counted twice
