@@ -99,9 +99,26 @@ def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw
         if missing:
             raise BadRecordError(f"{unit.url}: no column(s) {', '.join(missing)}; columns: {', '.join(names)}")
         row = 0
-        for batch in pf.iter_batches(columns=wanted, batch_size=4096):
+        for batch in _batches(pf, wanted, bad, unit.url):
             for obj in batch.to_pylist():
                 row += 1
                 record = from_mapping(obj, spec, bad, lambda r: f"{unit.url}:row {r}", row)
                 if record is not None:
                     yield record
+
+
+def _batches(pf, wanted: list[str], bad: BadRecords, url: str):
+    """The file's record batches; damage found on the way ends the file as ``corrupt_file``."""
+    import pyarrow as pa
+
+    batches, rows = pf.iter_batches(columns=wanted, batch_size=4096), 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as exc:
+            bad.add(CORRUPT_FILE, url, f"unreadable parquet data after row {rows}: {exc}; the rows before are read")
+            return
+        rows += batch.num_rows
+        yield batch

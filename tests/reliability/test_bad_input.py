@@ -131,3 +131,47 @@ def test_skip_counts_survive_json_roundtrip(tmp_path):
     assert main(["build", str(src), "--out", str(tmp_path / "o"), "--on-bad-record", "skip", *ARGS]) == 0
     data = json.loads((tmp_path / "o" / "index.json").read_text())
     assert data["bad_records"]["unknown_label"] == 2 and data["bad_records"]["missing_field"] == 4
+
+
+CSV_BAD = {  # reason -> (row, input lines it takes)
+    "malformed_csv": ('"text after" the quote,pos', 1),
+    "malformed_csv (fields)": ("one,two,pos", 1),
+    "blank_line": (",", 1),
+    "invalid_utf8": ("caf\xe9 latin-1,pos", 1),
+    "nul_byte": ("raw \x00 nul,pos", 1),
+    "empty_text": ("   ,pos", 1),
+    "missing_field": ("no label,   ", 1),
+    "bad_label": ('"label with, newline","po\ns"', 2),
+    "unknown_label": ('"two\nline record",neutral', 2),  # counted per record by build.py (1 + 1 continued)
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_csv_every_reason_counted_in_lines(tmp_path, capsys, workers):
+    """CSV: lines after the header = written + counted (+ the extra lines of written multi-line rows)."""
+    rng = random.Random(1)
+    rows = [(f"good {i}," + rng.choice(["neg", "pos"]), 1) for i in range(500)]
+    rows += [(f'"good\nmulti {i}",pos', 2) for i in range(20)]
+    expected: dict[str, int] = {}
+    for kind, (row, lines) in CSV_BAD.items():
+        for _ in range(7):
+            rows.insert(rng.randrange(len(rows) + 1), (row, lines))
+        expected[reason_of(kind)] = expected.get(reason_of(kind), 0) + 7 * (lines if kind != "unknown_label" else 1)
+    rows.append(('"unclosed at the end,pos', 1))
+    rows.append(("good but swallowed,pos", 1))
+    expected["malformed_csv"] += 2
+    src = tmp_path / "mixed.csv"
+    src.write_bytes(("text,label\n" + "\n".join(r for r, _ in rows) + "\n").encode("latin-1"))
+    out = tmp_path / "out"
+    code = main(["build", str(src), "--out", str(out), "--on-bad-record", "skip", "--workers", str(workers),
+                 "--label-field", "label", "--label-names", "neg,pos", "--no-progress"])
+    assert code == 0
+    m = load_manifest(str(out))
+    assert m.bad_records == dict(sorted(expected.items()))
+    assert m.num_records == 520
+    n_lines = sum(lines for _, lines in rows)
+    # continued lines: 20 written two-line rows, 7 two-line rows read and then refused as unknown_label
+    assert n_lines == m.num_records + sum(m.bad_records.values()) + 27
+    with capsys.disabled():
+        print(f"\ncsv bad input: {n_lines} lines = {m.num_records} written + 27 continued + "
+              f"{sum(m.bad_records.values())} counted {m.bad_records}")

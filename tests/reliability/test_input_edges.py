@@ -243,3 +243,18 @@ def test_numbers_and_booleans_are_not_text(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
     code, m, _ = run(tmp_path, tmp_path / "n.parquet", "--on-bad-record", "skip", name="p")
     assert code == 0 and m.bad_records == {"wrong_type": 2} and m.num_records == 0
+
+
+@pytest.mark.parametrize("comp", ["", ".zst"])
+def test_damaged_parquet(tmp_path, comp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(500)]}), path, row_group_size=100)
+    data = path.read_bytes()
+    src = tmp_path / f"cut.parquet{comp}"
+    src.write_bytes(zst(data)[:-20] if comp else data[:-100])
+    code, _, _ = run(tmp_path, src)
+    assert code == 2
+    code, m, out = run(tmp_path, src, "--on-bad-record", "skip", name="skip")
+    assert code == 0 and m.bad_records == {"corrupt_file": 1} and m.num_records == 0
