@@ -123,6 +123,9 @@ def test_sigterm_releases_the_lock_stops_workers_and_cleans_temp_files(tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and err.strip().splitlines() == [
         "shards build: stopped by SIGTERM; finished units are kept for a rerun"], err
+    t0 = time.monotonic()
+    while [p for p in workers if alive(p)] and time.monotonic() - t0 < 3:  # e.g. the resource tracker
+        time.sleep(0.05)
     assert not (out / ".lock").exists() and not [p for p in workers if alive(p)]
     assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".tmp-" in p.name]
 
