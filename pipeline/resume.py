@@ -85,7 +85,15 @@ def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
                if ckpt.state.get(k) != v]
     if changed:
         raise CheckpointError(f"{ckpt.path}: " + "; ".join(changed) + ". Resume with the same values (the "
-                              f"batches depend on them) or start a new --out")
+                              "batches depend on them) or start a new --out")
+    ranks = ckpt.state.get("ranks")
+    if not isinstance(ranks, list) or len(ranks) != now["world_size"] or \
+            not all(isinstance(r, dict) and {"loader", "rng", "epoch"} <= r.keys() for r in ranks):
+        raise CheckpointError(f"{ckpt.path}/state.json: needs one loader state per rank ({now['world_size']}); "
+                              f"the file is damaged: restore it or start over with --resume never")
+    if not isinstance(ckpt.state.get("step"), int) or ckpt.step > args.steps:
+        raise CheckpointError(f"{ckpt.path}: the checkpoint is at step {ckpt.state.get('step')!r}, past --steps "
+                              f"{args.steps}; pass --steps >= that step to continue, or start a new --out")
 
 
 def _describe(key: str, old, new, state: dict, args) -> str:

@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 
 import shards
-
 from shards.storage import redact
 
 from . import checkpoint, failure, metrics, models

@@ -10,7 +10,6 @@ other content is refused with and without --audit.  The fast tests call
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -18,8 +17,8 @@ import sys
 
 import pytest
 
-from pipeline import checkpoint, train
-from pipeline.checkpoint_files import sha256_file, verify
+from pipeline import train
+from pipeline.checkpoint_files import sha256_file, verify, write_file_list
 from tests.conftest import ROOT, write_jsonl
 from tests.trainkit import ENV, metrics, shard_sets, tiny_bert, torchrun, train_args
 
@@ -266,3 +265,17 @@ def test_bad_torchrun_variable_is_one_line(base, tmp_path, capsys, monkeypatch):
     assert train.main(args(base, tmp_path / "run", 1)) == 2
     assert error_line(capsys.readouterr().err) == ("pipeline.train: error: environment variable WORLD_SIZE='two': "
                                                    "not an integer; torchrun sets it, unset it to run one process")
+
+
+@pytest.mark.timeout(60)
+def test_resume_past_steps_or_with_damaged_rank_states_is_refused(base, tmp_path, capsys):
+    out = copy_run(base, tmp_path)
+    assert train.main(args(base, out, 3, "--resume")) == 2  # the checkpoint is at step 4: nothing left to do
+    assert "at step 4, past --steps 3" in error_line(capsys.readouterr().err)
+    step = out / "checkpoint" / "step-0000004"
+    state = json.loads((step / "state.json").read_text())
+    state["ranks"] = []
+    (step / "state.json").write_text(json.dumps(state))  # verification would catch this: re-list the files
+    write_file_list(str(step), 4, lambda path, data: pathlib.Path(path).write_bytes(data))
+    assert train.main(args(base, out, 6, "--resume")) == 2
+    assert "state.json: needs one loader state per rank (1)" in error_line(capsys.readouterr().err)
