@@ -261,14 +261,14 @@ class _Blocks:
 
 
 def line_blocks(unit: Unit, limit: int, bad: BadRecords, where: Where, compression: str | None,
-                storage_options: dict | None, block_bytes: int = READ_BYTES, dropped: dict | None = None
+                storage_options: dict | None, block_bytes: int | None = None, dropped: dict | None = None
                 ) -> Iterator[tuple[bytes, int]]:
     """(block of whole lines with their line breaks, number of its first line) for the lines the unit owns.
 
     ``dropped``, if given, is filled with {line drained as too_long: its count of '"'} as they go.
     """
     with Source(unit.url, compression, storage_options) as src:
-        blocks = _Blocks(src, unit, limit, bad, where, block_bytes)
+        blocks = _Blocks(src, unit, limit, bad, where, block_bytes or READ_BYTES)
         if dropped is not None:
             blocks.dropped = dropped
         yield from blocks

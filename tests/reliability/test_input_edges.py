@@ -258,3 +258,26 @@ def test_damaged_parquet(tmp_path, comp):
     assert code == 2
     code, m, out = run(tmp_path, src, "--on-bad-record", "skip", name="skip")
     assert code == 0 and m.bad_records == {"corrupt_file": 1} and m.num_records == 0
+
+
+@pytest.mark.parametrize("read_bytes", [16, 1 << 20])
+def test_csv_line_over_the_limit_inside_and_opening_a_quoted_field(tmp_path, monkeypatch, read_bytes):
+    """A physical line over --max-record-bytes, drained by the line reader, still ends its quoted field
+    where the quote count says: the lines after it are counted, never read as rows."""
+    from shards import corpus_open
+    from shards.corpus import BadRecords, Unit, read_unit
+    monkeypatch.setattr(corpus_open, "READ_BYTES", read_bytes)
+    long = "y" * 300
+    rows = ["text,label", "a,pos",
+            f'"start\n{long}\nfake,neg\nend",pos',  # a long line inside the quotes: 4 lines
+            "b,neg",
+            f'"{long}\nfake,pos\nend",neg',  # a long line opening the quotes: 3 lines
+            "c,pos"]
+    src = tmp_path / "a.csv"
+    src.write_text("\n".join(rows) + "\n")
+    bad = BadRecords("skip")
+    records = list(read_unit(Unit(str(src)), CorpusSpec(label_field="label", max_record_bytes=100), bad))
+    assert [r.text for r in records] == ["a", "b", "c"] and [r.line for r in records] == [2, 7, 11]
+    assert dict(bad.counts) == {"too_long": 7} and bad.continued == 0
+    with pytest.raises(BadRecordError, match=r"a\.csv:4: too_long"):
+        list(read_unit(Unit(str(src)), CorpusSpec(label_field="label", max_record_bytes=100), BadRecords("error")))

@@ -12,6 +12,7 @@ counts by reason, and ``lines = records + continued + sum(counts)``.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -24,7 +25,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shards import corpus_jsonl
+from shards import corpus_jsonl, corpus_open
 from shards.corpus import BadRecordError, BadRecords, CorpusSpec, Unit, plan_units, read_unit
 
 pytestmark = pytest.mark.timeout(300)
@@ -292,7 +293,7 @@ def corpus_file(draw):
         data = zstandard.ZstdCompressor(level=1).compress(data)
     if data and draw(st.integers(0, 3)) == 0:
         data = data[: draw(st.integers(0, len(data) - 1))]  # truncated
-    return kind, comp, data, draw(st.integers(1, 60))
+    return kind, comp, data, draw(st.integers(1, 60)), draw(st.integers(1, 9))
 
 
 def write(tmp_path_factory, kind: str, comp: str, data: bytes) -> str:
@@ -302,7 +303,7 @@ def write(tmp_path_factory, kind: str, comp: str, data: bytes) -> str:
 
 
 def check(tmp_path_factory, sample) -> None:
-    kind, comp, data, split = sample
+    kind, comp, data, split, tiny = sample
     url = write(tmp_path_factory, kind, comp, data)
     ref, n_lines = reference(data, kind, comp)
     labelled = kind != "txt"
@@ -313,6 +314,10 @@ def check(tmp_path_factory, sample) -> None:
     assert dict(bad.counts) == dict(ref.counts)
     assert bad.continued == ref.continued
     assert n_lines - ref.header_lines == len(got) + bad.continued + sum(bad.counts.values())
+    with _tiny_reads(tiny):  # reads and decoder input of a few bytes: every \r\n and BOM split across reads
+        small = BadRecords("skip")
+        assert [(r.text, r.label) for r in read_unit(Unit(url), spec, small)] == ref.records
+        assert small.counts == bad.counts and small.continued == bad.continued
     if kind == "jsonl":  # the column-wise path gives the same
         labels = sorted({label for _, label in ref.records})
         fast = BadRecords("skip")
@@ -334,6 +339,16 @@ def check(tmp_path_factory, sample) -> None:
                 for u in units:
                     list(read_unit(u, strict, BadRecords("error")))
             assert str(first.value) == str(whole.value)
+
+
+@contextlib.contextmanager
+def _tiny_reads(n: int):
+    saved = corpus_open.READ_BYTES, corpus_open.IN_CHUNK
+    corpus_open.READ_BYTES, corpus_open.IN_CHUNK = n, n
+    try:
+        yield
+    finally:
+        corpus_open.READ_BYTES, corpus_open.IN_CHUNK = saved
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
