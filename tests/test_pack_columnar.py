@@ -42,6 +42,9 @@ class ItemsOnly(IterableDataset):
     def load_state_dict(self, state):
         self.inner.load_state_dict(state)
 
+    def resume_settings(self):
+        return self.inner.resume_settings()
+
     def __iter__(self):
         return iter(self.inner)
 
