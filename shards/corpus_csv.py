@@ -86,9 +86,15 @@ def quotes(entry: bytes | int) -> int:
     return entry if isinstance(entry, int) else entry.count(b'"')
 
 
-def _lines(blocks) -> Iterator[tuple[bytes, int]]:
+def _lines(blocks, limit: int, bad: BadRecords, where, dropped: dict[int, int]) -> Iterator[tuple[bytes, int]]:
+    """Physical lines with their breaks; one over ``limit`` is counted and left out, as line_blocks
+    does with one longer than a read, so the same file gives the same counts and messages."""
     for block, first in blocks:
         for k, data in enumerate(block.splitlines(keepends=True)):
+            if len(data) > limit and content_length(data) > limit:
+                bad.add("too_long", where(first + k), f"over {limit} bytes (--max-record-bytes)")
+                dropped[first + k] = data.count(b'"')
+                continue
             yield data, first + k
 
 
@@ -97,8 +103,8 @@ def read_csv(unit: Unit, spec: CorpusSpec, bad: BadRecords, delimiter: str, comp
     where = Where(unit, storage_options)
     dropped: dict[int, int] = {}
     limit = spec.max_record_bytes
-    feed = _Feed(_lines(line_blocks(unit, limit, bad, where, compression, storage_options, dropped=dropped)),
-                 dropped, limit)
+    blocks = line_blocks(unit, limit, bad, where, compression, storage_options, dropped=dropped)
+    feed = _Feed(_lines(blocks, limit, bad, where, dropped), dropped, limit)
     _raise_csv_field_limit(limit)
     rows = csv.reader(feed, delimiter=delimiter, strict=True)
     header = list(spec.columns) if spec.columns else None
