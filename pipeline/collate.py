@@ -35,7 +35,9 @@ class Collator:
             batch["input_ids"], batch["attention_mask"] = pad(items, self.pad_id, self.pad_to_multiple_of)
         if "label" in items[0]:
             batch["labels"] = np.fromiter((it["label"] for it in items), np.int64, len(items))
-        if self.keep_text and "text" in items[0]:
+        if "source" in items[0]:  # MixedStream: sample ids repeat across its sources
+            batch["source"] = np.fromiter((it["source"] for it in items), np.int64, len(items))
+        if "text" in items[0] and (self.keep_text or "input_ids" not in items[0]):  # text-only: the texts
             batch["text"] = [it["text"] for it in items]
         return batch if self.as_numpy else to_tensors(batch)
 

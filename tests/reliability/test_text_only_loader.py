@@ -88,3 +88,17 @@ def test_items_and_collated_loader_without_text_keep_every_sample(text_set):
     from pipeline import Collator
     got = [s for b in make_loader(ShardStream(text_set), 4, collate_fn=Collator()) for s in b["sample_id"]]
     assert got == sorted(TEXTS)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mixture_of_text_only_sets_streams_texts(text_set, workers):
+    from pipeline import MixedStream
+    mixed = MixedStream([(ShardStream(text_set), 1.0), (ShardStream(text_set, shuffle=True, seed=3), 2.0)],
+                        seed=1, stop="drain")
+    seen = Counter()
+    for batch in make_loader(mixed, 4, num_workers=workers):
+        assert len(batch["text"]) == len(batch["sample_id"])
+        for source, sid, text in zip(batch["source"].tolist(), batch["sample_id"], batch["text"]):
+            assert text == TEXTS[sid]
+            seen[source, sid] += 1
+    assert seen == Counter({(s, sid): 1 for s in (0, 1) for sid in TEXTS})
