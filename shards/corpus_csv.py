@@ -147,9 +147,11 @@ def _header_error(where, line: int, detail: str):
 def _malformed(feed: _Feed, bad: BadRecords, where, exc: csv.Error, in_header: bool) -> None:
     start, lines = feed.row[0][0], len(feed.row)
     if feed.ended and "unexpected end of data" in str(exc):
-        detail = f"unclosed quote: the row starting here runs to the end of the file ({lines} lines)"
+        detail = (f"unclosed quote: the row starting here runs to the end of the file ({lines} lines); "
+                  f"close the quote, or write a literal quote inside a quoted field as \"\"")
     else:
-        detail = f"{exc} (row of {lines} line(s) ending on line {feed.row[-1][0]})"
+        detail = (f"{exc} (row of {lines} line(s) ending on line {feed.row[-1][0]}); a field with a quote "
+                  f"must be quoted whole, with inner quotes doubled: \"say \"\"hi\"\"\"")
     if in_header:
         raise _header_error(where, start, detail)
     bad.add("malformed_csv", where(start), detail, lines)
