@@ -115,7 +115,7 @@ class BatchLoader:
             kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
             raise settings.ResumeError(f"loader state of kind {kind!r}; this loader reads {STATE_KIND!r} "
                                        f"(saved by make_loader over a ShardStream)")
-        what = f"loader state for {self.dataset.url}"
+        what = f"loader state for {self.dataset.where}"
         epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
         batches = settings.count(what, "batches", settings.entry(what, state, "batches"))
         settings.check(what, state, self._settings(), mid_epoch=batches > 0)
@@ -166,7 +166,7 @@ class BatchLoader:
             self._delivered += 1
             yield to_tensors(batch, self.pin_memory)
         if self._delivered != len(self):  # ranks must take equal steps: never end short unnoticed
-            raise RuntimeError(f"{stream.url}: the epoch ended after {self._delivered} of {len(self)} batches; "
+            raise RuntimeError(f"{stream.where}: the epoch ended after {self._delivered} of {len(self)} batches; "
                                f"report this bug")
 
     def _from_workers(self):

@@ -66,6 +66,7 @@ class ShardStream(IterableDataset):
                  world_size=None, storage_options=None, config: StreamConfig | None = None):
         super().__init__()
         self.url = str(url)
+        self.where = storage.redact(self.url)  # the URL as messages name it: no credentials
         self.storage_options = storage_options
         self.manifest = shards.load_manifest(self.url, storage_options)
         self.world = world.resolve(rank, world_size)
@@ -89,7 +90,7 @@ class ShardStream(IterableDataset):
         have = shards.fingerprint(self.tokenizer)
         if have != built["fingerprint"]:
             raise shards.TokenizerError(
-                f"{self.url}: shards were pre-tokenized with {built['name_or_path']} (fingerprint "
+                f"{self.where}: shards were pre-tokenized with {built['name_or_path']} (fingerprint "
                 f"{built['fingerprint'][:16]}), the tokenizer given has fingerprint {have[:16]}; pass the "
                 f"same tokenizer, pass tokenizer=None to use the stored ids, or rebuild the shards")
 
@@ -150,7 +151,7 @@ class ShardStream(IterableDataset):
                 "worker": worker_id, "num_workers": workers, "stats": dict(self.stats)}
 
     def load_state_dict(self, state: dict) -> None:
-        what = f"stream state for {self.url}"
+        what = f"stream state for {self.where}"
         if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
             version = state.get("version") if isinstance(state, dict) else type(state).__name__
             raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 and {STATE_VERSION} "
@@ -168,7 +169,7 @@ class ShardStream(IterableDataset):
         state, self._resume = self._resume, None
         if state is None or state["consumed"] == 0:
             return 0
-        what = f"stream state for {self.url}"
+        what = f"stream state for {self.where}"
         settings.check(what, state, {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
         return settings.count(what, "consumed", state["consumed"], self.worker_samples(worker_id, workers))
 
@@ -213,7 +214,7 @@ class ShardStream(IterableDataset):
         worker_id, workers = world.worker()
         self.drop_sample_state()
         total = -(-self.worker_samples(worker_id, workers) // batch_size)
-        settings.count(f"{self.url} worker {worker_id}/{workers}", "start_batch", start_batch, total)
+        settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch, total)
         keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
         skip = self._begin(start_batch * batch_size)
         return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
@@ -224,7 +225,7 @@ class ShardStream(IterableDataset):
         per-sample state loaded with ``load_state_dict`` without a word."""
         state, self._resume = self._resume, None
         if state is not None and state.get("consumed"):
-            raise ValueError("this ShardStream holds a mid-epoch per-sample state (ShardStream.load_state_dict); "
+            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state (ShardStream.load_state_dict); "
                              "make_loader resumes from its own state: save loader.state_dict() and pass it to "
                              "loader.load_state_dict(), or iterate the stream itself")
 
@@ -310,7 +311,7 @@ class ShardStream(IterableDataset):
                 yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
             if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
                 raise shards.CorruptShardError(
-                    f"shard {url}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} (manifest says "
+                    f"shard {storage.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} (manifest says "
                     f"{self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
 
     def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
