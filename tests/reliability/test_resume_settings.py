@@ -231,6 +231,9 @@ def test_packed_loader_refuses_another_batch_size_or_worker_count(sets, minilm):
         make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict(state)
     with pytest.raises(ValueError, match="_num_yielded=-1 is out of range"):
         make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict({**state, "_num_yielded": -1})
+    older = {k: v for k, v in state.items() if k != "shardstream_settings"}  # saved by the previous version
+    with pytest.raises(ValueError, match="batch_size was not recorded, now 2.*older version"):
+        make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict(older)
 
 
 # -- MixedStream ----------------------------------------------------------------------------
