@@ -55,12 +55,12 @@ def alive():
 end = time.monotonic() + 120
 while time.monotonic() < end and alive():
     time.sleep(0.05)
-sys.stderr.write(line + "\\n")
-sys.stderr.flush()
 try:
-    os.unlink(marker)
+    os.unlink(marker)  # first: a closed terminal (EPIPE below) must not leave it behind
 except OSError:
     pass
+sys.stderr.write(line + "\\n")
+sys.stderr.flush()
 """
 
 
