@@ -269,7 +269,8 @@ class ShardStream(IterableDataset):
         info = self.manifest.shards[shard]
         url = shards.shard_url(self.url, info)
         try:
-            return shards.fetch_shard(url, info, self.storage_options, self.config.verify, self._get_cache())
+            return shards.fetch_shard(url, info, self.storage_options, self.config.verify, self._get_cache(),
+                                      manifest=self.manifest)
         except (shards.CorruptShardError, storage.StorageError) as exc:
             if self.config.on_corrupt == "error":
                 raise
