@@ -9,14 +9,16 @@ DEMO_OUT ?= demo-out
 NPROC ?= 2
 STEPS ?= 150
 
-.PHONY: install test test-slow test-all demo bench bench-setup clean
+.PHONY: install test test-slow test-all lint demo bench bench-setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, from the local file: a bare `torch` requirement would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,ray]'
+	# compat editable mode puts the checkout on sys.path, so a data folder named shards/ or pipeline/
+	# in the working directory cannot shadow the packages (the default mode's import hook comes last).
+	$(BIN)/pip install -q -e '.[test,ray,s3,http,plot,tensorboard]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +32,9 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check shards pipeline tools tests
 
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo --out $(DEMO_OUT) --nproc $(NPROC) --steps $(STEPS) $(if $(CORPUS),--corpus $(CORPUS),)
