@@ -3,14 +3,27 @@
     from pipeline import ShardStream, make_loader
     ds = ShardStream("shards/", tokenizer="path/to/tokenizer", max_length=128, shuffle=True)
     loader = make_loader(ds, batch_size=64, num_workers=2)
+
+With ``transformers.Trainer``: ``data_collator=TrainerCollator.for_stream(ds)`` (hf.py).
 """
-from .collate import Collator
-from .dataset import ShardStream, StreamConfig
-from .loader import loader_stats, make_loader
-from .mix import MixedStream, open_mixture, parse_mixture
-from .pack import BlockCollator, PackedStream, lockstep
-from .settings import ResumeError
-from .world import World, from_env
+import shards as _shards
+
+if getattr(_shards, "__file__", None) is None:
+    # A folder named shards/ without __init__.py, earlier on sys.path (the working directory),
+    # became a namespace package in place of ours; every later import would fail obscurely.
+    raise ImportError(f"'shards' resolved to the folder {', '.join(dict.fromkeys(map(str, _shards.__path__)))}, not the shardstream "
+                      f"package: a local folder named shards/ shadows it; rename that folder or run from another "
+                      f"directory")
+
+from .collate import Collator  # noqa: E402  (after the check above, which names the cause)
+from .dataset import ShardStream, StreamConfig  # noqa: E402
+from .hf import TrainerCollator  # noqa: E402
+from .loader import loader_stats, make_loader  # noqa: E402
+from .mix import MixedStream, open_mixture, parse_mixture  # noqa: E402
+from .pack import BlockCollator, PackedStream, lockstep  # noqa: E402
+from .settings import ResumeError  # noqa: E402
+from .world import World, from_env  # noqa: E402
 
 __all__ = ["BlockCollator", "Collator", "MixedStream", "PackedStream", "ResumeError", "ShardStream", "StreamConfig",
-           "World", "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture", "parse_mixture"]
+           "TrainerCollator", "World", "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture",
+           "parse_mixture"]

@@ -78,6 +78,10 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
         if isinstance(value, np.ndarray):
             if key in LONG_KEYS and value.dtype != np.int64:
                 value = value.astype(np.int64)
+            elif not value.flags.writeable:
+                # a zero-copy view of a shard's Arrow buffer (labels read in the main process,
+                # num_workers=0): torch wants to own writable memory, so copy this one array
+                value = value.copy()
             value = torch.from_numpy(value)
             if pin_memory:
                 value = value.pin_memory()

@@ -12,6 +12,7 @@ and refuses a mid-epoch state taken under other settings (settings.py).
 from __future__ import annotations
 
 import gc
+import warnings
 from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -28,7 +29,12 @@ class ShardLoader(StatefulDataLoader):
     """A StatefulDataLoader whose workers send numpy batches, made tensors here (see collate.py)."""
 
     def __init__(self, *args, tensors_in_main: bool = False, pin_arrays: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+        # torchdata 0.11 calls torch.set_vital, a no-op that torch >= 2.9 flags as deprecated on
+        # every loader; the user can do nothing about it, so only that warning of this call is
+        # silenced (any other warning of the constructor still shows).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            super().__init__(*args, **kwargs)
         self._tensors_in_main, self._pin_arrays = tensors_in_main, pin_arrays
 
     def __iter__(self):
@@ -84,7 +90,7 @@ def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=No
     ``persistent_workers`` does not apply; ``batches_per_message`` batches travel per
     worker message (default: ~2048 samples' worth; 1 gives torch's one batch per request)."""
     if collate_fn is None and isinstance(dataset, ShardStream):
-        return BatchLoader(dataset, batch_size, num_workers, pad_id=_pad_id(dataset),
+        return BatchLoader(dataset, batch_size, num_workers, pad_id=pad_id(dataset),
                            pad_to_multiple_of=pad_to_multiple_of, pin_memory=pin_memory,
                            prefetch_factor=prefetch_factor, group=batches_per_message or default_group(batch_size),
                            multiprocessing_context=multiprocessing_context)
@@ -92,7 +98,7 @@ def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=No
         collate_fn = dataset.collator()  # packed / mixed streams know their own batch layout
     ours = collate_fn is None
     if ours:
-        collate_fn = Collator(pad_id=_pad_id(dataset), pad_to_multiple_of=pad_to_multiple_of,
+        collate_fn = Collator(pad_id=pad_id(dataset), pad_to_multiple_of=pad_to_multiple_of,
                               as_numpy=num_workers > 0)
     kwargs = {}
     if num_workers > 0:
@@ -105,7 +111,7 @@ def make_loader(dataset, batch_size: int, num_workers: int = 0, *, collate_fn=No
                        pin_arrays=pin_memory and numpy_batches, **kwargs)
 
 
-def _pad_id(dataset) -> int:
+def pad_id(dataset) -> int:
     tok = getattr(dataset, "tokenizer", None)
     if tok is None:
         return 0
