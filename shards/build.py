@@ -30,10 +30,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from . import corpus_jsonl, formats, storage
 from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
 from .engines import EngineError, LocalEngine, Progress
 from .index import Manifest
+from .labels import check_label_map, check_label_names, normalized_values
 from .lock import (
     OutputLock,
     clean_after_failure,
@@ -62,6 +65,7 @@ class BuildConfig:
     tokenizer: str | None = None
     max_length: int | None = None
     label_names: tuple[str, ...] | None = None
+    label_map: tuple[tuple[str, str], ...] | None = None  # (raw value, name) in id order; see shards.labels
     workers: int = 1
     split_bytes: int = 256 << 20
     storage_options: dict | None = None
@@ -79,6 +83,8 @@ class UnitResult:
     input_bytes: int = 0
     seconds: float = 0.0  # time spent running the unit (0 when reused from a marker)
     node: str = ""  # host that ran it, for the per-node summary of distributed engines
+    continued: int = 0  # lines continuing a written multi-line record (BadRecords.continued)
+    label_counts: list[int] | None = None  # records written per label id
 
 
 @dataclass
@@ -160,6 +166,8 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
     try:
         os.makedirs(local_dir, exist_ok=True)
         columns, text_chars = _unit_columns(cfg, unit, labels, bad)
+        label_counts = [0] * len(labels) if labels is not None else None
+        columns = _counting(columns, label_counts)
         tok = _tokenizer(cfg.tokenizer)
         fields = formats.fields_of(labels is not None, tok is not None)
         writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
@@ -175,10 +183,20 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
             shutil.rmtree(local_dir, ignore_errors=True)
     result = UnitResult(index, staged, dict(bad.counts), sum(p.num_records for p in staged), key,
                         text_chars["n"], _unit_bytes(unit, cfg.storage_options), time.perf_counter() - t0,
-                        socket.gethostname())
-    marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad}
+                        socket.gethostname(), bad.continued, label_counts)
+    marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad, "continued": bad.continued,
+              "label_counts": label_counts}
     storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
     return result
+
+
+def _counting(columns, counts: list[int] | None):
+    """The Columns stream as it is, adding each record's label id to ``counts``."""
+    for col in columns:
+        if counts is not None and col.label is not None and len(col.label):
+            for i, n in enumerate(np.bincount(col.label, minlength=len(counts)).tolist()):
+                counts[i] += n
+        yield col
 
 
 def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
@@ -188,7 +206,7 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
     gives the same records, counts and errors as the per-record path below.
     """
     text_chars = Counter()
-    kind, _ = kind_of(unit.url)
+    kind, _ = kind_of(unit.url, cfg.spec.input_format)
     if kind == "jsonl" and cfg.spec.block_parse:
         def columns():
             for col in corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options):
@@ -206,7 +224,8 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
             elif raw.label in label_ids:
                 yield raw.text, label_ids[raw.label]
             else:
-                bad.add("unknown_label", where(raw.line), f"{raw.label!r} not in {labels} (--label-names)")
+                bad.add("unknown_label", where(raw.line), f"{raw.label!r} not in {labels} "
+                                                          f"({'--label-map' if cfg.label_map else '--label-names'})")
 
     return columns_of(records(), labels is not None), text_chars
 
@@ -226,14 +245,18 @@ def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
     # written by a worker that saw the folder by another path still matches
     parts = [Part(**{**p, "path": storage.join(_staging(cfg), p["path"].rsplit("/", 1)[-1])})
              for p in data["parts"]]
-    return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key)
+    return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key,
+                      continued=data.get("continued", 0), label_counts=data.get("label_counts"))
 
 
 def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
+    """The raw label values in id order (a label map's keys; the stored names are its values)."""
     if cfg.spec.label_field is None:
         return None
+    if cfg.label_map is not None:
+        return [raw for raw, _ in cfg.label_map]
     if cfg.label_names is not None:
-        return list(cfg.label_names)
+        return normalized_values(cfg.label_names)
     scan = getattr(engine, "scan_labels", None)
     if scan is not None:
         found = scan(cfg, units)
@@ -242,13 +265,17 @@ def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
     return sort_labels(set().union(*found)) if found else []
 
 
-def check_label_names(names) -> None:
-    if names is None:
+def check_labels(cfg: BuildConfig) -> None:
+    """--label-names and --label-map: valid, exclusive, and used only with --label-field."""
+    check_label_names(cfg.label_names)
+    if cfg.label_map is None:
         return
-    twice = sorted({n for n in names if list(names).count(n) > 1})
-    if twice:
-        raise ValueError(f"--label-names {','.join(names)}: {', '.join(map(repr, twice))} listed more than "
-                         f"once; name each label once, in id order")
+    check_label_map(cfg.label_map)
+    if cfg.label_names is not None:
+        raise ValueError("--label-map and --label-names both given; a label map already fixes the label set "
+                         "and its order: drop --label-names")
+    if cfg.spec.label_field is None:
+        raise ValueError("--label-map needs --label-field NAME (the field holding the raw label values)")
 
 
 def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
@@ -260,10 +287,12 @@ def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
     """
     with redacted():
         formats.get(cfg.format)  # fail fast on a bad format name
-        check_label_names(cfg.label_names)
+        check_labels(cfg)
         t0 = time.perf_counter()
-        urls = storage.expand_inputs(inputs, ALL_SUFFIXES, cfg.storage_options)
-        units = plan_units(urls, cfg.split_bytes, cfg.storage_options)
+        # with --input-format a folder gives all its files, whatever their extension
+        suffixes = ALL_SUFFIXES if cfg.spec.input_format is None else ("",)
+        urls = storage.expand_inputs(inputs, suffixes, cfg.storage_options)
+        units = plan_units(urls, cfg.split_bytes, cfg.storage_options, cfg.spec)
         input_bytes = sum(storage.size(u, cfg.storage_options) for u in urls)
         try:
             storage.makedirs(cfg.out, cfg.storage_options)
@@ -344,12 +373,21 @@ def _finish(cfg: BuildConfig, urls: list[str], results: list[UnitResult], labels
         bad.update(r.bad)
     tok_info = {"name_or_path": str(cfg.tokenizer), "fingerprint": tok_fp} if tok_fp else None
     fields = formats.fields_of(labels is not None, tok_fp is not None)
+    names = [name for _, name in cfg.label_map] if cfg.label_map is not None and labels is not None else labels
     manifest = Manifest(
         format=cfg.format, num_records=sum(s.num_records for s in shards), fields=fields,
-        shards=shards, label_names=labels, tokenizer=tok_info, max_length=cfg.max_length,
+        shards=shards, label_names=names, tokenizer=tok_info, max_length=cfg.max_length,
         bad_records=dict(sorted(bad.items())), schema=_schema(cfg.format, fields),
-        sources=[storage.redact(u) for u in urls])
+        sources=[storage.redact(u) for u in urls], continued_lines=sum(r.continued for r in results),
+        label_counts=_label_counts(results, labels))
     return commit(cfg, manifest, _staging(cfg))
+
+
+def _label_counts(results: list[UnitResult], labels) -> list[int] | None:
+    """Records per label id over all units; None when unlabelled or a reused unit's marker lacks them."""
+    if labels is None or any(r.label_counts is None for r in results):
+        return None
+    return [sum(r.label_counts[i] for r in results) for i in range(len(labels))]
 
 
 def _schema(fmt: str, fields: list[str]) -> dict[str, str]:

@@ -19,24 +19,45 @@ from . import corpus_jsonl, storage
 from .corpus_csv import read_csv
 from .corpus_open import Where, read_all, unit_lines
 from .corpus_records import from_mapping, jsonl_records, txt_records
-from .corpus_spec import (ALL_SUFFIXES, BAD_POLICIES, BLANK, COMPRESSIONS, CORRUPT_FILE, TEXT_SUFFIXES,
-                          BadRecordError, BadRecords, CorpusSpec, Raw, Unit, kind_of)
+from .corpus_spec import (
+    ALL_SUFFIXES,
+    BAD_POLICIES,
+    BLANK,
+    COMPRESSIONS,
+    CORRUPT_FILE,
+    INPUT_FORMATS,
+    TEXT_SUFFIXES,
+    TEXT_UNITS,
+    BadRecordError,
+    BadRecords,
+    CorpusSpec,
+    Raw,
+    Unit,
+    kind_of,
+)
+from .corpus_txt import txt_units
+from .storage import redact
 
-__all__ = ["ALL_SUFFIXES", "BAD_POLICIES", "BLANK", "COMPRESSIONS", "CORRUPT_FILE", "TEXT_SUFFIXES",
-           "BadRecordError", "BadRecords", "CorpusSpec", "Raw", "Unit", "Where", "kind_of", "plan_units",
-           "read_unit", "scan_labels"]
+__all__ = ["ALL_SUFFIXES", "BAD_POLICIES", "BLANK", "COMPRESSIONS", "CORRUPT_FILE", "INPUT_FORMATS",
+           "TEXT_SUFFIXES", "TEXT_UNITS", "BadRecordError", "BadRecords", "CorpusSpec", "Raw", "Unit", "Where",
+           "kind_of", "plan_units", "read_unit", "scan_labels"]
 
 
-def plan_units(urls: list[str], split_bytes: int, storage_options: dict | None = None) -> list[Unit]:
+def plan_units(urls: list[str], split_bytes: int, storage_options: dict | None = None,
+               spec: CorpusSpec | None = None) -> list[Unit]:
     """Units of work: large uncompressed txt/jsonl files become byte ranges.
 
     ``split_bytes`` is a build constant (not the worker count) so the units,
     and therefore the output, are the same however many workers run them.
+    A txt file read by paragraph or whole (``spec.text_unit``) is never split:
+    a record could cross the cut.
     """
+    spec = spec or CorpusSpec()
     units: list[Unit] = []
     for url in urls:
-        kind, compression = kind_of(url)
-        if kind in ("txt", "jsonl") and compression is None:
+        kind, compression = kind_of(url, spec.input_format)
+        splittable = kind == "jsonl" or (kind == "txt" and spec.text_unit == "line")
+        if splittable and compression is None:
             n = storage.size(url, storage_options)
             if n > split_bytes:
                 units.extend(Unit(url, s, min(s + split_bytes, n)) for s in range(0, n, split_bytes))
@@ -51,14 +72,14 @@ def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = Non
     Bad records are counted for real in the write pass, so here they are
     skipped whatever the policy.
     """
-    if kind_of(unit.url)[0] == "jsonl" and spec.block_parse:
+    if kind_of(unit.url, spec.input_format)[0] == "jsonl" and spec.block_parse:
         return corpus_jsonl.scan_labels(unit, spec, storage_options)
     return {r.label for r in read_unit(unit, spec, BadRecords("skip"), storage_options)}
 
 
 def read_unit(unit: Unit, spec: CorpusSpec, bad: BadRecords,
               storage_options: dict | None = None) -> Iterator[Raw]:
-    kind, compression = kind_of(unit.url)
+    kind, compression = kind_of(unit.url, spec.input_format)
     if kind in ("csv", "tsv"):
         yield from read_csv(unit, spec, bad, "\t" if kind == "tsv" else ",", compression, storage_options)
         return
@@ -66,6 +87,9 @@ def read_unit(unit: Unit, spec: CorpusSpec, bad: BadRecords,
         yield from _read_parquet(unit, spec, bad, compression, storage_options)
         return
     where = Where(unit, storage_options)
+    if kind == "txt" and spec.text_unit != "line":
+        yield from txt_units(unit, spec, bad, where, compression, storage_options)
+        return
     lines = unit_lines(unit, spec.max_record_bytes, bad, where, compression, storage_options)
     if kind == "txt":
         yield from txt_records(lines, bad, where)
@@ -97,7 +121,8 @@ def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw
         wanted = [*spec.text_fields] + ([spec.label_field] if spec.label_field else [])
         missing = [n for n in wanted if n not in names]
         if missing:
-            raise BadRecordError(f"{unit.url}: no column(s) {', '.join(missing)}; columns: {', '.join(names)}")
+            raise BadRecordError(redact(f"{unit.url}: no column(s) {', '.join(missing)}; "
+                                        f"columns: {', '.join(names)}"))
         row = 0
         for batch in _batches(pf, wanted, bad, unit.url):
             for obj in batch.to_pylist():

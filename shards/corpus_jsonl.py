@@ -64,7 +64,8 @@ class _Reader:
     def blocks(self) -> Iterator[tuple[bytes, int]]:
         """(block of whole lines, number of its first line) for the lines the unit owns, as the
         per-line path reads them (:func:`corpus_open.line_blocks`: ranges, BOM, too_long, damage)."""
-        return line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, kind_of(self.unit.url)[1],
+        compression = kind_of(self.unit.url, self.spec.input_format)[1]
+        return line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, compression,
                            self.storage_options, BLOCK_BYTES)
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
@@ -162,7 +163,7 @@ class _Reader:
             if ids is not None:
                 if raw.label not in ids:
                     self.bad.add("unknown_label", self.where(raw.line),
-                                 f"{raw.label!r} not in {self.labels} (--label-names)")
+                                 f"{raw.label!r} not in {self.labels} (--label-names or --label-map)")
                     continue
                 label_ids.append(ids[raw.label])
             texts.append(raw.text)

@@ -21,10 +21,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .storage import redact
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 ALL_SUFFIXES = tuple(s + c for s in TEXT_SUFFIXES for c in ("", *COMPRESSIONS))
 BAD_POLICIES = ("error", "skip")
+INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")  # --input-format: overrides the extension
+TEXT_UNITS = ("line", "paragraph", "file")  # --text-unit: what one record of a txt file is
 
 # Lines that are not records at all (a blank line in a .txt file) are counted
 # under this reason but never stop a build.
@@ -53,10 +57,15 @@ class CorpusSpec:
     on_bad_record: str = "error"
     max_record_bytes: int = 8 << 20
     block_parse: bool = True  # JSONL: pyarrow parses blocks of lines (False: line by line; same output)
+    text_unit: str = "line"  # txt: one record per line, per blank-line-separated paragraph, or per file
+    input_format: str | None = None  # the reader for every input, whatever its extension (None: by extension)
 
     def __post_init__(self):
-        if self.on_bad_record not in BAD_POLICIES:
-            raise ValueError(f"on_bad_record={self.on_bad_record!r}; valid: {', '.join(BAD_POLICIES)}")
+        for name, value, valid in (("on_bad_record", self.on_bad_record, BAD_POLICIES),
+                                   ("text_unit", self.text_unit, TEXT_UNITS),
+                                   ("input_format", self.input_format, (None, *INPUT_FORMATS))):
+            if value not in valid:
+                raise ValueError(f"{name}={value!r}; valid: {', '.join(v for v in valid if v)}")
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,9 @@ class BadRecords:
     def add(self, reason: str, where: str, detail: str = "", lines: int = 1) -> None:
         """Count one bad record spanning ``lines`` input lines (or raise under ``error``)."""
         if reason != BLANK and self.policy == "error":
-            raise BadRecordError(f"{where}: {reason}{': ' + detail if detail else ''} "
-                                 f"(pass --on-bad-record skip to skip and count such records)")
+            # the message names the input's URL: never with its credentials
+            raise BadRecordError(redact(f"{where}: {reason}{': ' + detail if detail else ''} "
+                                        f"(pass --on-bad-record skip to skip and count such records)"))
         self.counts[reason] += lines
 
     def add_many(self, reason: str, n: int) -> None:
@@ -95,16 +105,24 @@ class BadRecords:
             self.counts[reason] += n
 
 
-def kind_of(url: str) -> tuple[str, str | None]:
-    """(reader kind, compression) from the file name, or a clear error."""
-    name = url.lower()
+def kind_of(url: str, input_format: str | None = None) -> tuple[str, str | None]:
+    """(reader kind, compression) from the file name, or a clear error.
+
+    ``input_format`` (``--input-format``) names the reader whatever the extension; the
+    compression still comes from a ``.gz``/``.zst`` suffix.  A URL's query string (a
+    presigned URL's signature) is not part of its name.
+    """
+    name = (url.split("?", 1)[0] if "://" in url else url).lower()
     compression = None
     for suffix, comp in COMPRESSIONS.items():
         if name.endswith(suffix):
             name, compression = name[: -len(suffix)], comp
+    if input_format is not None:
+        return input_format, compression
     for suffix in TEXT_SUFFIXES:
         if name.endswith(suffix):
             kind = "jsonl" if suffix == ".json" else suffix[1:]
             return kind, compression
-    raise ValueError(f"input {url}: unknown file type; valid extensions: "
-                     f"{', '.join(TEXT_SUFFIXES)} (optionally + .gz or .zst)")
+    raise ValueError(f"input {redact(url)}: unknown file type; valid extensions: "
+                     f"{', '.join(TEXT_SUFFIXES)} (optionally + .gz or .zst), or name the format "
+                     f"with --input-format {'|'.join(INPUT_FORMATS)}")

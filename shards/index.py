@@ -41,6 +41,10 @@ class Manifest:
     bad_records: dict[str, int] = field(default_factory=dict)
     schema: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    # lines continuing a written multi-line record: input lines = num_records + continued_lines +
+    # sum(bad_records) (+ 1 header line per CSV/TSV file); None in manifests written before it
+    continued_lines: int | None = None
+    label_counts: list[int] | None = None  # records per label id (label_names' order); None: not stored
     version: int = VERSION
 
     @property
@@ -154,6 +158,13 @@ def _check_fields(d: dict, shard_records: int, where: str) -> None:
             bad(name, "an object of " + ("counts (int >= 0)" if name == "bad_records" else "strings"))
     if not _is_str_list(d.get("sources", [])):
         bad("sources", "a list of strings")
+    if d.get("continued_lines") is not None and not _is_int(d["continued_lines"]):
+        bad("continued_lines", "null or a count (int >= 0)")
+    counts = d.get("label_counts")
+    if counts is not None and not (isinstance(counts, list) and all(_is_int(c) for c in counts)
+                                   and names is not None and len(counts) == len(names)
+                                   and sum(counts) == d["num_records"]):
+        bad("label_counts", "null or one count per label name, summing to num_records")
 
 
 def _checked_shard(info: ShardInfo, where: str) -> ShardInfo:
