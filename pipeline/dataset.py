@@ -7,7 +7,8 @@
 Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
 shards (with the next one prefetched) → record batches → windows of
 ``shuffle_buffer`` samples, each permuted (shuffle.py) → batched tokenization
-→ items (``__iter__``) or padded batches (``batches``, the loader's path).
+→ items (``__iter__``) or padded batches (``batches``, the loader's path; with
+``group_by_length`` each window is sorted by token length first, group.py).
 Every step is a function of integers (seed, epoch, rank, worker, window), so a
 resumed stream starts at the window holding its position and reads nothing
 before it.  The state records those settings and the data's identity
@@ -29,9 +30,9 @@ from torch.utils.data import IterableDataset
 import shards
 from shards import Ragged, storage
 
-from . import settings, split, world
+from . import group, settings, split, world
 from .collate import collate_chunk
-from .columns import Chunk, from_rows, rechunk
+from .columns import Chunk, concat, from_rows, rechunk
 from .shuffle import window_order
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,13 @@ class StreamConfig:
     cache_dir: str | None = None    # local cache of remote shards, for repeated epochs
     cache_limit: int = 8 << 30      # bytes kept in cache_dir (least recently used evicted)
     add_special_tokens: bool = True
+    group_by_length: bool = False   # batches of similar token length, cut from sorted windows (group.py)
 
     def __post_init__(self):
         if self.on_corrupt not in CORRUPT_POLICIES:
             raise ValueError(f"on_corrupt={self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}")
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(f"StreamConfig(group_by_length={self.group_by_length!r}): valid: True or False")
 
 
 class ShardStream(IterableDataset):
@@ -75,6 +79,9 @@ class ShardStream(IterableDataset):
         self.tokenizer = shards.load_tokenizer(tokenizer) if tokenizer is not None else None
         self._check_tokenizer()
         shards.format_reader(self.manifest.format)  # an unknown format fails here, not in every worker
+        if self.config.group_by_length and self.text_only:
+            raise ValueError(f"{self.where}: StreamConfig(group_by_length=True) sorts by token length, and this set "
+                             f"has no token ids; pass tokenizer=... or use shards built with --tokenizer")
         self.epoch = 0
         self.stats: Counter = Counter()
         self._consumed = 0
@@ -118,8 +125,8 @@ class ShardStream(IterableDataset):
         """What decides this rank's order of samples, the same in every worker (see settings.py)."""
         c = self.config
         return {"seed": self.seed, "shuffle": self.shuffle, "shuffle_buffer": c.shuffle_buffer,
-                "block_size": c.block_size, "rank": self.world.rank, "world_size": self.world.world_size,
-                "identity": self.identity}
+                "block_size": c.block_size, "group_by_length": c.group_by_length, "rank": self.world.rank,
+                "world_size": self.world.world_size, "identity": self.identity}
 
     def resume_settings(self) -> dict:
         """``order_settings`` and this process's worker: what a state taken here resumes under."""
@@ -178,6 +185,7 @@ class ShardStream(IterableDataset):
         # Not a generator itself: the resume offset and the consumed count are set when the
         # iterator is made, because StatefulDataLoader snapshots state before the first next().
         worker_id, workers = world.worker()
+        self._per_sample_only()
         skip = self._start(worker_id, workers)
         return self._items(self.chunks(worker_id, workers, skip, self.config.keep_text))
 
@@ -185,8 +193,16 @@ class ShardStream(IterableDataset):
         """``iter(self)`` a Chunk at a time (at most ``tokenize_batch`` samples, columnar); the
         consumed count advances by whole chunks, so ``state_dict()`` between two is exact."""
         worker_id, workers = world.worker()
+        self._per_sample_only()
         skip = self._start(worker_id, workers)
         return self._counted(self.chunks(worker_id, workers, skip, self.config.keep_text))
+
+    def _per_sample_only(self) -> None:
+        if self.config.group_by_length:
+            raise ValueError(f"{self.where}: StreamConfig(group_by_length=True) groups samples into batches, so the "
+                             f"stream cannot be read a sample at a time (per-sample iteration, packed or mixed "
+                             f"streams, a custom collate_fn); use make_loader(ds, batch_size) with its default "
+                             f"collate, or group_by_length=False")
 
     def _counted(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
@@ -217,16 +233,18 @@ class ShardStream(IterableDataset):
         settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch, total)
         keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
         skip = self._begin(start_batch * batch_size)
-        return self._batches(self.chunks(worker_id, workers, skip, keep_text), batch_size, pad_id,
-                             pad_to_multiple_of, keep_text)
+        chunks = self._grouped(worker_id, workers, batch_size, start_batch, keep_text) \
+            if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
+        return self._batches(chunks, batch_size, pad_id, pad_to_multiple_of, keep_text)
 
     def drop_sample_state(self) -> None:
         """Batches start at a batch index (the loader's state); refuse to drop a mid-epoch
         per-sample state loaded with ``load_state_dict`` without a word."""
         state, self._resume = self._resume, None
         if state is not None and state.get("consumed"):
-            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state (ShardStream.load_state_dict); "
-                             "make_loader resumes from its own state: save loader.state_dict() and pass it to "
+            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state "
+                             "(ShardStream.load_state_dict); make_loader resumes from its own state: "
+                             "save loader.state_dict() and pass it to "
                              "loader.load_state_dict(), or iterate the stream itself")
 
     def _batches(self, chunks, batch_size, pad_id, multiple, keep_text) -> Iterator[dict]:
@@ -237,13 +255,9 @@ class ShardStream(IterableDataset):
     def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
         """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
         tokenized Chunks of at most ``tokenize_batch`` samples."""
-        plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
-                          workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
         window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
         first = skip // max(window, 1)
-        want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
-        pieces = self._read(split.skip(plan, first * window), want_text)
-        for k, chunk in enumerate(rechunk(pieces, window), start=first):
+        for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
             if self.shuffle:
                 chunk = chunk.take(window_order(len(chunk), self.seed, self.epoch, self.world.rank, worker_id, k))
             if k == first:
@@ -251,6 +265,31 @@ class ShardStream(IterableDataset):
             for part in rechunk([chunk], self.config.tokenize_batch):
                 yield self._tokenized(part, keep_text)
         self._report_epoch()
+
+    def _grouped(self, worker_id: int, workers: int, batch_size: int, start_batch: int,
+                 keep_text: bool) -> Iterator[Chunk]:
+        """This worker's batches (Chunks of ``batch_size``) from ``start_batch`` on, each window
+        sorted by token length and its batches shuffled (group.py)."""
+        window = group.window_size(self.config.shuffle_buffer, batch_size)
+        skip = start_batch * batch_size
+        first = skip // window
+        for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
+            chunk = concat([self._tokenized(part, keep_text) for part in rechunk([chunk], self.config.tokenize_batch)])
+            key = (self.seed, self.epoch, self.world.rank, worker_id, k)
+            chunk = chunk.take(group.window_index(chunk.ids.lengths, batch_size, self.shuffle, key))
+            if k == first:
+                chunk = chunk.slice(skip - first * window, len(chunk))
+            yield from rechunk([chunk], batch_size)
+        self._report_epoch()
+
+    def _windows(self, worker_id: int, workers: int, first: int, window: int,
+                 keep_text: bool) -> Iterator[tuple[int, Chunk]]:
+        """(index, samples) of this worker's windows of ``window`` samples, from window ``first`` on."""
+        plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
+                          workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
+        want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
+        pieces = self._read(split.skip(plan, first * window), want_text)
+        return enumerate(rechunk(pieces, window), start=first)
 
     def _tokenized(self, chunk: Chunk, keep_text: bool) -> Chunk:
         if self.tokenizer is not None and not self.pretokenized:
@@ -312,8 +351,8 @@ class ShardStream(IterableDataset):
                 yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
             if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
                 raise shards.CorruptShardError(
-                    f"shard {storage.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} (manifest says "
-                    f"{self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
+                    f"shard {storage.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} "
+                    f"(manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
 
     def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
         """Keep the step count: the skipped shard's records become flagged pads."""

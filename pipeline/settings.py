@@ -12,13 +12,16 @@ be over the same data: the epoch starts afresh under the new layout.
 
 A state written before a setting was recorded reads it as ``NOT_RECORDED``: a
 mid-epoch one is refused (it cannot be checked), an epoch-boundary one is
-accepted.
+accepted.  A setting added with a default that reproduces the older
+behaviour (``ADDED``: ``group_by_length`` is False) reads as that default
+instead, so older states keep resuming.
 """
 from __future__ import annotations
 
 NOT_RECORDED = "not recorded"
 DATA_KEYS = ("identity", "identities")   # what the data is: checked at epoch boundaries too
 _SHORT = ("identity", "tokenizer")       # sha256 hex: the first 16 digits name it in a message
+ADDED = {"group_by_length": False}       # settings added later: what a state without them did
 
 
 class ResumeError(ValueError):
@@ -39,7 +42,7 @@ def changes(saved: dict, now: dict, keys=None) -> list[str]:
     """``"seed was 1, now 2"`` for each key of ``now`` (or of ``keys``) whose saved value differs."""
     out = []
     for key in (now if keys is None else keys):
-        old = saved.get(key, NOT_RECORDED) if isinstance(saved, dict) else NOT_RECORDED
+        old = saved.get(key, ADDED.get(key, NOT_RECORDED)) if isinstance(saved, dict) else NOT_RECORDED
         if old != now[key]:
             out.append(f"{key} was {_show(key, old)}, now {_show(key, now[key])}")
     return out

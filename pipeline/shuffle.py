@@ -16,5 +16,11 @@ _SALT = 0x5EED_5A4D  # keeps these streams apart from other uses of the same see
 
 def window_order(n: int, seed: int, epoch: int, rank: int, worker: int, window: int) -> np.ndarray:
     """A permutation of ``range(n)`` for this window."""
-    key = [_SALT, int(seed) % (1 << 64), int(epoch), int(rank), int(worker), int(window)]
+    return keyed_permutation(n, _SALT, seed, epoch, rank, worker, window)
+
+
+def keyed_permutation(n: int, salt: int, seed: int, epoch: int, rank: int, worker: int, window: int) -> np.ndarray:
+    """A permutation of ``range(n)``, a pure function of its integer arguments; ``salt`` keeps
+    one use (samples of a window, batches of a window) apart from another."""
+    key = [int(salt), int(seed) % (1 << 64), int(epoch), int(rank), int(worker), int(window)]
     return np.random.default_rng(np.random.SeedSequence(key)).permutation(n)
