@@ -145,9 +145,16 @@ def shard_summary(m) -> str:
     if not m.shards:
         return "per shard   no shards"
     recs = [s.num_records for s in m.shards]
-    mb = [s.num_bytes / 1e6 for s in m.shards]
+    size = [s.num_bytes for s in m.shards]
     return (f"per shard   records min {min(recs)} / median {statistics.median(recs):g} / max {max(recs)}; "
-            f"MB min {min(mb):.2f} / median {statistics.median(mb):.2f} / max {max(mb):.2f}")
+            f"bytes min {_human(min(size))} / median {_human(statistics.median(size))} / max {_human(max(size))}")
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:g} B"
 
 
 def main(argv: list[str] | None = None) -> int:
