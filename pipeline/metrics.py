@@ -98,11 +98,20 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+NO_MATPLOTLIB = "no-matplotlib"  # what ``plot`` returns when the optional extra ``plot`` is not installed
+
+
 def plot(path: str, history: list[dict]) -> str | None:
-    """Loss and samples/s against step (PNG); None when nothing was logged."""
+    """Loss and samples/s against step (PNG); None when nothing was logged, NO_MATPLOTLIB without it.
+
+    matplotlib is imported here, not at module level: it is an optional extra.
+    """
     if not history:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        return NO_MATPLOTLIB
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

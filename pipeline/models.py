@@ -11,6 +11,7 @@ so the repeats that even out ranks never reach the gradient.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 
@@ -21,6 +22,8 @@ TASKS = ("classify", "lm")
 DEFAULT_MODEL = {"classify": "minilm", "lm": "gpt2-random"}
 BUILTIN = ("minilm", "gpt2-random")
 IGNORE = -100  # label value the LM loss skips (padding, pad samples)
+HEAD_NAMES = ("classifier", "score", "pre_classifier", "classification_head")  # task heads of HF classifiers
+log = logging.getLogger("pipeline.train")
 
 
 def minilm_dir() -> str:
@@ -42,15 +45,32 @@ def model_dir(name: str) -> str | None:
                      f"directory; pass one of those or the path of a Hugging Face model folder")
 
 
+# files of which one makes a folder a tokenizer (fast tokenizer.json, or a vocab a fast one is built from)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+
+
 def default_tokenizer(model: str) -> str:
-    """The tokenizer that goes with ``--model``: its own folder, or MiniLM's for gpt2-random."""
+    """The tokenizer that goes with ``--model``: its own folder, or MiniLM's for gpt2-random.
+
+    A model folder without tokenizer files is refused: guessing a vocabulary
+    would train on ids that mean nothing to the model.
+    """
     path = model_dir(model)
-    return path if path is not None else minilm_dir()
+    if path is None:
+        return minilm_dir()
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ValueError(f"--model {path}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); "
+                         f"pass --tokenizer DIR with the tokenizer the model was trained with")
+    return path
 
 
 def load_model(task: str, name: str, *, num_labels: int | None = None, vocab_size: int | None = None,
-               max_positions: int = 512, pad_id: int = 0):
-    """A transformers model for ``task`` (classification head sized to ``num_labels``)."""
+               max_positions: int = 512, pad_id: int = 0, label_names: list[str] | None = None):
+    """A transformers model for ``task``; a classifier's head sized to and named by ``label_names``.
+
+    transformers' own load report (a table of newly initialised weights) is
+    replaced by one line saying what was initialised (``pipeline.quiet``).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task not in TASKS:
@@ -60,12 +80,33 @@ def load_model(task: str, name: str, *, num_labels: int | None = None, vocab_siz
         if path is None:
             raise ValueError(f"--model {name!r} is a causal LM; for --task classify pass minilm or a "
                              f"local encoder model directory")
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        names = [str(x) for x in label_names] if label_names else [f"LABEL_{i}" for i in range(num_labels or 2)]
+        # a head of another size (an earlier run on other labels) is replaced, and said so below
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, output_loading_info=True)
         model.config.pad_token_id = pad_id
+        note_new_weights(info, names)
         return model
     if path is not None:
-        return AutoModelForCausalLM.from_pretrained(path)
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+        note_new_weights(info, None)
+        return model
     return tiny_gpt2(vocab_size, max_positions, pad_id)
+
+
+def note_new_weights(info: dict, label_names: list[str] | None) -> None:
+    """One line for the weights the checkpoint did not have (normal for a new classifier head)."""
+    fresh = list(info.get("missing_keys") or []) + [str(k[0] if isinstance(k, tuple) else k)
+                                                    for k in info.get("mismatched_keys") or []]
+    if not fresh:
+        return
+    head = all(k.split(".")[0] in HEAD_NAMES for k in fresh)
+    if head and label_names:
+        log.info("classifier head initialised for %d labels (%s)", len(label_names), ", ".join(label_names))
+    else:
+        log.warning("%d weight tensor(s) not in the model folder were initialised at random, e.g. %s",
+                    len(fresh), ", ".join(sorted(fresh)[:3]))
 
 
 def tiny_gpt2(vocab_size: int, max_positions: int = 512, pad_id: int = 0, layers: int = 4, width: int = 256):

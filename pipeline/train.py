@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +33,7 @@ import torch.distributed as dist
 import shards
 from shards.storage import redact
 
-from . import checkpoint, failure, metrics, models
+from . import checkpoint, failure, metrics, model_folder, models, quiet, train_options
 from .audit import AuditLog, absolute_url
 from .batches import Batches
 from .dataset import ShardStream, StreamConfig
@@ -42,59 +42,16 @@ from .loader import make_loader
 from .mix import MixedStream, parse_mixture
 from .pack import PackedStream
 from .resume import resume_point, run_settings
+from .tensorboard import Board, check_available, open_board
+from .train_options import DEFAULT_LR  # noqa: F401  (the defaults' old home)
 from .world import World, from_env
 
 log = logging.getLogger("pipeline.train")
-DEFAULT_LR = {"classify": 5e-5, "lm": 5e-4}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pipeline.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", required=True,
-                   help="train shard set (folder or index.json URL), or a mixture URL:WEIGHT,URL:WEIGHT")
-    p.add_argument("--eval", help="eval shard set; evaluated once at the end")
-    p.add_argument("--task", choices=models.TASKS, default="classify")
-    p.add_argument("--model", help=f"built-in name ({', '.join(models.BUILTIN)}) or local HF model dir; "
-                                   f"default: minilm for classify, gpt2-random for lm")
-    p.add_argument("--tokenizer", help="tokenizer dir (default: the model's own; MiniLM's for gpt2-random)")
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, required=True, help="samples per rank per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5 classify, 5e-4 lm)")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warm-up")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sample (truncated)")
-    p.add_argument("--pack", type=int, metavar="SEQ_LEN",
-                   help="lm: pack documents into blocks of SEQ_LEN tokens (pipeline.pack) instead of padding")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/train")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
-    p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "never"),
-                   help="continue from the newest checkpoint in OUT/checkpoint that verifies; "
-                        "'never': start from step 0, deleting OUT/checkpoint's steps (without the flag a run "
-                        "refuses to start over existing checkpoints)")
-    p.add_argument("--keep-checkpoints", type=int, default=2,
-                   help="complete checkpoints kept (>= 2 leaves one to fall back to if the newest is damaged)")
-    p.add_argument("--audit", action="store_true", help="log every trained sample id per rank")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if args.pack is not None and (args.task != "lm" or args.pack < 2):
-        p.error(f"--pack {args.pack}: needs --task lm and a block length >= 2 (typical: 512-4096)")
-    if args.pack is not None and args.audit:
-        p.error("--audit counts whole samples; packed blocks split documents, so use it without --pack")
-    if args.audit and "," in args.train:
-        p.error("--audit checks one shard set; a --train mixture repeats and cuts sets, so audit runs of one set")
-    args.model = args.model or models.DEFAULT_MODEL[args.task]
-    args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
-    args.lr = args.lr or DEFAULT_LR[args.task]
-    args.storage_options = shards.parse_storage_options(args.storage_option)
-    return args
+    """The options (``pipeline.train_options``); ``--model``/``--tokenizer`` are filled in by ``main``."""
+    return train_options.parse_args(argv, description=__doc__.split("\n\n")[0])
 
 
 # -- process group -------------------------------------------------------------
@@ -172,7 +129,8 @@ def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
     model = models.load_model(args.task, args.model, num_labels=len(labels or []) or None,
                               vocab_size=tok.get_vocab_size() if tok else None,
                               max_positions=max(args.max_length, args.pack or 0, 128),
-                              pad_id=shards.special_ids(tok)["pad"] if tok else 0).to(device)
+                              pad_id=shards.special_ids(tok)["pad"] if tok else 0,
+                              label_names=labels if args.task == "classify" else None).to(device)
     ddp = None
     if world.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -218,7 +176,7 @@ class Result:
     label_names: list[str] | None
 
 
-def train(args, world: World, device) -> Result:
+def train(args, world: World, device, board: Board | None = None) -> Result:
     stream, train_ds, identity = train_dataset(args, world)
     settings = run_settings(args, world, identity, eval_identity(args))
     ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
@@ -233,6 +191,7 @@ def train(args, world: World, device) -> Result:
     filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
     batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
     audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start) if args.audit else None
+    initial = before_training(args, parts.model, world, device, board, stream.label_names) if start == 0 else {}
     meter = metrics.Meter(world.world_size)
     net = parts.ddp or parts.model
     net.train()
@@ -262,17 +221,35 @@ def train(args, world: World, device) -> Result:
                                      args.log_every)
             history.append(point)
             log.info("%s", text)
+            if board:
+                board.train(step, point, parts.scheduler.get_last_lr()[0])
+        if board and step == 1 and args.task == "lm" and not args.eval:  # the loss before any update
+            board.scalar("train/perplexity", math.exp(min(loss_value, 50.0)), 0)
         if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
             save(args, world, parts, loader, batches, step, history, audit, settings)
     if audit:
         audit.close()
     summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
-    summary.update(resumed_from=start, epochs_started=batches.epoch + 1)
+    summary.update(resumed_from=start, epochs_started=batches.epoch + 1, **initial)
     return Result(summary, history, parts, stream.label_names)
 
 
+def before_training(args, model, world: World, device, board: Board | None, labels) -> dict:
+    """lm with --eval: the eval perplexity at step 0, so that a run's drop can be seen."""
+    if args.task != "lm" or not args.eval:
+        return {}
+    figures = evaluate_run(args, model, world, device, labels)
+    log.info("before training: eval loss %.4f perplexity %.4g", figures["eval_loss"], figures["perplexity"])
+    if board:
+        board.eval(0, figures)
+    return {"initial_eval_loss": figures["eval_loss"], "initial_perplexity": figures["perplexity"]}
+
+
 def audit_header(args, ds: ShardStream, world: World) -> dict:
-    return {"train": absolute_url(args.train), "world_size": world.world_size, "seed": args.seed,
+    """The run the audit log belongs to; the URL without credentials (``shards audit`` takes those
+    from its ``--storage-option``s), the identity so the audit refuses other data under that URL."""
+    return {"train": redact(absolute_url(args.train)), "identity": ds.manifest.identity,
+            "world_size": world.world_size, "seed": args.seed,
             "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
             "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
 
@@ -318,26 +295,16 @@ def evaluate_run(args, model, world: World, device, train_labels) -> dict:
     return evaluate(model, loader, args.task, device, args.precision)
 
 
-def quiet_libraries(rank: int) -> None:
-    """Progress bars and load reports once (rank 0), not once per process."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    if rank:
-        transformers.utils.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 calls a deprecated torch API
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         world = from_env()
     except ValueError as exc:
         return failure.report(exc, 0, 1)
-    logging.basicConfig(level=logging.INFO if world.rank == 0 else logging.WARNING,
-                        format=f"[rank {world.rank}] %(message)s", stream=sys.stdout, force=True)
-    quiet_libraries(world.rank)
+    quiet.entry_point(world.rank)
     try:
+        train_options.resolve_defaults(args)
+        check_available(args.report_to)
         return run(args, world)
     except failure.USER_ERRORS as exc:
         if args.debug:
@@ -347,23 +314,37 @@ def main(argv=None) -> int:
 
 def run(args, world: World) -> int:
     device = setup(world)
+    board = None
     try:
         os.makedirs(args.out, exist_ok=True)
-        result = train(args, world, device)
+        board = open_board(args.report_to, args.out, world.rank)
+        result = train(args, world, device, board)
         summary = result.summary
         if args.eval:
-            summary.update(evaluate_run(args, result.parts.model, world, device, result.label_names))
+            figures = evaluate_run(args, result.parts.model, world, device, result.label_names)
+            summary.update(figures)
+            if board:
+                board.eval(args.steps, figures)
         if world.rank == 0:
-            result.parts.model.save_pretrained(os.path.join(args.out, "model"))
-            summary.update(task=args.task, model=args.model, precision=args.precision, device=device.type,
-                           batch_size=args.batch_size, grad_accum=args.grad_accum, num_workers=args.num_workers)
-            metrics.write_json(os.path.join(args.out, "metrics.json"), summary)
-            metrics.plot(os.path.join(args.out, "train.png"), result.history)
-            log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
+            write_outputs(args, result, summary, device)
     finally:
+        if board:
+            board.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def write_outputs(args, result: Result, summary: dict, device) -> None:
+    """Rank 0: OUT/model (weights, config with label names, tokenizer), metrics.json, train.png."""
+    folder = model_folder.save(result.parts.model, args.tokenizer, os.path.join(args.out, "model"))
+    summary.update(task=args.task, model=redact(args.model), precision=args.precision, device=device.type,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, num_workers=args.num_workers)
+    metrics.write_json(os.path.join(args.out, "metrics.json"), summary)
+    if metrics.plot(os.path.join(args.out, "train.png"), result.history) == metrics.NO_MATPLOTLIB:
+        log.info("train.png skipped: matplotlib is not installed (pip install shardstream[plot])")
+    log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
+    log.info("model -> %s (weights, config with label names, tokenizer)", folder)
 
 
 def _fmt(v) -> str:
