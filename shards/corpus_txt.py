@@ -32,7 +32,7 @@ class _Record:
     def __init__(self, first: int):
         self.first = first
         self.pieces: list[str] = []
-        self.blank_tail: list[int] = []  # file unit: numbers of the blank lines after the last text line
+        self.blank_tail: list[tuple[int, str]] = []  # file unit: (number, text) of blank lines after the last text
         self.lines = 0  # lines held (a drained too_long line is counted where it is read, not here)
         self.size = 0
         self.bad: tuple[str, str] | None = None  # (reason, detail)
@@ -66,7 +66,7 @@ def txt_units(unit: Unit, spec: CorpusSpec, bad: BadRecords, where: Where, compr
                 continue
             if not data.strip():
                 if rec is not None and whole_file:
-                    rec.blank_tail.append(line)
+                    rec.blank_tail.append((line, data.decode("ascii")))  # kept as they are
                     rec.lines += 1
                     continue
                 if rec is not None:
@@ -87,6 +87,7 @@ def txt_units(unit: Unit, spec: CorpusSpec, bad: BadRecords, where: Where, compr
 def _add_line(rec: _Record, data: bytes, line: int, limit: int) -> None:
     rec.lines += 1
     if rec.bad is not None:
+        rec.blank_tail = []  # blank lines followed by text are inside the (bad) record
         return
     rec.size += len(data) + 1
     if rec.size > limit:
@@ -100,7 +101,7 @@ def _add_line(rec: _Record, data: bytes, line: int, limit: int) -> None:
     except UnicodeDecodeError as exc:
         rec.taint("invalid_utf8", f"line {line}, byte {exc.start}")
         return
-    rec.pieces.extend("" for _ in rec.blank_tail)
+    rec.pieces.extend(text for _, text in rec.blank_tail)
     rec.blank_tail = []
     rec.pieces.append(text)
 
@@ -120,5 +121,5 @@ def _close(rec: _Record, whole_file: bool, bad: BadRecords, where: Where) -> Ite
         reason, detail = rec.bad
         bad.add(reason, where(rec.first), f"a {'file' if whole_file else 'paragraph'} of {lines} line(s): "
                                           f"{detail}", lines)
-    for line in rec.blank_tail:
+    for line, _ in rec.blank_tail:
         bad.add(BLANK, where(line))
