@@ -108,14 +108,14 @@ def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw
     else:
         data, error = read_all(unit.url, compression, storage_options)
         if error is not None:
-            bad.add(CORRUPT_FILE, unit.url, f"{error}; no row of it is read (parquet needs the whole file)")
+            bad.add(CORRUPT_FILE, redact(unit.url), f"{error}; no row of it is read (parquet needs the whole file)")
             return
         f = io.BytesIO(data)
     with f:
         try:
             pf = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
-            bad.add(CORRUPT_FILE, unit.url, f"not a readable parquet file: {exc}")
+            bad.add(CORRUPT_FILE, redact(unit.url), f"not a readable parquet file: {exc}")
             return
         names = pf.schema_arrow.names
         wanted = [*spec.text_fields] + ([spec.label_field] if spec.label_field else [])
@@ -123,11 +123,11 @@ def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw
         if missing:
             raise BadRecordError(redact(f"{unit.url}: no column(s) {', '.join(missing)}; "
                                         f"columns: {', '.join(names)}"))
-        row = 0
-        for batch in _batches(pf, wanted, bad, unit.url):
+        row, name = 0, redact(unit.url)
+        for batch in _batches(pf, wanted, bad, name):
             for obj in batch.to_pylist():
                 row += 1
-                record = from_mapping(obj, spec, bad, lambda r: f"{unit.url}:row {r}", row)
+                record = from_mapping(obj, spec, bad, lambda r: f"{name}:row {r}", row)
                 if record is not None:
                     yield record
 

@@ -23,7 +23,6 @@ from typing import Iterator
 from .corpus_open import Where, content_length, line_blocks
 from .corpus_records import from_mapping
 from .corpus_spec import BLANK, BadRecordError, BadRecords, CorpusSpec, Raw, Unit
-from .storage import redact
 
 
 class _Cut(Exception):
@@ -141,8 +140,8 @@ def _raise_csv_field_limit(limit: int) -> None:
 
 
 def _header_error(where, line: int, detail: str):
-    return BadRecordError(redact(f"{where(line)}: malformed_csv: the header row {detail}; fix the file "
-                                 f"or name the columns with --columns and drop the header"))
+    return BadRecordError(f"{where(line)}: malformed_csv: the header row {detail}; fix the file "
+                          f"or name the columns with --columns and drop the header")
 
 
 def _malformed(feed: _Feed, bad: BadRecords, where, exc: csv.Error, in_header: bool) -> None:

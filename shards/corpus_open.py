@@ -21,6 +21,7 @@ from typing import Iterator
 
 from . import storage
 from .corpus_spec import CORRUPT_FILE, BadRecords, Unit
+from .storage import redact
 
 BOM = b"\xef\xbb\xbf"
 IN_CHUNK = 1 << 14  # compressed bytes fed to the decoder at a time (what decodes before damage is kept)
@@ -137,11 +138,12 @@ class Where:
     def __init__(self, unit: Unit, storage_options):
         self.unit, self.storage_options = unit, storage_options
         self.base: int | None = None
+        self.name = redact(unit.url)  # messages never show a URL's credentials or signature
 
     def __call__(self, line: int) -> str:
         if self.base is None:
             self.base = self._lines_before() if self.unit.start > 0 else 0
-        return f"{self.unit.url}:{self.base + line}"
+        return f"{self.name}:{self.base + line}"
 
     def _lines_before(self) -> int:
         """Lines starting before the range's start: the line at 0, and one after each line break

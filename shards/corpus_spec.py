@@ -92,9 +92,10 @@ class BadRecords:
     def add(self, reason: str, where: str, detail: str = "", lines: int = 1) -> None:
         """Count one bad record spanning ``lines`` input lines (or raise under ``error``)."""
         if reason != BLANK and self.policy == "error":
-            # the message names the input's URL: never with its credentials
-            raise BadRecordError(redact(f"{where}: {reason}{': ' + detail if detail else ''} "
-                                        f"(pass --on-bad-record skip to skip and count such records)"))
+            # ``where`` comes redacted from its maker (corpus_open.Where): redacting here would eat
+            # the ":line" after a presigned URL's query
+            raise BadRecordError(f"{where}: {reason}{': ' + detail if detail else ''} "
+                                 f"(pass --on-bad-record skip to skip and count such records)")
         self.counts[reason] += lines
 
     def add_many(self, reason: str, n: int) -> None:

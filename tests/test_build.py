@@ -261,3 +261,24 @@ def test_sst2_train(tmp_path, corpora, fmt, capsys):
     with capsys.disabled():
         print(f"\nSST-2 train -> {fmt}: {m.num_records} records, {len(m.shards)} shard(s), "
               f"{m.num_bytes / 1e6:.1f} MB, {result.seconds:.2f} s, {result.mb_per_s:.1f} MB/s input")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_manifest_alone_accounts_for_every_input_line(tmp_path, workers):
+    """input lines = records + continued_lines + sum(bad_records) + 1 header line per CSV file."""
+    a = tmp_path / "a.csv"
+    a.write_text('text,label\n"two\nlines",pos\nplain,neg\n"three\nline\nrow",neg\n"bad quote"x,pos\n'
+                 '\n"multi\nunknown",other\n,pos\n')
+    b = tmp_path / "b.csv"
+    b.write_text('text,label\none,pos\n"x\ny",pos\n')
+    out = tmp_path / "out"
+    m = build([str(a), str(b)], cfg(out, workers=workers, label_names=("neg", "pos"),
+                                    spec=CorpusSpec(label_field="label", on_bad_record="skip"))).manifest
+    lines = sum(len(p.read_bytes().splitlines()) for p in (a, b))
+    assert m.num_records == 5 and m.continued_lines == 1 + 2 + 1 + 1  # the unknown-label row read 2 lines
+    assert m.bad_records == {"blank_line": 1, "empty_text": 1, "malformed_csv": 1, "unknown_label": 1}
+    assert lines == m.num_records + m.continued_lines + sum(m.bad_records.values()) + 2
+    assert m.label_counts == [2, 3]
+    again = build([str(a), str(b)], cfg(out, workers=workers, label_names=("neg", "pos"),
+                                        spec=CorpusSpec(label_field="label", on_bad_record="skip")))
+    assert again.reused_units == 2 and again.manifest == m  # counts come back from the unit markers

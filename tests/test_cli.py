@@ -163,3 +163,22 @@ def test_verify_reports_an_unreadable_shard_as_a_failure_in_one_line(built, caps
     assert main(["verify", str(built)]) == 1
     captured = capsys.readouterr()
     assert "shard-00002.tar" in captured.out and "Traceback" not in captured.err
+
+
+def test_summary_and_errors_never_show_url_credentials(tmp_path, capsys):
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"text": "x"}\n')
+    assert main(["build", str(src), "--out", "memory://user:s3cret@bucket/out", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "memory://***@bucket/out" in out and "s3cret" not in out
+
+
+
+def test_error_lines_are_redacted_by_the_command_itself(monkeypatch, capsys):
+    def fail(url, storage_options=None):
+        raise OSError(f"cannot read {url}/index.json")
+
+    monkeypatch.setattr("shards.cli.load_manifest", fail)
+    assert main(["inspect", "https://user:s3cret@host/set?X-Amz-Signature=t0ken"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "t0ken" not in err and "https://***@host/set" in err and err.count("\n") == 1

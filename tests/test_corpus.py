@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shards.build import sort_labels
-from shards.corpus import BadRecordError, BadRecords, CorpusSpec, Unit, kind_of, plan_units, read_unit
+from shards.corpus import BadRecordError, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -240,3 +241,23 @@ def test_compressed_and_columnar_files_are_never_split(tmp_path):
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "b.parquet")
     units = plan_units([gz, str(tmp_path / "b.parquet")], 10)
     assert [u.end for u in units] == [None, None]
+
+
+def test_kind_of_ignores_a_presigned_urls_query_and_takes_input_format():
+    url = "https://bucket.s3.amazonaws.com/raw/a.csv.gz?X-Amz-Signature=abc.txt&X-Amz-Expires=60"
+    assert kind_of(url) == ("csv", "gzip")
+    assert kind_of("data/rt-polarity.neg", "txt") == ("txt", None)
+    assert kind_of("data/a.neg.zst", "jsonl") == ("jsonl", "zstd")
+    with pytest.raises(ValueError, match=r"input data/a\.neg: unknown file type.*--input-format txt\|jsonl"):
+        kind_of("data/a.neg")
+
+
+def test_bad_record_errors_never_show_url_credentials():
+    where = Where(Unit("https://user:s3cret@host/a.jsonl?sig=tok3n"), None)
+    with pytest.raises(BadRecordError) as info:
+        BadRecords("error").add("malformed_json", where(7), "x")
+    text = str(info.value)
+    assert "s3cret" not in text and "tok3n" not in text and "a.jsonl?sig=***:7: malformed_json" in text
+    with pytest.raises(ValueError) as info:
+        kind_of("https://user:s3cret@host/a.docx")
+    assert "s3cret" not in str(info.value)
