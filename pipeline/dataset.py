@@ -229,11 +229,13 @@ class ShardStream(IterableDataset):
         batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
         worker_id, workers = world.worker()
         self.drop_sample_state()
-        total = -(-self.worker_samples(worker_id, workers) // batch_size)
-        settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch, total)
+        samples = self.worker_samples(worker_id, workers)
+        settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch,
+                       -(-samples // batch_size))
         keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
-        skip = self._begin(start_batch * batch_size)
-        chunks = self._grouped(worker_id, workers, batch_size, start_batch, keep_text) \
+        # past the short last batch: at the end, not past it (a window cannot be cut beyond its end)
+        skip = self._begin(min(start_batch * batch_size, samples))
+        chunks = self._grouped(worker_id, workers, batch_size, skip, keep_text) \
             if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
         return self._batches(chunks, batch_size, pad_id, pad_to_multiple_of, keep_text)
 
@@ -266,12 +268,11 @@ class ShardStream(IterableDataset):
                 yield self._tokenized(part, keep_text)
         self._report_epoch()
 
-    def _grouped(self, worker_id: int, workers: int, batch_size: int, start_batch: int,
+    def _grouped(self, worker_id: int, workers: int, batch_size: int, skip: int,
                  keep_text: bool) -> Iterator[Chunk]:
-        """This worker's batches (Chunks of ``batch_size``) from ``start_batch`` on, each window
-        sorted by token length and its batches shuffled (group.py)."""
+        """This worker's batches (Chunks of ``batch_size``) from position ``skip`` (a batch start)
+        on, each window sorted by token length and its batches shuffled (group.py)."""
         window = group.window_size(self.config.shuffle_buffer, batch_size)
-        skip = start_batch * batch_size
         first = skip // window
         for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
             chunk = concat([self._tokenized(part, keep_text) for part in rechunk([chunk], self.config.tokenize_batch)])
