@@ -31,46 +31,56 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipeline.train", description=description, formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--train", required=True,
+    data.add_argument("--train", required=True, metavar="URL",
                       help="train shard set (folder or index.json URL), or a mixture URL:WEIGHT,URL:WEIGHT")
-    data.add_argument("--eval", help="eval shard set; evaluated at the end (and, for lm, before step 1)")
-    data.add_argument("--max-length", type=int, default=128, help="tokens per sample; longer samples are truncated")
+    data.add_argument("--eval", metavar="URL",
+                      help="eval shard set, evaluated at the end (and, for lm, before step 1); default: none, no eval")
+    data.add_argument("--max-length", type=int, default=128, metavar="N",
+                      help="tokens per sample; longer samples are truncated")
     data.add_argument("--pack", type=int, metavar="SEQ_LEN",
-                      help="lm: pack documents into blocks of SEQ_LEN tokens (pipeline.pack) instead of padding")
-    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank")
+                      help="lm: pack documents into blocks of SEQ_LEN tokens (pipeline.pack); default: pad each "
+                           "document to the batch's longest")
+    data.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes per rank")
     data.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                      help="fsspec storage option for remote shard sets, repeatable (e.g. endpoint_url=...)")
+                      help="fsspec storage option for remote shard sets, repeatable (e.g. endpoint_url=...); "
+                           "default: none, credentials from the environment")
     model = p.add_argument_group("model")
     model.add_argument("--task", choices=models.TASKS, default="classify",
                        help="classify: sequence classification on the shards' labels; lm: causal language model")
-    model.add_argument("--model", help=f"built-in name ({', '.join(models.BUILTIN)}) or a local Hugging Face "
-                                       f"model folder (e.g. an earlier run's OUT/model); "
-                                       f"default: minilm for classify, gpt2-random for lm")
-    model.add_argument("--tokenizer", help="tokenizer folder or tokenizer.json; default: the model folder's own "
-                                           "(MiniLM's for gpt2-random)")
+    model.add_argument("--model", metavar="NAME|DIR",
+                       help=f"built-in name ({', '.join(models.BUILTIN)}) or a local Hugging Face "
+                            f"model folder (e.g. an earlier run's OUT/model); "
+                            f"default: minilm for classify, gpt2-random for lm")
+    model.add_argument("--tokenizer", metavar="PATH",
+                       help="tokenizer folder or tokenizer.json; default: the model folder's own "
+                            "(MiniLM's for gpt2-random)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, required=True, help="optimizer steps to train for")
-    opt.add_argument("--batch-size", type=int, required=True, help="samples per rank per micro-batch")
-    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    opt.add_argument("--lr", type=float, help="peak learning rate; default: 5e-5 for classify, 5e-4 for lm")
-    opt.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent in linear LR warm-up")
-    opt.add_argument("--seed", type=int, default=0, help="seed of the shuffle order, initial weights and dropout")
+    opt.add_argument("--steps", type=int, required=True, metavar="N", help="optimizer steps to train for")
+    opt.add_argument("--batch-size", type=int, required=True, metavar="N", help="samples per rank per micro-batch")
+    opt.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
+    opt.add_argument("--lr", type=float, metavar="LR",
+                     help="peak learning rate; default: 5e-5 for classify, 5e-4 for lm")
+    opt.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION",
+                     help="fraction of the steps spent in linear LR warm-up")
+    opt.add_argument("--seed", type=int, default=0, metavar="N",
+                     help="seed of the shuffle order, initial weights and dropout")
     opt.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                      help="bf16: autocast the forward pass to bfloat16 (weights and optimizer stay fp32)")
     run = p.add_argument_group("outputs and runs")
-    run.add_argument("--out", default="runs/train",
+    run.add_argument("--out", default="runs/train", metavar="DIR",
                      help="run folder: metrics.json, train.png, model/, checkpoint/, audit/, tb/")
-    run.add_argument("--log-every", type=int, default=10,
+    run.add_argument("--log-every", type=int, default=10, metavar="N",
                      help="steps between log lines (and TensorBoard points with --report-to tensorboard)")
     run.add_argument("--report-to", choices=REPORT_TO, default="none",
                      help="tensorboard: write live training and eval figures to OUT/tb/ "
                           "(pip install shardstream[tensorboard])")
-    run.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end only)")
+    run.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                     help="steps between checkpoints (0: at the end only)")
     run.add_argument("--resume", nargs="?", const="yes", choices=("yes", "never"),
                      help="continue from the newest checkpoint in OUT/checkpoint that verifies; 'never': start "
-                          "from step 0, deleting OUT/checkpoint's steps; without the flag a run refuses to "
-                          "start over existing checkpoints")
-    run.add_argument("--keep-checkpoints", type=int, default=2,
+                          "from step 0, deleting OUT/checkpoint's steps; default (no flag): refuse to start over "
+                          "existing checkpoints")
+    run.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
                      help="complete checkpoints kept (>= 2 leaves one to fall back to if the newest is damaged)")
     run.add_argument("--audit", action="store_true",
                      help="log every trained sample id per rank to OUT/audit/ (check with: shards audit OUT)")

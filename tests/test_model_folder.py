@@ -36,6 +36,7 @@ def news(tmp_path_factory):
     return {"shards": str(out), "bert": tiny_bert(tmp / "bert"), "tmp": tmp}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_model_folder_round_trip(news, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
