@@ -224,8 +224,8 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
             elif raw.label in label_ids:
                 yield raw.text, label_ids[raw.label]
             else:
-                bad.add("unknown_label", where(raw.line), f"{raw.label!r} not in {labels} "
-                                                          f"({'--label-map' if cfg.label_map else '--label-names'})")
+                bad.add("unknown_label", where(raw.line),
+                        f"{raw.label!r} not in {labels} (--label-names or --label-map)")
 
     return columns_of(records(), labels is not None), text_chars
 
