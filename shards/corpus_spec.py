@@ -10,8 +10,8 @@ Accounting, for every line format (txt, jsonl, csv, tsv): each physical input li
     input lines = records written + sum(bad counts) + ``BadRecords.continued``
 
 where ``continued`` counts the 2nd, 3rd, ... lines of a written multi-line record
-(a quoted CSV field holding line breaks), and a bad multi-line record counts each of
-its lines under its reason.  A damaged compressed file counts one ``corrupt_file``
+(a quoted CSV field holding line breaks, a txt paragraph or file under ``--text-unit``),
+and a bad multi-line record counts each of its lines under its reason.  A damaged compressed file counts one ``corrupt_file``
 for its cut-off remainder (the partial last line, if any, and everything after it);
 the whole lines before the damage are read as usual.
 """
