@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections import Counter
@@ -80,6 +81,11 @@ class ShardCache:
                 data = f.read()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a folder or an unreadable file in the entry's place: fetch instead
+            log.warning("shard cache: %s is unreadable (%s); dropping it and fetching the shard", path, exc)
+            self.stats["dropped_unreadable"] += 1
+            _unlink(path)
+            return None
         if len(data) != info.num_bytes:  # a damaged entry: drop it, fetch again
             log.warning("shard cache: %s has %d bytes, expected %d; refetching", path, len(data), info.num_bytes)
             self.stats["dropped_bad_size"] += 1
@@ -138,7 +144,13 @@ class ShardCache:
 
 
 def _unlink(path: str) -> None:
+    """Remove a cache entry, or whatever sits in its place; a failure only means it stays stale."""
     try:
-        os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:  # the next store reports it too; reading goes on from the source
+        log.warning("shard cache: could not remove %s (%s)", path, exc)
