@@ -64,9 +64,9 @@ def test_model_folder_round_trip(news, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_model_folder_without_tokenizer_is_a_one_line_error(news, tmp_path):
-    bare = tiny_gpt2(tmp_path / "gpt2")  # weights and config only
-    proc = train_cli("--train", news["shards"], "--task", "lm", "--model", bare, "--out", str(tmp_path / "x"))
+def test_model_folder_without_tokenizer_is_a_one_line_error(tmp_path):
+    bare = tiny_gpt2(tmp_path / "gpt2")  # weights and config only; refused before any data is read
+    proc = train_cli("--train", str(tmp_path / "shards"), "--task", "lm", "--model", bare, "--out", str(tmp_path / "x"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -4,15 +4,14 @@ from __future__ import annotations
 import ast
 import json
 import math
-import subprocess
 import sys
 
 import pytest
 
-from pipeline import metrics
+from pipeline import metrics, train
 from pipeline.tensorboard import INSTALL, check_available
-from tests.conftest import ROOT, build_set, minilm_path
-from tests.trainkit import ENV
+from tests.conftest import build_set, minilm_path
+from tests.trainkit import tiny_gpt2
 
 TRAIN_TAGS = {"train/loss", "train/lr", "train/samples_per_s", "train/tokens_per_s", "train/data_wait_fraction"}
 
@@ -26,15 +25,14 @@ def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.timeout(240)
-def test_lm_run_writes_train_and_eval_scalars_read_back(tmp_path):
+def test_lm_run_writes_train_and_eval_scalars_read_back(tmp_path, capsys):
     data = build_set(tmp_path, n=24, max_records=8)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "--train", data, "--eval", data, "--task", "lm",
-                           "--tokenizer", minilm_path(), "--steps", "4", "--batch-size", "4", "--max-length", "16",
-                           "--log-every", "2", "--report-to", "tensorboard", "--out", str(out)],
-                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=220)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "before training: eval loss" in proc.stdout
+    assert train.main(["--train", data, "--eval", data, "--task", "lm", "--model", tiny_gpt2(tmp_path / "gpt2"),
+                       "--tokenizer", minilm_path(),
+                       "--steps", "4", "--batch-size", "4", "--max-length", "16", "--log-every", "2",
+                       "--report-to", "tensorboard", "--out", str(out)]) == 0
+    assert "before training: eval loss" in capsys.readouterr().out
     scalars = read_scalars(out / "tb")
     for tag in TRAIN_TAGS:
         assert [s for s, _ in scalars[tag]] == [2, 4], tag
