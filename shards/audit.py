@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from .index import SAMPLE_ID, load_manifest
-from .storage import parse_storage_options
+from .storage import parse_storage_options, redact
 
 EXAMPLES = 5  # ids shown per failure kind
 
@@ -142,12 +142,24 @@ def check_epoch(epoch: int, logs: dict[int, RankLog], expected: set[str], world:
         out.fail(f"epoch {epoch}: a rank logged more than its {per_rank} samples per epoch")
 
 
+def reopenable(recorded: str) -> str:
+    """The header's train URL, stored without credentials (``pipeline.train`` redacts it): a hidden
+    ``user:token@`` is dropped (credentials come from ``--storage-option`` or the environment); a
+    hidden secret query value cannot be rebuilt, so the run's URL must be given again."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)\*\*\*@", r"\1", recorded)
+    if "=***" in url:
+        raise ValueError(f"audit header: the train URL {recorded} had a secret in its query, hidden in the "
+                         f"log; pass the run's URL again with --train URL")
+    return url
+
+
 def audit(run_dir: str, storage_options: dict | None = None, train_url: str | None = None) -> Finding:
     out = Finding()
     logs = read_logs(run_dir)
     world, per_rank = check_ranks(logs, out)
-    url = train_url or next(iter(logs.values())).header["train"]
+    url = train_url or reopenable(next(iter(logs.values())).header["train"])
     manifest = load_manifest(url, storage_options)
+    url = redact(url)  # for the lines below: a --train given with credentials is not echoed
     expected = {sample_id(s, r) for s, size in enumerate(manifest.shard_sizes) for r in range(size)}
     recorded = next(iter(logs.values())).header.get("identity")
     if recorded is not None and recorded != manifest.identity:
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = audit(args.dir, parse_storage_options(args.storage_option), args.train)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"shards audit: error: {exc}", file=sys.stderr)
+        print(f"shards audit: error: {redact(exc)}", file=sys.stderr)
         return 2
     print("\n".join(result.lines))
     return 0 if result.ok else 1

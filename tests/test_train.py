@@ -9,8 +9,17 @@ import torch
 
 from pipeline import checkpoint, train
 from tests.conftest import build_set, minilm_path
-from tests.trainkit import (audit_lines, final_weights, metrics, run_torchrun, same_weights, shard_sets,
-                            tiny_bert, tiny_gpt2, train_args)
+from tests.trainkit import (
+    audit_lines,
+    final_weights,
+    metrics,
+    run_torchrun,
+    same_weights,
+    shard_sets,
+    tiny_bert,
+    tiny_gpt2,
+    train_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +323,29 @@ def test_train_on_a_weighted_mixture_of_shard_sets(kit, tmp_path):
     train.main(train_args(f"{kit['train']}:0.7,{other}:0.3", kit["eval"], kit["bert"], out, 6, 4, "classify",
                           "--resume"))
     assert metrics(out)["steps"] == 6 and metrics(out)["resumed_from"] == 4
+
+
+@pytest.mark.timeout(120)
+def test_audit_header_has_identity_and_a_url_without_credentials(kit, tmp_path, capsys):
+    from shards import load_manifest
+    from shards.audit import main as audit_main
+
+    out = tmp_path / "audited"
+    assert train.main(train_args(kit["train"], None, kit["bert"], out, 2, 4, "classify", "--audit")) == 0
+    log = out / "audit" / "rank0.jsonl"
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["identity"] == load_manifest(kit["train"]).identity
+    assert header["train"] == os.path.abspath(kit["train"])
+    # a URL logged with its userinfo hidden is re-opened without it (credentials: --storage-option)
+    header["train"] = "file://***@" + header["train"]
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert audit_main([str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+    # a hidden secret query value cannot be rebuilt: one line asking for the URL again
+    header["train"] = "https://example.invalid/set?token=***"
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert audit_main([str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train URL" in err[0]

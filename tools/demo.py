@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from pipeline import quiet
 from pipeline.models import minilm_dir
 
 from . import make_corpus
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-accuracy", type=float, help="fail below this dev accuracy "
                                                       "(default 0.8 on the generated corpus, none otherwise)")
     args = p.parse_args(argv)
+    quiet.entry_point()  # the training and shards commands it runs are quiet entry points of their own
     start = time.perf_counter()
     train_src, dev_src, described = corpus(args)
     manifest = build(train_src, os.path.join(args.out, "shards", "train"), args, None)
@@ -154,7 +156,8 @@ def summary(args, described, manifest, m, train_s, total_s, audit, run_dir) -> N
             ("throughput", f"{m['samples_per_s']:.1f} samples/s, {m['tokens_per_s']:.0f} tokens/s, "
                            f"data-wait fraction {m['data_wait_fraction']:.1%}"),
             ("audit", verdict),
-            ("outputs", f"{run_dir}/metrics.json, train.png, model/, checkpoint/, audit/"),
+            ("outputs", f"{run_dir}/metrics.json, train.png, model/ (weights, tokenizer, label names), "
+                        f"checkpoint/, audit/"),
             ("total time", f"{total_s:.0f} s")]
     print("\n== demo summary ==")
     for name, text in rows:
