@@ -34,6 +34,7 @@ import numpy as np
 
 from . import corpus_jsonl, formats, storage
 from .corpus import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
+from .corpus_inputs import expand_inputs
 from .engines import EngineError, LocalEngine, Progress
 from .index import Manifest
 from .labels import check_label_map, check_label_names, normalized_values
@@ -291,7 +292,7 @@ def build(inputs: list[str], cfg: BuildConfig, engine=None) -> BuildResult:
         t0 = time.perf_counter()
         # with --input-format a folder gives all its files, whatever their extension
         suffixes = ALL_SUFFIXES if cfg.spec.input_format is None else ("",)
-        urls = storage.expand_inputs(inputs, suffixes, cfg.storage_options)
+        urls = expand_inputs(inputs, suffixes, cfg.storage_options)
         units = plan_units(urls, cfg.split_bytes, cfg.storage_options, cfg.spec)
         input_bytes = sum(storage.size(u, cfg.storage_options) for u in urls)
         try:

@@ -160,6 +160,8 @@ def _human(n: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("botocore", "aiobotocore"):  # "Found credentials in environment variables." on every run
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     commands = {"build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify, "audit": cmd_audit}
     try:
         return commands[args.command](args)

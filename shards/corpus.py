@@ -125,11 +125,30 @@ def _read_parquet(unit, spec, bad, compression, storage_options) -> Iterator[Raw
                                         f"columns: {', '.join(names)}"))
         row, name = 0, redact(unit.url)
         for batch in _batches(pf, wanted, bad, name):
-            for obj in batch.to_pylist():
+            for obj in _rows(batch):
                 row += 1
+                if obj is None:
+                    bad.add("invalid_utf8", f"{name}:row {row}", "a string in the row is not valid UTF-8")
+                    continue
                 record = from_mapping(obj, spec, bad, lambda r: f"{name}:row {r}", row)
                 if record is not None:
                     yield record
+
+
+def _rows(batch) -> list[dict | None]:
+    """The batch's rows as dicts; None for a row holding a string that is not UTF-8 (parquet does not
+    check: such bytes reach us as they were written)."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    rows: list[dict | None] = []
+    for i in range(batch.num_rows):
+        try:
+            rows.append(batch.slice(i, 1).to_pylist()[0])
+        except UnicodeDecodeError:
+            rows.append(None)
+    return rows
 
 
 def _batches(pf, wanted: list[str], bad: BadRecords, url: str):

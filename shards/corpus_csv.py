@@ -12,6 +12,7 @@ split or invented (see :mod:`shards.corpus_spec` for the accounting):
   it passes the limit, never held; the rest of the quoted field is drained by counting
   quote characters (a field closes when the row's ``"`` count turns even), and every
   line is counted ``too_long``; the csv module's own field limit is never reached;
+* a header naming a column twice is refused (a row would keep only the last column's value);
 * a written row of k lines adds k - 1 to ``BadRecords.continued``; a bad row of k lines
   counts k under its reason.
 """
@@ -123,7 +124,7 @@ def read_csv(unit: Unit, spec: CorpusSpec, bad: BadRecords, delimiter: str, comp
         lines, start = len(feed.row), feed.row[0][0]
         if header is None:
             if row and "".join(row).strip():
-                header = row
+                header = _checked_header(row, where, start)
             elif lines:
                 bad.add(BLANK, where(start), lines=lines)  # blank lines before the header
             continue
@@ -142,6 +143,17 @@ def _raise_csv_field_limit(limit: int) -> None:
 def _header_error(where, line: int, detail: str):
     return BadRecordError(f"{where(line)}: malformed_csv: the header row {detail}; fix the file "
                           f"or name the columns with --columns and drop the header")
+
+
+def _checked_header(row: list[str], where, line: int) -> list[str]:
+    """The header row, refused when a name repeats (a row would keep only its last column's value)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(row, 1):
+        if name in seen:
+            raise _header_error(where, line, f"names the column {name!r} twice (columns {seen[name]} and {i}), "
+                                             f"so one of them would be dropped unseen")
+        seen[name] = i
+    return row
 
 
 def _malformed(feed: _Feed, bad: BadRecords, where, exc: csv.Error, in_header: bool) -> None:

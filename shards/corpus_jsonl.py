@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .corpus_jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, bool_array
-from .corpus_open import Where, line_blocks, split_lines
+from .corpus_open import Where, count_lines, line_blocks, split_lines
 from .corpus_records import jsonl_records
 from .corpus_spec import BadRecords, CorpusSpec, Unit, kind_of
 from .writer import Columns
@@ -86,8 +86,9 @@ class _Reader:
 
     # -- one block ---------------------------------------------------------------------
     def columns(self, block: bytes, first: int) -> Iterator[Columns]:
-        if b"\r" in block:  # CRLF or lone-CR line breaks: numbered by the per-line path
-            yield from self._per_line(block, first)
+        if b"\r" in block:  # CRLF or lone-CR line breaks: those lines are numbered by the per-line path
+            for piece, line, has_cr in cr_runs(block, first):
+                yield from self._per_line(piece, line) if has_cr else self.columns(piece, line)
             return
         checked = self.checker.check(block)
         if checked is None:
@@ -131,7 +132,8 @@ class _Reader:
 
     def block_labels(self, block: bytes, first: int) -> set[str]:
         if b"\r" in block:
-            return self._per_line_labels(block, first)
+            return set().union(*(self._per_line_labels(piece, line) if has_cr else self.block_labels(piece, line)
+                                 for piece, line, has_cr in cr_runs(block, first)))
         checked = self.checker.check(block, for_scan=True)
         if checked is None:
             pieces = self._pieces(block, first)
@@ -169,6 +171,36 @@ class _Reader:
             texts.append(raw.text)
         yield Columns(pa.array(texts, pa.string()), np.array(label_ids, np.int64) if ids is not None else None,
                       chars)
+
+
+def cr_runs(block: bytes, first: int) -> list[tuple[bytes, int, bool]]:
+    """The block of whole lines cut into runs (piece, number of its first line, holds a CR): runs of
+    lines with a CR (numbered as the per-line path numbers a CRLF or a lone CR) and runs without."""
+    runs, pos, line = [], 0, first
+    while pos < len(block):
+        r = block.find(b"\r", pos)
+        if r < 0:
+            runs.append((block[pos:], line, False))
+            break
+        start = block.rfind(b"\n", pos, r) + 1 or pos
+        if start > pos:
+            runs.append((block[pos:start], line, False))
+            line += block.count(b"\n", pos, start)
+        end = _line_end(block, r)
+        while end < len(block):  # the run goes on while the next line holds a CR too
+            cr, lf = block.find(b"\r", end), block.find(b"\n", end)
+            if cr < 0 or 0 <= lf < cr:
+                break
+            end = _line_end(block, cr)
+        runs.append((block[start:end], line, True))
+        line += count_lines(block[start:end])
+        pos = end
+    return runs
+
+
+def _line_end(block: bytes, i: int) -> int:
+    """Offset after the LF ending the line that holds ``block[i]`` (the block's end without one)."""
+    return block.find(b"\n", i) + 1 or len(block)
 
 
 def block_lines(block: bytes, first_line: int, spec: CorpusSpec, bad: BadRecords, where

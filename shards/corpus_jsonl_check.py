@@ -10,6 +10,8 @@ each is exactly one object, as ``json.loads`` of the line sees it.  Other lines
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +35,10 @@ LABEL_TYPES = (pa.string(), pa.int64(), pa.float64())
 OK, NO_TEXT, EMPTY, NUL, NO_LABEL, UNKNOWN, BAD_LABEL = range(7)
 REASONS = {NO_TEXT: "missing_field", EMPTY: "empty_text", NUL: "nul_byte", NO_LABEL: "missing_field",
            BAD_LABEL: "bad_label", UNKNOWN: "unknown_label"}
+# a \\uD800-\\uDFFF escape not in a high-low pair; a pair after a backslash too (it may be a "\\\\" then text)
+LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                            rb"|(?<![uU][dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                            rb"|(?<=\\)\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F]")
 LABEL_BAD_RE2 = "[" + LABEL_BAD_CHARS.replace("\u2028", "\\x{2028}").replace("\u2029", "\\x{2029}") + "]"
 
 
@@ -94,6 +100,22 @@ def _mark_invalid_utf8(block: bytes, starts: np.ndarray, suspect: np.ndarray) ->
     suspect[np.searchsorted(starts, at, side="right") - 1:] = True
 
 
+def refused_lines(block: bytes, lines: Lines, keys: list[bytes]) -> np.ndarray:
+    """Lines pyarrow refuses and the per-line path counts: a lone surrogate escape (``"\\ud800"``), or
+    one of ``keys`` (``b'"text"'``) twice (a duplicate key; or the name also as a value, left to the
+    per-line path all the same).  Only looked for in a block pyarrow refused: nothing on the clean path."""
+    at: list[int] = [m.start() for m in LONE_SURROGATE.finditer(block)] if b"\\u" in block else []
+    refused = np.zeros(len(lines.starts), bool)
+    for key in keys:
+        found = [m.start() for m in re.finditer(re.escape(key), block)]
+        if len(found) > 1:
+            counts = np.bincount(np.searchsorted(lines.starts, found, side="right") - 1, minlength=len(refused))
+            refused |= counts > 1
+    if at:
+        refused[np.searchsorted(lines.starts, at, side="right") - 1] = True
+    return refused
+
+
 class Checker:
     """Parses the clean lines of blocks with pyarrow and runs the record checks on them."""
 
@@ -101,10 +123,24 @@ class Checker:
         self.spec = spec
         self.label_set = pa.array(labels, pa.string()) if labels is not None else None
         self.label_type = None  # learnt from the first block; then other fields are not parsed at all
+        names = (*spec.text_fields, *([spec.label_field] if spec.label_field is not None else []))
+        self.keys = [json.dumps(n, ensure_ascii=False).encode() for n in dict.fromkeys(names)]
 
     def check(self, block: bytes, for_scan: bool = False) -> Checked | None:
-        """The block's clean lines checked, or None if pyarrow does not read them one row per line."""
+        """The block's clean lines checked, or None if pyarrow does not read them one row per line.
+
+        When pyarrow refuses them, the lines it refuses for a known cause (a lone surrogate escape,
+        a field the build reads named twice) are left to the per-line path and the rest parsed again.
+        """
         lines = line_shape(block, self.spec.max_record_bytes)
+        checked = self._check(block, lines, for_scan)
+        if checked is None:
+            refused = refused_lines(block, lines, self.keys) & ~lines.suspect
+            if refused.any():
+                checked = self._check(block, lines._replace(suspect=lines.suspect | refused), for_scan)
+        return checked
+
+    def _check(self, block: bytes, lines: Lines, for_scan: bool) -> Checked | None:
         clean = ~lines.suspect
         if not clean.any():
             return Checked(lines, pa.chunked_array([], pa.string()), None, None)

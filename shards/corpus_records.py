@@ -16,6 +16,11 @@ Labels, ONE rule for every reader (so ``1``, ``1.0``, ``"1"`` and ``" 1 "`` are 
 * a missing or null label, or one that is empty after stripping, is ``missing_field``;
 * a label holding a line break or another control character is ``bad_label`` (it is
   what a broken CSV quote folding several rows into one field looks like).
+
+Text or a label holding a lone surrogate (a JSON ``"\\ud800"`` escape with no pair: valid
+JSON, but no Unicode character, so UTF-8 cannot hold it) is ``invalid_utf8``.  A JSON
+object naming a field the build reads (a text field or the label field) twice is
+``duplicate_key``: which of the two values is meant cannot be known.
 """
 from __future__ import annotations
 
@@ -55,6 +60,42 @@ def txt_records(lines: Iterable[tuple[bytes, int]], bad: BadRecords, where) -> I
             yield Raw(text, None, line)
 
 
+class _Repeated(dict):
+    """A JSON object that named a key twice (the last value kept, as ``dict`` does); ``keys_twice``
+    are those keys."""
+
+    keys_twice: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    repeated = _Repeated(obj)
+    seen: set[str] = set()
+    repeated.keys_twice = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return repeated
+
+
+# one decoder for every line: object_pairs_hook sees the keys json.loads would merge
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+
+
+def _loads(text: str):
+    """``json.loads(text)`` (the same errors), objects naming a key twice marked."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
+def _read_twice(obj: dict, spec: CorpusSpec) -> list[str]:
+    """The fields the build reads that the object names more than once."""
+    if type(obj) is not _Repeated:
+        return []
+    wanted = (*spec.text_fields, spec.label_field)
+    return [k for k in dict.fromkeys(obj.keys_twice) if k in wanted]
+
+
 def jsonl_records(lines: Iterable[tuple[bytes, int]], spec: CorpusSpec, bad: BadRecords, where
                   ) -> Iterator[Raw]:
     """Records of JSONL lines, one JSON object per line."""
@@ -66,12 +107,17 @@ def jsonl_records(lines: Iterable[tuple[bytes, int]], spec: CorpusSpec, bad: Bad
         if text is None:
             continue
         try:
-            obj = json.loads(text)
+            obj = _loads(text)
         except json.JSONDecodeError as exc:
             bad.add("malformed_json", where(line), str(exc))
             continue
         if not isinstance(obj, dict):
             bad.add("malformed_json", where(line), f"expected an object, got {type(obj).__name__}")
+            continue
+        twice = _read_twice(obj, spec)
+        if twice:
+            bad.add("duplicate_key", where(line), f"the object names {', '.join(map(repr, twice))} more than "
+                                                  f"once; which value is meant is unknown: keep one")
             continue
         record = from_mapping(obj, spec, bad, where, line)
         if record is not None:
@@ -92,6 +138,9 @@ def from_mapping(obj: dict, spec: CorpusSpec, bad: BadRecords, where, line: int,
             return None
         parts.append(value)
     text = "\n".join(parts)
+    if not text.isascii() and _lone_surrogate(text):
+        bad.add("invalid_utf8", where(line), f"the text {_surrogate_detail(text)}", lines)
+        return None
     if not text.strip():
         bad.add("empty_text", where(line), lines=lines)
         return None
@@ -116,6 +165,8 @@ def normalize_label(value) -> tuple[str | None, tuple[str, str] | None]:
             return None, ("missing_field", "is empty")
         if _LABEL_BAD.search(value):
             return None, ("bad_label", f"holds a line break or control character: {value[:40]!r}")
+        if not value.isascii() and _lone_surrogate(value):
+            return None, ("invalid_utf8", _surrogate_detail(value))
         return value, None
     if value is None:
         return None, ("missing_field", "is missing or null")
@@ -126,6 +177,22 @@ def normalize_label(value) -> tuple[str | None, tuple[str, str] | None]:
     return None, ("wrong_type", f"is a {_type(value)} ({str(value)[:40]}); labels are strings or integers")
 
 
+def _lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (from a ``\\udXXX`` JSON escape): not encodable as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_detail(text: str) -> str:
+    at = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
+    return (f"holds a lone surrogate \\u{ord(text[at]):04x} at character {at} (a JSON escape of half a "
+            f"UTF-16 pair, not a character; UTF-8 cannot hold it): fix the writer of the file")
+
+
 def _type(value) -> str:
-    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "object"
+    return {bool: "boolean", int: "number", float: "number", list: "list"}.get(type(value), type(value).__name__)

@@ -11,8 +11,8 @@ Accounting, for every line format (txt, jsonl, csv, tsv): each physical input li
 
 where ``continued`` counts the 2nd, 3rd, ... lines of a written multi-line record
 (a quoted CSV field holding line breaks, a txt paragraph or file under ``--text-unit``),
-and a bad multi-line record counts each of its lines under its reason.  A damaged compressed file counts one ``corrupt_file``
-for its cut-off remainder (the partial last line, if any, and everything after it);
+and a bad multi-line record counts each of its lines under its reason.  A damaged compressed
+file counts one ``corrupt_file`` for its cut-off remainder (the partial last line, if any, and everything after it);
 the whole lines before the damage are read as usual.
 """
 from __future__ import annotations
@@ -66,6 +66,10 @@ class CorpusSpec:
                                    ("input_format", self.input_format, (None, *INPUT_FORMATS))):
             if value not in valid:
                 raise ValueError(f"{name}={value!r}; valid: {', '.join(v for v in valid if v)}")
+        twice = [c for i, c in enumerate(self.columns or ()) if c in self.columns[:i]]
+        if twice:
+            raise ValueError(f"--columns {','.join(self.columns)}: names the column {twice[0]!r} twice; "
+                             f"name each column once")
 
 
 @dataclass(frozen=True)

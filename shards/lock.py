@@ -268,6 +268,17 @@ class OutputLock:
         self.release()
 
     def acquire(self) -> None:
+        """Take the lock: the first write to ``--out``, so a store that cannot be written (unreachable,
+        read-only, refused) ends here in one line naming it."""
+        try:
+            self._acquire()
+        except storage.client_errors() as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise OutputError(f"cannot write the lock {redact(self.url)}: {type(exc).__name__}: {redact(detail)}; "
+                              f"check the --out URL, its --storage-option settings and that the store is "
+                              f"reachable and writable (an http:// server usually is not)") from None
+
+    def _acquire(self) -> None:
         for _ in range(3):  # a stale lock taken over, then retried; a race lost twice gives up
             holder = self._try_remote() if self.remote else self._try_local()
             if holder is None:

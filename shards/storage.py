@@ -11,6 +11,7 @@ jitter, resuming from the byte offset already read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -94,8 +95,17 @@ def is_remote(url: str) -> bool:
     return protocol not in ("file", "local")
 
 
+# object stores whose URL "host" is the bucket: a user:secret@ there would be sent as part of the name
+NO_USERINFO = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
+
+
 def filesystem(url: str, storage_options: dict | None = None):
     """(fs, path) for a URL.  Called in the process that uses it (fork safety)."""
+    protocol = fsspec.utils.get_protocol(str(url))
+    if protocol in NO_USERINFO and _USERINFO.match(str(url)):
+        raise ValueError(f"{redact(url)}: {protocol}:// URLs cannot carry credentials (user:password@), they would "
+                         f"be sent as the bucket name; drop them from the URL and give them by the environment "
+                         f"(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or by --storage-option")
     fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
     return fs, path
 
@@ -162,52 +172,6 @@ def makedirs(url: str, storage_options: dict | None = None) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
-def expand_inputs(inputs: list[str], suffixes: tuple[str, ...],
-                  storage_options: dict | None = None) -> list[str]:
-    """Files named by paths, directories, globs or URLs: each input's matches sorted, in input order.
-
-    Directories are walked recursively and keep only files whose name ends in
-    one of ``suffixes``; explicitly named files are kept as given.  A file named
-    twice (twice over, by two globs, by a folder and a path in it, by a symlink)
-    would be ingested twice: that is refused, naming both inputs.
-    """
-    found: dict[str, tuple[str, str]] = {}  # the file's identity -> (its URL, the input that named it)
-    urls: list[str] = []
-    for item in inputs:
-        for url in _matches(str(item), suffixes, storage_options):
-            ident = os.path.realpath(url) if not is_remote(url) else url
-            if ident in found:
-                first, by = found[ident]
-                same = "" if first == url else f" (the same file as {redact(first)})"
-                raise ValueError(f"input {redact(url)}{same} is named twice, by {redact(by)!r} and by "
-                                 f"{redact(item)!r}: it would be ingested twice; name each file once")
-            found[ident] = (url, str(item))
-            urls.append(url)
-    return urls
-
-
-def _matches(item: str, suffixes: tuple[str, ...], storage_options: dict | None) -> list[str]:
-    fs, path = filesystem(item, storage_options)
-    protocol = fsspec.utils.get_protocol(item)
-    if protocol in ("http", "https"):
-        # a URL names one object; '?' starts its query (e.g. a presigned URL), not a glob
-        if not fs.exists(path):
-            raise FileNotFoundError(f"input {redact(item)}: no such object (or no access); check the URL")
-        return [item]
-    if any(ch in path for ch in "*?["):
-        matches = sorted(fs.glob(path))
-    elif fs.isdir(path):
-        matches = sorted(p for p in fs.find(path) if p.endswith(suffixes))
-    elif fs.exists(path):
-        matches = [path]
-    else:
-        raise FileNotFoundError(f"input {redact(item)}: no such file, directory or glob match")
-    if not matches:
-        raise FileNotFoundError(f"input {redact(item)}: matched no files ending in {', '.join(suffixes)}")
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return [m if "://" in m else prefix + m for m in matches]
-
-
 def _transient_types() -> tuple[type, ...]:
     """Exception types that mean "try again": network, timeouts, cut or garbled bodies."""
     types: list[type] = [ConnectionError, TimeoutError, asyncio.TimeoutError, ShortReadError]
@@ -225,6 +189,19 @@ def _transient_types() -> tuple[type, ...]:
         types.append(aiohttp.ClientError)
     except ImportError:
         pass
+    return tuple(types)
+
+
+def client_errors() -> tuple[type, ...]:
+    """Errors of the remote storage clients that fsspec lets through untranslated (an unreachable
+    endpoint, a refused request, a bad bucket name): the store's or its settings' fault, not a bug."""
+    types: list[type] = []
+    with contextlib.suppress(ImportError):
+        import botocore.exceptions as boto
+        types += [boto.BotoCoreError, boto.ClientError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+        types.append(aiohttp.ClientError)
     return tuple(types)
 
 

@@ -79,10 +79,23 @@ LINES = [
     ("lone_cr", good(9) + b"\r" + good(10)),
     ("cr_in_string", b'{"text": "a\rb", "label": "pos"}'),
     ("bool_text", b'{"text": false, "label": "pos"}'),
+    ("lone_surrogate", b'{"text": "a\\ud800", "label": "pos"}'),
+    ("lone_low_surrogate", b'{"text": "\\udc00 b", "label": "pos"}'),
+    ("swapped_surrogates", b'{"text": "\\ude00\\ud83d", "label": "pos"}'),
+    ("surrogate_after_escaped_backslash", b'{"text": "\\\\ud800\\udc00", "label": "pos"}'),
+    ("surrogate_label", b'{"text": "surrogate label", "label": "p\\ud800"}'),
+    ("escaped_backslash_u", b'{"text": "\\\\ud800 is text", "label": "pos"}'),
+    ("surrogate_elsewhere", b'{"text": "surrogate elsewhere", "x": "\\ud800", "label": "pos"}'),
+    ("duplicate_label", b'{"text": "dup label", "label": "pos", "label": "neg"}'),
+    ("duplicate_other_key", b'{"text": "dup other", "x": 1, "x": 2, "label": "pos"}'),
+    ("duplicate_nested_key", b'{"text": "dup nested", "m": {"text": 1, "text": 2}, "label": "pos"}'),
 ]
 # lines that are good (or blank, which never stops a build) with labels neg/pos
-RAISES = {"padded_label": False, "lone_cr": False, "escaped": False, "raw_utf8": False, "swapped_extra": False, "padded_text": False, "plain": False,
-          "nan_elsewhere": False, "huge_number_elsewhere": False, "duplicate_key": False, "escaped_key": False,
+RAISES = {"padded_label": False, "lone_cr": False, "escaped": False, "raw_utf8": False, "swapped_extra": False,
+          "padded_text": False, "plain": False,
+          "nan_elsewhere": False, "huge_number_elsewhere": False, "escaped_key": False,
+          "escaped_backslash_u": False, "surrogate_elsewhere": False, "duplicate_other_key": False,
+          "duplicate_nested_key": False,
           "blank": False, "spaces": False, "crlf": False, "tab_between_tokens": False, "leading_space": False,
           "trailing_space": False}
 MAX_RECORD_BYTES = 300
@@ -92,7 +105,7 @@ def corpus_lines(n: int = 600, seed: int = 0) -> list[bytes]:
     """Good records with every special line sprinkled in, several times."""
     rng = random.Random(seed)
     lines = [good(i, rng.choice(["pos", "neg"])) for i in range(n)]
-    for k in range(3):
+    for _ in range(3):
         for _, line in LINES:
             lines.insert(rng.randrange(len(lines) + 1), line)
     return lines
@@ -228,7 +241,7 @@ def test_error_names_the_same_line(tmp_path, monkeypatch, name):
                                      split_bytes=4000, progress=False))
         messages.append(str(info.value))
     assert messages[0] == messages[1]
-    assert f"one_bad.jsonl:301: " in messages[0]
+    assert "one_bad.jsonl:301: " in messages[0]
 
 
 def test_clean_corpus_never_goes_per_line(tmp_path, monkeypatch):

@@ -104,6 +104,22 @@ def test_parquet_missing_column_names_the_columns(tmp_path):
         read(str(path), CorpusSpec(text_fields=("body",)))
 
 
+def test_parquet_string_that_is_not_utf8_is_a_counted_row(tmp_path):
+    """Parquet does not check UTF-8: such a row is invalid_utf8 naming file:row, the others are read."""
+    raw = pa.array([b"ok", b"a\xed\xa0\x80", b"\xff", b"fine"], pa.binary())
+    path = tmp_path / "u.parquet"
+    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), 4, raw.buffers())}), path)
+    records, bad = read(str(path), CorpusSpec(on_bad_record="skip"))
+    assert [r.text for r in records] == ["ok", "fine"] and bad == {"invalid_utf8": 2}
+    with pytest.raises(BadRecordError, match=r"u\.parquet:row 2: invalid_utf8"):
+        read(str(path), CorpusSpec())
+
+
+def test_csv_columns_named_twice_are_refused():
+    with pytest.raises(ValueError, match="--columns a,b,a: names the column 'a' twice"):
+        CorpusSpec(columns=("a", "b", "a"))
+
+
 def test_kind_of_rejects_unknown_extension():
     assert kind_of("x/a.JSONL.GZ") == ("jsonl", "gzip")
     assert kind_of("s3://b/a.csv.zst") == ("csv", "zstd")
