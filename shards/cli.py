@@ -128,7 +128,8 @@ def cmd_verify(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import main as audit_main
 
-    return audit_main([args.dir] + [a for pair in args.storage_option for a in ("--storage-option", pair)])
+    train = ["--train", args.train] if args.train else []
+    return audit_main([args.dir, *train] + [a for pair in args.storage_option for a in ("--storage-option", pair)])
 
 
 def label_lines(m) -> list[str]:

@@ -105,5 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
     inspect.add_argument("-n", type=int, default=5, help="records to show")
     audit = command("audit", "check a training run's audit logs against the manifest")
     audit.add_argument("dir", help="the training run's output folder (holds audit/)")
+    audit.add_argument("--train", help="the train set's URL, with credentials where the logs hold it redacted "
+                                       "(default: the URL recorded in the logs)")
     audit.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help=STORAGE_HELP)
     return parser
