@@ -327,7 +327,7 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
         todo = [(i, units[i], labels, keys[i]) for i in range(len(units)) if i not in done]
         bar = Progress(cfg.progress)
         bar.update(sum(r.records for r in done.values()))
-        ran = engine(cfg, todo, bar)
+        ran = engine(cfg, todo, bar, run_unit)
         failed = False
     finally:
         if bar is not None:

@@ -1,8 +1,9 @@
 """How ``shards build`` runs its units of work: the progress bar and the local engine.
 
-An engine is a callable ``engine(cfg, [(i, unit, labels, key), ...], bar) ->
-{i: UnitResult}`` that runs :func:`shards.build.run_unit` for each item,
-anywhere, and calls ``bar.update(records, text_chars)`` as units finish.  It
+An engine is a callable ``engine(cfg, [(i, unit, labels, key), ...], bar, run_unit) ->
+{i: UnitResult}`` that runs ``run_unit`` (:func:`shards.build.run_unit`, passed in so
+that engines never import the builder) for each item, anywhere, and calls
+``bar.update(records, text_chars)`` as units finish.  It
 may also offer ``scan_labels(cfg, units) -> [set, ...]`` (the first pass
 that collects label values) and ``close()``.  :class:`LocalEngine` runs in
 this process (``workers=1``) or a spawned process pool, whose workers end with
@@ -99,9 +100,7 @@ class LocalEngine:
         args = ([cfg.spec] * len(units), [cfg.storage_options] * len(units))
         return list((pool.map if pool else map)(scan_labels, units, *args))
 
-    def __call__(self, cfg, items, bar) -> dict:
-        from .build import run_unit
-
+    def __call__(self, cfg, items, bar, run_unit) -> dict:
         pool = self._executor()
         results = {}
         if pool is None:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc  # flatten() needs it too: imported here, before loader workers fork
 
-from .formats import Batch, CorruptShardError, check_labels
+from .format_base import Batch, CorruptShardError, check_labels
 from .ragged import Ragged
 from .sink import HashingSink
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .formats import Batch, CorruptShardError, Memo, check_labels
+from .format_base import Batch, CorruptShardError, Memo, check_labels
 from .ragged import Ragged
 from .tar_writer import BLOCK, RECORD, Writer, header, npy_bytes, npy_header  # noqa: F401 (the format's API)
 

@@ -11,8 +11,9 @@ tasks finish, and publishes the shards and ``index.json`` last, so the output is
 byte-identical to a local build.
 
 Fault tolerance: a task whose worker dies is retried by Ray (``max_retries``), and
-one that fails with a transient I/O error is retried too; bad input is not
-retried.  Retries are safe because a unit always writes the same part names and
+one that fails with a transient I/O error (``storage.is_transient``: resets, timeouts,
+5xx, throttling) is retried too; bad input, missing files and permission errors are
+not retried.  Retries are safe because a unit always writes the same part names and
 bytes (each attempt into its own temp file).  A restarted driver reuses the
 units whose markers are complete, like a local rerun.
 
@@ -33,9 +34,24 @@ from .storage import StorageError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e '.[ray]'  (or: pip install 'ray>=2.9')"
-# I/O that may succeed on another attempt; BadRecordError and other bugs in the
-# input fail the build at once instead.
-TRANSIENT = (OSError, StorageError, TimeoutError, ConnectionError)
+
+
+class TransientUnitError(StorageError):
+    """A unit failed on I/O that another attempt may pass (``storage.is_transient``)."""
+
+
+def retry_transient(fn):
+    """``fn`` with its transient failures raised as :class:`TransientUnitError`, the one type
+    Ray retries: the same predicate as the read path's retry loop, so a missing file, a
+    permission error or a bad record fails the build at once instead of 3 more times."""
+    def run(*args):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if storage.is_transient(exc):
+                raise TransientUnitError(f"{type(exc).__name__}: {storage.redact(exc)}") from exc
+            raise
+    return run
 
 
 def import_ray():
@@ -84,20 +100,18 @@ class RayEngine:
         self._started = True
 
     def _remote(self, fn):
-        return self.ray.remote(fn).options(num_cpus=self.num_cpus, max_retries=self.max_retries,
-                                           retry_exceptions=list(TRANSIENT))
+        return self.ray.remote(retry_transient(fn)).options(num_cpus=self.num_cpus, max_retries=self.max_retries,
+                                                            retry_exceptions=[TransientUnitError])
 
     def scan_labels(self, cfg, units) -> list[set[str]]:
         self._connect()
         remote = self._remote(scan_labels)
         return self.ray.get([remote.remote(u, cfg.spec, cfg.storage_options) for u in units])
 
-    def __call__(self, cfg, items, bar) -> dict:
+    def __call__(self, cfg, items, bar, run_unit) -> dict:
         if not items:
             return {}
         self._connect()
-        from .build import run_unit
-
         remote = self._remote(self.task or run_unit)
         cfg = portable(cfg)
         pending = [remote.remote(cfg, i, unit, labels, key) for i, unit, labels, key in items]

@@ -101,6 +101,23 @@ def test_transient_error_is_retried(tmp_path, corpus, ray_local):
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
 
 
+def lost_file(cfg, index, unit, labels, key, on_progress=None):
+    """Unit 2 fails with a permanent error, counting its attempts beside the output folder."""
+    if index == 2:
+        flag = pathlib.Path(cfg.out).parent / "lost-attempts"
+        flag.write_text(str(int(flag.read_text()) + 1 if flag.exists() else 1))
+        raise FileNotFoundError(2, "injected: no such file", "gone.jsonl")
+    return run_unit(cfg, index, unit, labels, key, on_progress)
+
+
+def test_permanent_error_is_not_retried(tmp_path, corpus, ray_local):
+    from shards.ray_engine import RayEngine
+
+    with pytest.raises(FileNotFoundError, match="injected"):
+        build(corpus, cfg(tmp_path / "ray"), engine=RayEngine(task=lost_file))
+    assert (tmp_path / "lost-attempts").read_text() == "1"  # once: a missing file stays missing
+
+
 def test_bad_input_fails_fast_with_the_reason(tmp_path, corpus, ray_local):
     from shards.ray_engine import RayEngine
 
