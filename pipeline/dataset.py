@@ -61,6 +61,11 @@ class StreamConfig:
             raise ValueError(f"on_corrupt={self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}")
         if not isinstance(self.group_by_length, bool):
             raise ValueError(f"StreamConfig(group_by_length={self.group_by_length!r}): valid: True or False")
+        for name in ("shuffle_buffer", "block_size", "tokenize_batch", "cache_limit"):
+            value = getattr(self, name)  # a window or batch of 0 would cut the stream into empty pieces forever
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"StreamConfig({name}={value!r}): must be an integer >= 1 "
+                                 f"(default {getattr(StreamConfig, name)})")
 
 
 class ShardStream(IterableDataset):

@@ -9,8 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shards import formats
-from shards import format_arrow, format_tar
+from shards import format_arrow, format_tar, formats
 from shards.formats import CorruptShardError
 
 pytestmark = pytest.mark.timeout(60)

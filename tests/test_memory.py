@@ -35,7 +35,8 @@ def peak_rss_while(fn) -> tuple[int, object]:
 
 
 def build(tmp_path, n, name):
-    from shards.build import BuildConfig, build as run_build
+    from shards.build import BuildConfig
+    from shards.build import build as run_build
     from shards.corpus import CorpusSpec
     from shards.writer import Limits
     src = write_jsonl(tmp_path / f"{name}.jsonl",

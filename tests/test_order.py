@@ -1,5 +1,6 @@
 """The loader's message order (pipeline/order.py) against a model of torch's DataLoader."""
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import order
 

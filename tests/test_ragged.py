@@ -1,6 +1,7 @@
 """shards.Ragged against plain lists of lists."""
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shards import Ragged
 from shards.ragged import concat
@@ -53,6 +54,7 @@ def test_from_arrays_and_empty():
 
 def test_sample_ids_read_like_a_list_and_pickle_as_arrays():
     import pickle
+
     from pipeline.columns import SampleIds
     ids = SampleIds(np.array([0, 12, 3]), np.array([5, 0, 123456]))
     assert ids == ["00000:000005", "00012:000000", "00003:123456"] and len(ids) == 3

@@ -1,7 +1,8 @@
 """Property tests of the epoch split: exactly once, disjoint, equal per rank, deterministic."""
 from collections import Counter
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import split
 

@@ -2,7 +2,6 @@
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
@@ -62,6 +61,7 @@ def test_on_the_fly_equals_pretokenized(tmp_path, minilm):
 
 def test_refuses_a_different_tokenizer(tmp_path, minilm):
     from tokenizers import Tokenizer, models, pre_tokenizers
+
     import shards
     pre = build_set(tmp_path, n=5, tokenizer=minilm)
     other = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import build_set
 from shards import format_arrow, format_tar
 from shards.sink import HashingSink
+from tests.conftest import build_set
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .bench_common import (BATCH, MAX_LENGTH, WORKERS, encode, iter_jsonl, load_tok, time_epoch, versions)
+from .bench_common import BATCH, MAX_LENGTH, WORKERS, encode, iter_jsonl, load_tok, time_epoch, versions
 
 BLOCK = 128
 

@@ -16,8 +16,7 @@ import sys
 import time
 import types
 
-from .bench_common import (BATCH, SHUFFLE_BUFFER, WORKERS, PadCollate, dir_bytes, iter_jsonl, time_epoch,
-                           versions)
+from .bench_common import BATCH, SHUFFLE_BUFFER, WORKERS, PadCollate, dir_bytes, iter_jsonl, time_epoch, versions
 
 
 def _timed_build(corpus: str, out: str, write, libs: list[str]) -> dict:
@@ -125,7 +124,7 @@ def build_mosaic(corpus: str, out: str, size_limit: int) -> dict:
         n = 0
         with streaming.MDSWriter(out=out, columns={"text": "str", "label": "int"}, size_limit=size_limit,
                                  progress_bar=False) as sink:
-            for n, (text, label) in enumerate(iter_jsonl(corpus), 1):
+            for n, (text, label) in enumerate(iter_jsonl(corpus), 1):  # noqa: B007 (n is the count returned)
                 sink.write({"text": text, "label": label})
         return n
 

@@ -46,6 +46,7 @@ print("broke out")
 def test_a_program_that_breaks_out_exits_promptly(tmp_path):
     import subprocess
     import sys
+
     from tests.conftest import ROOT
     url = build_set(tmp_path, n=400, max_records=10)
     t0 = time.monotonic()

@@ -23,7 +23,7 @@ import pytest
 
 from shards.cli import main as shards_main
 
-CANARY = "secret"
+CANARY = "canaryS3cr3t9q"  # unique: a plain word such as "secret" is in a tokenizer vocabulary
 
 
 def finding(reason: str):
@@ -188,8 +188,6 @@ def small_set(tmp_path_factory):
     return str(tmp / "set")
 
 
-@finding("StreamConfig(shuffle_buffer=0 or <0) or tokenize_batch=0 is accepted and the stream then spins "
-         "forever without yielding (rechunk into windows of 0); block_size=0 is refused, these are not")
 @pytest.mark.parametrize("shuffle, config", [(True, {"shuffle_buffer": 0}), (True, {"shuffle_buffer": -1}),
                                              (False, {"tokenize_batch": 0})])
 def test_zero_or_negative_windows_are_refused_not_a_hang(small_set, shuffle, config):
@@ -319,8 +317,6 @@ def test_http_input_with_credentials_is_redacted_everywhere(web, tmp_path, capsy
 
 
 @pytest.mark.slow  # a real 1-step training run (~20 s on a loaded machine)
-@finding("`pipeline.train --audit` writes the --train URL with its user:secret@ credentials into "
-         "OUT/audit/rank0.jsonl, and `shards audit` prints it back")
 def test_audit_log_and_report_do_not_hold_credentials(web, tmp_path, capsys, small_set):
     from pipeline import train
     from tests.trainkit import tiny_bert, train_args
