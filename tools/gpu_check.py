@@ -1,4 +1,4 @@
-"""GPU readiness (issue 17, item 5): does the loader keep one GPU busy?
+"""GPU readiness: does the loader keep one GPU busy?
 
     .venv/bin/python -m tools.gpu_check                       # on a CUDA machine (or tools/gpu_check.sh)
     .venv/bin/python -m tools.gpu_check --json gpu.json       # the figures as JSON too
