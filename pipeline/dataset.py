@@ -164,10 +164,7 @@ class ShardStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         what = f"stream state for {self.where}"
-        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
-            version = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 and {STATE_VERSION} "
-                                       f"(pass ShardStream.state_dict() output)")
+        settings.version(what, state, (1, STATE_VERSION), "ShardStream")
         epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
         consumed = settings.count(what, "consumed", settings.entry(what, state, "consumed"))
         settings.check(what, state, self.order_settings(), mid_epoch=consumed > 0)

@@ -219,10 +219,7 @@ class MixedStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         what = "mixed state"
-        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
-            version = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 and {STATE_VERSION} "
-                                       f"(pass MixedStream.state_dict() output)")
+        settings.version(what, state, (1, STATE_VERSION), "MixedStream")
         epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
         draws = settings.count(what, "draws", settings.entry(what, state, "draws"))
         settings.check(what, state, self.resume_settings(), mid_epoch=draws > 0)

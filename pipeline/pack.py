@@ -141,10 +141,7 @@ class PackedStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         what = "packed state"
-        if not isinstance(state, dict) or state.get("version") not in (1, 2, STATE_VERSION):
-            version = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise settings.ResumeError(f"{what}: version {version!r}; this reader knows 1 to {STATE_VERSION} "
-                                       f"(pass PackedStream.state_dict() output)")
+        settings.version(what, state, (1, 2, STATE_VERSION), "PackedStream")
         epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
         skip = settings.count(what, "skip", state.get("skip", 0))
         offset = settings.count(what, "offset", settings.entry(what, state, "offset"))

@@ -80,3 +80,12 @@ def entry(what: str, state, name: str):
         raise ResumeError(f"{what}: no {name!r} in the state (has: {have}); pass a state saved by "
                           f"state_dict() of the same kind")
     return state[name]
+
+
+def version(what: str, state, known: tuple[int, ...], source: str) -> int:
+    """The state's format version, or a one-line ResumeError naming the versions this reader knows."""
+    found = state.get("version") if isinstance(state, dict) else type(state).__name__
+    if not isinstance(state, dict) or found not in known:
+        raise ResumeError(f"{what}: version {found!r}; this reader knows {', '.join(map(str, known))} "
+                          f"(pass {source}.state_dict() output)")
+    return found
