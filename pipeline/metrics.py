@@ -63,7 +63,7 @@ class Meter:
         text = (f"step {step}/{total} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
                 f"{w['samples_per_s']:.1f} samples/s {w['tokens_per_s']:.0f} tokens/s "
                 f"data-wait {w['data_wait_fraction']:.1%}")
-        return text, {"step": step, "loss": loss, **w}
+        return text, {"step": step, "loss": loss, "lr": lr, **w}
 
 
 def totals(meter: Meter) -> list[float]:

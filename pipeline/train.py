@@ -16,6 +16,19 @@ shards and leaves the flagged pad samples out of the loss.  Writes
 that verifies, with the same settings and data only (``pipeline.resume``).  A user
 error ends the run with one line and exit status 2 (``pipeline.failure``; ``--debug``
 for the traceback).
+
+LR: linear warm-up over ``--warmup`` x ``--steps``, then linear decay to 0 at
+``--steps`` (``pipeline.schedule``).  ``--resume`` with another ``--steps``
+continues it without a jump: during the warm-up the original warm-up length (in
+steps) is kept and the decay stretched over the new total; after it, the LR
+decays linearly from its value at the checkpoint to 0 at the new ``--steps``.
+The peak LR and warm-up length stay the checkpoint's.  A finished run's LR is 0,
+so extending one trains at LR 0 (it says so): start from ``OUT/model`` instead.
+
+Every node's first process (local rank 0) prints a start line (rank, node,
+host, local rank, world sizes, threads) and the progress lines, prefixed with
+its rank (and node when there are several).  On CPU each process uses
+cpus / (processes on this host) intra-op threads unless OMP_NUM_THREADS is set.
 """
 from __future__ import annotations
 
@@ -24,6 +37,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -33,7 +47,7 @@ import torch.distributed as dist
 import shards
 from shards.storage import redact
 
-from . import checkpoint, failure, metrics, model_folder, models, quiet, train_options
+from . import checkpoint, failure, metrics, model_folder, models, quiet, schedule, train_options
 from .audit import AuditLog, absolute_url
 from .batches import Batches
 from .dataset import ShardStream, StreamConfig
@@ -44,9 +58,10 @@ from .pack import PackedStream
 from .resume import resume_point, run_settings
 from .tensorboard import Board, check_available, open_board
 from .train_options import DEFAULT_LR  # noqa: F401  (the defaults' old home)
-from .world import World, from_env
+from .world import World, from_env, intra_op_threads
 
 log = logging.getLogger("pipeline.train")
+node_log = logging.getLogger("pipeline.node")  # INFO on every node's local rank 0, not only rank 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,6 +80,20 @@ def setup(world: World) -> torch.device:
         dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.world_size,
                                 device_id=device if cuda else None)
     return device
+
+
+def announce(world: World, device) -> None:
+    """Set this process's CPU threads; each node's local rank 0 prints who it is."""
+    host = socket.gethostname()
+    on_host = sum(h == host for h in all_gather(host, world))  # loopback "nodes" share a host
+    threads, why = intra_op_threads(world, len(os.sched_getaffinity(0)), on_host)
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+    elif device.type != "cpu":
+        why = f"torch's default on {device.type}"
+    node_log.info("start: rank %d/%d node %d (%s) local rank %d/%d, %d process(es) on this host, "
+                  "%d torch threads (%s)", world.rank, world.world_size, world.group_rank, host,
+                  world.local_rank, world.local_world_size, on_host, torch.get_num_threads(), why)
 
 
 def all_gather(obj, world: World) -> list:
@@ -116,10 +145,11 @@ class Parts:
     ddp: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: object
+    schedule: schedule.Schedule
 
 
-def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
-    """Model (DDP-wrapped when world size > 1), AdamW and the linear warm-up/decay schedule."""
+def build_parts(args, train_ds: ShardStream, world: World, device, lr: schedule.Schedule) -> Parts:
+    """Model (DDP-wrapped when world size > 1), AdamW and the LR schedule ``lr``."""
     labels = train_ds.label_names
     if args.task == "classify" and not labels:
         raise ValueError(f"--train {args.train}: shards have no labels; rebuild them with --label-field "
@@ -139,10 +169,9 @@ def build_parts(args, train_ds: ShardStream, world: World, device) -> Parts:
                                       gradient_as_bucket_view=True)  # no extra copy of the gradients
     # fused AdamW: one kernel over all parameters, several times faster than the loop on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
-    from transformers import get_linear_schedule_with_warmup
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * args.steps), args.steps)
-    return Parts(model, ddp, optimizer, scheduler)
+    # a plain function (not the bound method): LambdaLR then saves no state of it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr.factor(step))
+    return Parts(model, ddp, optimizer, scheduler, lr)
 
 
 def forward_loss(net, batch: dict, task: str, device) -> tuple[torch.Tensor, int, int]:
@@ -181,7 +210,8 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
     settings = run_settings(args, world, identity, eval_identity(args))
     ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
     loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
-    parts = build_parts(args, stream, world, device)
+    plan = schedule.for_run(args, ckpt.state if ckpt else None, ckpt.step if ckpt else 0)
+    parts = build_parts(args, stream, world, device, plan)
     start, position, history = 0, {"epoch": 0, "exhausted": False}, []
     if ckpt is not None:
         start, position, history = restore(ckpt, parts, train_ds, loader, world)
@@ -217,12 +247,12 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
         parts.optimizer.zero_grad(set_to_none=True)
         meter.step(loss_value, samples, tokens)
         if step % args.log_every == 0 or step == args.steps:
-            text, point = meter.line(step, args.steps, parts.scheduler.get_last_lr()[0], batches.epoch,
-                                     args.log_every)
+            lr = parts.scheduler.get_last_lr()[0]  # after this step's update: what step + 1 applies
+            text, point = meter.line(step, args.steps, lr, batches.epoch, args.log_every)
             history.append(point)
-            log.info("%s", text)
+            node_log.info("%s", text)
             if board:
-                board.train(step, point, parts.scheduler.get_last_lr()[0])
+                board.train(step, point, lr)
         if board and step == 1 and args.task == "lm" and not args.eval:  # the loss before any update
             board.scalar("train/perplexity", math.exp(min(loss_value, 50.0)), 0)
         if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
@@ -262,7 +292,8 @@ def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, 
     ranks = all_gather(mine, world)
     if world.rank == 0:
         meta = {"epoch": batches.epoch, **settings, "train": redact(args.train),
-                "eval": redact(args.eval) if args.eval else None, "history": history}
+                "eval": redact(args.eval) if args.eval else None, "history": history,
+                "schedule": parts.schedule.meta(step)}  # what a resume with another --steps continues
         path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta,
                                keep=args.keep_checkpoints)
         log.info("checkpoint step %d -> %s", step, path)
@@ -302,6 +333,11 @@ def main(argv=None) -> int:
     except ValueError as exc:
         return failure.report(exc, 0, 1)
     quiet.entry_point(world.rank)
+    if world.local_rank == 0:
+        node_log.setLevel(logging.INFO)
+    if world.multi_node:  # which node a line comes from
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"[rank {world.rank} node {world.group_rank}] %(message)s"))
     try:
         train_options.resolve_defaults(args)
         check_available(args.report_to)
@@ -316,6 +352,7 @@ def run(args, world: World) -> int:
     device = setup(world)
     board = None
     try:
+        announce(world, device)
         os.makedirs(args.out, exist_ok=True)
         board = open_board(args.report_to, args.out, world.rank)
         result = train(args, world, device, board)

@@ -55,13 +55,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                        help="tokenizer folder or tokenizer.json; default: the model folder's own "
                             "(MiniLM's for gpt2-random)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, required=True, metavar="N", help="optimizer steps to train for")
+    opt.add_argument("--steps", type=int, required=True, metavar="N",
+                     help="optimizer steps to train for; on --resume another N continues the LR without a jump "
+                          "(the checkpoint's warm-up length and peak kept; past the warm-up, linearly from the "
+                          "checkpoint's LR to 0 at the new N)")
     opt.add_argument("--batch-size", type=int, required=True, metavar="N", help="samples per rank per micro-batch")
     opt.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
     opt.add_argument("--lr", type=float, metavar="LR",
                      help="peak learning rate; default: 5e-5 for classify, 5e-4 for lm")
     opt.add_argument("--warmup", type=float, default=0.1, metavar="FRACTION",
-                     help="fraction of the steps spent in linear LR warm-up")
+                     help="fraction of the steps spent in linear LR warm-up, then linear decay to 0")
     opt.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seed of the shuffle order, initial weights and dropout")
     opt.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
