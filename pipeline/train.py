@@ -110,7 +110,8 @@ def make_stream(url: str, args, world: World, shuffle: bool, whole_documents: bo
     return ShardStream(url, tokenizer=args.tokenizer, max_length=None if whole_documents else args.max_length,
                        shuffle=shuffle, seed=args.seed, rank=world.rank, world_size=world.world_size,
                        storage_options=args.storage_options,
-                       config=StreamConfig(keep_text=False) if whole_documents else None)
+                       config=StreamConfig(keep_text=False) if whole_documents else
+                       StreamConfig(group_by_length=args.group_by_length and shuffle))
 
 
 def train_dataset(args, world: World):

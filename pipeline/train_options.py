@@ -41,6 +41,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                       help="lm: pack documents into blocks of SEQ_LEN tokens (pipeline.pack); default: pad each "
                            "document to the batch's longest")
     data.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes per rank")
+    data.add_argument("--group-by-length", action="store_true",
+                      help="train batches of similar token length, cut from each shuffle window (less padding); "
+                           "not with --pack or a mixture; default: off, batches in shuffled order")
     data.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                       help="fsspec storage option for remote shard sets, repeatable (e.g. endpoint_url=...); "
                            "default: none, credentials from the environment")
@@ -101,6 +104,9 @@ def parse_args(argv=None, description: str = "DDP training over shard streams") 
         p.error(f"--pack {args.pack}: needs --task lm and a block length >= 2 (typical: 512-4096)")
     if args.pack is not None and args.audit:
         p.error("--audit counts whole samples; packed blocks split documents, so use it without --pack")
+    if args.group_by_length and (args.pack is not None or "," in args.train):
+        p.error("--group-by-length cuts padded batches from one shard set; use it without --pack and without "
+                "a --train mixture")
     if args.audit and "," in args.train:
         p.error("--audit checks one shard set; a --train mixture repeats and cuts sets, so audit runs of one set")
     args.lr = args.lr or DEFAULT_LR[args.task]

@@ -206,3 +206,22 @@ def test_window_index_sorts_and_keeps_the_short_batch_last():
     pairs = [sorted(lengths[idx][i:i + 2].tolist()) for i in range(0, 6, 2)]
     assert sorted(pairs) == [[1, 2], [3, 5], [7, 8]]
     assert group.window_size(8192, 24) == 8184 and group.window_size(5, 16) == 16
+
+
+def test_train_group_by_length_trains_each_sample_once_and_refuses_pack(tmp_path, capsys):
+    """``pipeline.train --group-by-length``: a run audits clean; with --pack it is a one-line refusal."""
+    from pipeline import train
+    from shards.audit import main as audit_main
+    from tests.trainkit import shard_sets, tiny_bert, train_args
+
+    tr, _ = shard_sets(tmp_path / "sets")
+    out = tmp_path / "run"
+    args = train_args(tr, None, tiny_bert(tmp_path / "bert"), out, 6, 4, "classify", "--audit", "--group-by-length")
+    assert train.main(args) == 0
+    capsys.readouterr()
+    assert audit_main([str(out)]) == 0
+    assert "exactly once" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        train.main(train_args(tr, None, "gpt2-random", tmp_path / "lm", 2, 4, "lm", "--pack", "16",
+                              "--group-by-length"))
+    assert stop.value.code == 2 and "--group-by-length" in capsys.readouterr().err
