@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from shards import storage
+from shards import is_remote
 
 VERSION = 1
 
@@ -23,7 +23,7 @@ def audit_path(out_dir: str, rank: int) -> str:
 
 def absolute_url(url: str) -> str:
     """Local paths made absolute so the audit can be checked from any folder."""
-    return url if storage.is_remote(url) else os.path.abspath(url)
+    return url if is_remote(url) else os.path.abspath(url)
 
 
 class AuditLog:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from shards import Ragged, sample_ids
-from shards.ragged import concat as concat_ragged
+from shards import Ragged, concat_ragged, sample_ids
 
 
 @dataclass(frozen=True)

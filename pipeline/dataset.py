@@ -28,7 +28,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 import shards
-from shards import Ragged, storage
+from shards import Ragged
 
 from . import group, settings, split, world
 from .collate import collate_chunk
@@ -75,7 +75,7 @@ class ShardStream(IterableDataset):
                  world_size=None, storage_options=None, config: StreamConfig | None = None):
         super().__init__()
         self.url = str(url)
-        self.where = storage.redact(self.url)  # the URL as messages name it: no credentials
+        self.where = shards.redact(self.url)  # the URL as messages name it: no credentials
         self.storage_options = storage_options
         self.manifest = shards.load_manifest(self.url, storage_options)
         self.world = world.resolve(rank, world_size)
@@ -152,7 +152,7 @@ class ShardStream(IterableDataset):
     # -- state -------------------------------------------------------------
     def _update_retries(self) -> None:
         # Only this stream's retries since its iterator started, counted per process.
-        now = storage.retry_count()
+        now = shards.retry_count()
         self.stats["retries"] += now - getattr(self, "_retries_seen", now)
         self._retries_seen = now
 
@@ -216,7 +216,7 @@ class ShardStream(IterableDataset):
 
     def _begin(self, skip: int) -> int:
         self._consumed = skip
-        self._retries_seen = storage.retry_count()
+        self._retries_seen = shards.retry_count()
         return skip
 
     def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
@@ -313,13 +313,13 @@ class ShardStream(IterableDataset):
         try:
             return shards.fetch_shard(url, info, self.storage_options, self.config.verify, self._get_cache(),
                                       manifest=self.manifest)
-        except (shards.CorruptShardError, storage.StorageError) as exc:
+        except (shards.CorruptShardError, shards.StorageError) as exc:
             if self.config.on_corrupt == "error":
                 raise
             return exc
 
     def _get_cache(self):
-        if self.config.cache_dir is None or not storage.is_remote(self.url):
+        if self.config.cache_dir is None or not shards.is_remote(self.url):
             return None
         if self._cache is None:
             self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
@@ -354,7 +354,7 @@ class ShardStream(IterableDataset):
                 yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
             if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
                 raise shards.CorruptShardError(
-                    f"shard {storage.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} "
+                    f"shard {shards.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} "
                     f"(manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
 
     def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:

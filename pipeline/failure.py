@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import shards
-from shards.storage import StorageError, redact
+from shards import StorageError, redact
 
 from .checkpoint_files import CheckpointError
 

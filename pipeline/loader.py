@@ -17,6 +17,8 @@ from collections import Counter
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from shards import special_ids
+
 from . import settings
 from .batch_loader import BatchLoader, default_group
 from .collate import Collator, to_tensors
@@ -115,7 +117,6 @@ def pad_id(dataset) -> int:
     tok = getattr(dataset, "tokenizer", None)
     if tok is None:
         return 0
-    from shards import special_ids
     return special_ids(tok)["pad"]
 
 

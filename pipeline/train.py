@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 import shards
-from shards.storage import redact
+from shards import redact
 
 from . import checkpoint, failure, metrics, model_folder, models, quiet, schedule, train_options
 from .audit import AuditLog, absolute_url

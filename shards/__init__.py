@@ -9,11 +9,40 @@ from .formats import Batch, CorruptShardError
 from .formats import get as format_reader
 from .index import SAMPLE_ID, Manifest, ManifestError, ShardInfo, index_url, load_manifest, sample_ids, shard_url
 from .ragged import Ragged
+from .ragged import concat as concat_ragged
 from .reader import fetch_shard, read_batches, verify_shard
-from .storage import parse_storage_options
+from .storage import StorageError, is_remote, parse_storage_options, redact, retry_count
 from .tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
 
-__all__ = ["BadRecordError", "Batch", "CorpusSpec", "CorruptShardError", "Manifest", "ManifestError",
-           "ShardInfo", "TokenizerError", "encode_batch", "encode_ragged", "fetch_shard", "fingerprint", "index_url",
-           "load_manifest", "load_tokenizer", "read_batches", "shard_url", "special_ids", "verify_shard",
-           "Ragged", "SAMPLE_ID", "ShardCache", "format_reader", "sample_ids", "parse_storage_options"]
+__all__ = [
+    "BadRecordError",
+    "Batch",
+    "CorpusSpec",
+    "CorruptShardError",
+    "Manifest",
+    "ManifestError",
+    "Ragged",
+    "SAMPLE_ID",
+    "ShardCache",
+    "ShardInfo",
+    "StorageError",
+    "TokenizerError",
+    "concat_ragged",
+    "encode_batch",
+    "encode_ragged",
+    "fetch_shard",
+    "fingerprint",
+    "format_reader",
+    "index_url",
+    "is_remote",
+    "load_manifest",
+    "load_tokenizer",
+    "parse_storage_options",
+    "read_batches",
+    "redact",
+    "retry_count",
+    "sample_ids",
+    "shard_url",
+    "special_ids",
+    "verify_shard",
+]

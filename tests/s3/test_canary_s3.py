@@ -38,6 +38,8 @@ def test_secret_never_leaks(s3_build_set, s3_options, s3_canary, s3_env, s3_url,
     endpoint = f"client_kwargs.endpoint_url={s3_env['AWS_ENDPOINT_URL']}"
     assert shards_main(["verify", url, "--storage-option", endpoint]) == 0
     assert shards_main(["inspect", url, "-n", "1", "--storage-option", endpoint]) == 0
+    for name in ("botocore", "aiobotocore"):  # the CLI quiets these for its users; this test reads everything
+        caplog.set_level(logging.DEBUG, logger=name)
 
     errors = []
     _, so = fault_proxy(0.0, fail={"/shard-00001.arrow": "slowdown"})
