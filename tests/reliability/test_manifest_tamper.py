@@ -33,6 +33,9 @@ def edit_manifest(url: str, change) -> dict:
     path = os.path.join(url, "index.json")
     with open(path) as f:
         data = json.load(f)
+    # label_counts cross-checks the totals: the tamperer drops it (older sets have none), so the
+    # manifest stays self-consistent and the shard and duplicate checks are what must catch the edit
+    data.pop("label_counts", None)
     change(data)
     with open(path, "w") as f:
         json.dump(data, f)
