@@ -2,7 +2,7 @@
 
     board = open_board(args.report_to, args.out, rank)   # None unless asked for (and on ranks > 0)
     board.train(step, point, lr)                         # every --log-every steps
-    board.eval(step, figures)                            # eval figures; lm: eval/perplexity at step 0 too
+    board.evaluation(step, figures)                            # eval figures; lm: eval/perplexity at step 0 too
     board.close()
 
 Tags: ``train/loss``, ``train/lr``, ``train/samples_per_s``, ``train/tokens_per_s``,
@@ -50,7 +50,7 @@ class Board:
         self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
-    def eval(self, step: int, figures: dict) -> None:
+    def evaluation(self, step: int, figures: dict) -> None:
         """``eval_accuracy`` -> ``eval/accuracy``, ``perplexity`` -> ``eval/perplexity``; counts left out."""
         for name, value in figures.items():
             if name in ("eval_samples", "eval_tokens"):

@@ -272,7 +272,7 @@ def before_training(args, model, world: World, device, board: Board | None, labe
     figures = evaluate_run(args, model, world, device, labels)
     log.info("before training: eval loss %.4f perplexity %.4g", figures["eval_loss"], figures["perplexity"])
     if board:
-        board.eval(0, figures)
+        board.evaluation(0, figures)
     return {"initial_eval_loss": figures["eval_loss"], "initial_perplexity": figures["perplexity"]}
 
 
@@ -362,7 +362,7 @@ def run(args, world: World) -> int:
             figures = evaluate_run(args, result.parts.model, world, device, result.label_names)
             summary.update(figures)
             if board:
-                board.eval(args.steps, figures)
+                board.evaluation(args.steps, figures)
         if world.rank == 0:
             write_outputs(args, result, summary, device)
     finally:
