@@ -31,7 +31,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 
-from . import formats, storage
+from . import formats, retry, storage
 from .index import MANIFEST_NAME, Manifest, ManifestError, ShardInfo, index_url, load_manifest, write_manifest
 from .storage import StorageError, redact
 from .writer import Part
@@ -272,7 +272,7 @@ class OutputLock:
         read-only, refused) ends here in one line naming it."""
         try:
             self._acquire()
-        except storage.client_errors() as exc:
+        except retry.client_errors() as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise OutputError(f"cannot write the lock {redact(self.url)}: {type(exc).__name__}: {redact(detail)}; "
                               f"check the --out URL, its --storage-option settings and that the store is "

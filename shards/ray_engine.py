@@ -11,7 +11,7 @@ tasks finish, and publishes the shards and ``index.json`` last, so the output is
 byte-identical to a local build.
 
 Fault tolerance: a task whose worker dies is retried by Ray (``max_retries``), and
-one that fails with a transient I/O error (``storage.is_transient``: resets, timeouts,
+one that fails with a transient I/O error (``retry.is_transient``: resets, timeouts,
 5xx, throttling) is retried too; bad input, missing files and permission errors are
 not retried.  Retries are safe because a unit always writes the same part names and
 bytes (each attempt into its own temp file).  A restarted driver reuses the
@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import replace
 
-from . import storage
+from . import retry, storage
 from .corpus import scan_labels
 from .engines import EngineError, node_summary
 from .storage import StorageError
@@ -37,7 +37,7 @@ INSTALL_HINT = "pip install -e '.[ray]'  (or: pip install 'ray>=2.9')"
 
 
 class TransientUnitError(StorageError):
-    """A unit failed on I/O that another attempt may pass (``storage.is_transient``)."""
+    """A unit failed on I/O that another attempt may pass (``retry.is_transient``)."""
 
 
 def retry_transient(fn):
@@ -48,7 +48,7 @@ def retry_transient(fn):
         try:
             return fn(*args)
         except Exception as exc:
-            if storage.is_transient(exc):
+            if retry.is_transient(exc):
                 raise TransientUnitError(f"{type(exc).__name__}: {storage.redact(exc)}") from exc
             raise
     return run

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline import ResumeError, ShardStream, StreamConfig, group, make_loader, split
 from tests.conftest import build_set, minilm_path, write_jsonl
+from tests.streamkit import loader_run
 
 COUNTS = (1, 6, 23, 50, 61)  # record counts of the pre-built sets (7 records per shard)
 _SETS: dict = {}
@@ -87,22 +88,6 @@ def test_grouped_epoch_is_exactly_once_with_equal_steps_and_resumes_anywhere(set
         assert {counts[r, w] for r in range(world)} == {-(-samples // batch)}
 
 
-def loader_run(url, batch, workers=0, cut=None, state=None, group_size=None, epochs=(0,), **kw):
-    """Batches (lists of ids) from a fresh loader, optionally resumed from ``state``, stopping after ``cut``."""
-    ds = ShardStream(url, **kw)
-    loader = make_loader(ds, batch, num_workers=workers, batches_per_message=group_size)
-    if state is not None:
-        loader.load_state_dict(json.loads(state))
-    out = []
-    for epoch in epochs:
-        if state is None:
-            ds.set_epoch(epoch)
-        for b in loader:
-            out.append(list(b["sample_id"]))
-            if len(out) == cut:
-                return out, json.dumps(loader.state_dict())
-        state = None
-    return out, json.dumps(loader.state_dict())
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

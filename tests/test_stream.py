@@ -6,6 +6,7 @@ import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
 from tests.conftest import build_set
+from tests.streamkit import loader_run
 
 
 def epoch_ids(url, world=1, workers=0, batch=8, **kw):
@@ -87,20 +88,7 @@ def test_shuffle_is_deterministic_and_changes_per_epoch(tmp_path):
 
 def run(url, workers, batch, cut=None, state=None, epochs=(0,), **kw):
     """Batches (lists of ids) from a fresh loader, optionally resumed from ``state``, stopping after ``cut``."""
-    ds = ShardStream(url, **kw)
-    loader = make_loader(ds, batch, num_workers=workers)
-    if state is not None:
-        loader.load_state_dict(json.loads(state))
-    out = []
-    for epoch in epochs:
-        if state is None:
-            ds.set_epoch(epoch)
-        for b in loader:
-            out.append(list(b["sample_id"]))
-            if cut is not None and len(out) == cut:
-                return out, json.dumps(loader.state_dict())
-        state = None
-    return out, json.dumps(loader.state_dict())
+    return loader_run(url, batch, workers, cut, state, epochs=epochs, **kw)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
