@@ -15,14 +15,14 @@ if getattr(_shards, "__file__", None) is None:
                       f"package: a local folder named shards/ shadows it; rename that folder or run from another "
                       f"directory")
 
-from .collate import Collator  # noqa: E402  (after the check above, which names the cause)
-from .dataset import ShardStream, StreamConfig  # noqa: E402
-from .hf import TrainerCollator  # noqa: E402
-from .loader import loader_stats, make_loader  # noqa: E402
-from .mix import MixedStream, open_mixture, parse_mixture  # noqa: E402
-from .pack import BlockCollator, PackedStream, lockstep  # noqa: E402
-from .settings import ResumeError  # noqa: E402
-from .world import World, from_env  # noqa: E402
+from pipeline.collate import Collator  # noqa: E402  (after the check above, which names the cause)
+from pipeline.hf import TrainerCollator  # noqa: E402
+from pipeline.loader.make import loader_stats, make_loader  # noqa: E402
+from pipeline.mix import MixedStream, open_mixture, parse_mixture  # noqa: E402
+from pipeline.pack.stream import BlockCollator, PackedStream, lockstep  # noqa: E402
+from pipeline.settings import ResumeError  # noqa: E402
+from pipeline.stream import ShardStream, StreamConfig  # noqa: E402
+from pipeline.world import World, from_env  # noqa: E402
 
 __all__ = ["BlockCollator", "Collator", "MixedStream", "PackedStream", "ResumeError", "ShardStream", "StreamConfig",
            "TrainerCollator", "World", "from_env", "loader_stats", "lockstep", "make_loader", "open_mixture",

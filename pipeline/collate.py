@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .columns import SampleIds
+from pipeline.chunk import SampleIds
 
 LONG_KEYS = ("input_ids", "attention_mask", "labels")  # LongTensors, whatever width travelled
 

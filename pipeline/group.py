@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .shuffle import keyed_permutation, window_order
+from pipeline.shuffle import keyed_permutation, window_order
 
 _BATCH_SALT = 0xBA7C_4E55  # the batch order of a window, apart from its sample order
 

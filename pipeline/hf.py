@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .collate import Collator
-from .loader import pad_id
+from pipeline.collate import Collator
+from pipeline.loader.make import pad_id
 
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default ignore_index, used by every HF head
 TASKS = ("classify", "lm")

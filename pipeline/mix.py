@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from . import settings, world
+from pipeline import settings, world
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 1: no worker, num_workers, identities (mid-epoch: refused, unverifiable)
@@ -183,9 +183,8 @@ class MixedStream(IterableDataset):
         first = self.streams[0]
         if hasattr(first, "collator"):
             return first.collator()
+        from pipeline.collate import Collator
         from shards import special_ids
-
-        from .collate import Collator
         return Collator(pad_id=special_ids(self.tokenizer)["pad"] if self.tokenizer is not None else 0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -3,16 +3,16 @@
 Public read API used by ``pipeline``: :func:`load_manifest`, :func:`fetch_shard`,
 :func:`read_batches`, :func:`shard_url`.  This package never imports torch.
 """
-from .cache import ShardCache
-from .corpus import BadRecordError, CorpusSpec
-from .formats import Batch, CorruptShardError
-from .formats import get as format_reader
-from .index import SAMPLE_ID, Manifest, ManifestError, ShardInfo, index_url, load_manifest, sample_ids, shard_url
-from .ragged import Ragged
-from .ragged import concat as concat_ragged
-from .reader import fetch_shard, read_batches, verify_shard
-from .storage import StorageError, is_remote, parse_storage_options, redact, retry_count
-from .tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
+from shards.cache import ShardCache
+from shards.corpus.read import BadRecordError, CorpusSpec
+from shards.formats import Batch, CorruptShardError
+from shards.formats import get as format_reader
+from shards.formats.ragged import Ragged
+from shards.formats.ragged import concat as concat_ragged
+from shards.manifest import SAMPLE_ID, Manifest, ManifestError, ShardInfo, index_url, load_manifest, sample_ids, shard_url
+from shards.reader import fetch_shard, read_batches, verify_shard
+from shards.storage import StorageError, is_remote, parse_storage_options, redact, retry_count
+from shards.tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
 
 __all__ = [
     "BadRecordError",

@@ -2,7 +2,7 @@
 
     shards audit runs/demo            # or: python -m tools.audit runs/demo
 
-Reads ``RUN_DIR/audit/rank{R}.jsonl`` (written by ``pipeline.train --audit``:
+Reads ``RUN_DIR/audit/rank{R}.jsonl`` (written by ``pipeline.train.loop --audit``:
 a header, then one line per micro-batch with the trained sample ids and the
 flagged pad ids) and checks them against the train manifest named in the
 header (and its ``identity``, when the header records one).  For every
@@ -24,8 +24,8 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from .index import SAMPLE_ID, load_manifest
-from .storage import parse_storage_options, redact
+from shards.manifest import SAMPLE_ID, load_manifest
+from shards.storage import parse_storage_options, redact
 
 EXAMPLES = 5  # ids shown per failure kind
 
@@ -143,7 +143,7 @@ def check_epoch(epoch: int, logs: dict[int, RankLog], expected: set[str], world:
 
 
 def reopenable(recorded: str) -> str:
-    """The header's train URL, stored without credentials (``pipeline.train`` redacts it): a hidden
+    """The header's train URL, stored without credentials (``pipeline.train.loop`` redacts it): a hidden
     ``user:token@`` is dropped (credentials come from ``--storage-option`` or the environment); a
     hidden secret query value cannot be rebuilt, so the run's URL must be given again."""
     url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)\*\*\*@", r"\1", recorded)

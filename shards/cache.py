@@ -22,8 +22,8 @@ import tempfile
 import threading
 from collections import Counter
 
-from . import storage
-from .index import ShardInfo
+from shards import storage
+from shards.manifest import ShardInfo
 
 log = logging.getLogger(__name__)
 SUFFIX = ".shard"

@@ -13,15 +13,15 @@ import os
 import statistics
 import sys
 
-from . import storage
-from .cli_args import make_parser, parse_size
-from .corpus import CorpusSpec
-from .engines import EngineError, node_summary
-from .formats import CorruptShardError
-from .index import SAMPLE_ID, load_manifest
-from .labels import parse_label_map
-from .storage import parse_storage_options, redact
-from .writer import Limits
+from shards import storage
+from shards.build.engines import EngineError, node_summary
+from shards.build.writer import Limits
+from shards.cli_args import make_parser, parse_size
+from shards.corpus.labels import parse_label_map
+from shards.corpus.read import CorpusSpec
+from shards.formats import CorruptShardError
+from shards.manifest import SAMPLE_ID, load_manifest
+from shards.storage import parse_storage_options, redact
 
 __all__ = ["main", "parse_size", "parse_storage_options"]
 
@@ -34,7 +34,7 @@ def _csv_list(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_build(args) -> int:
-    from .build import BuildConfig, build
+    from shards.build.driver import BuildConfig, build
 
     spec = CorpusSpec(text_fields=_csv_list(args.text_field) or ("text",), label_field=args.label_field,
                       columns=_csv_list(args.columns), on_bad_record=args.on_bad_record,
@@ -48,7 +48,7 @@ def cmd_build(args) -> int:
                       storage_options=parse_storage_options(args.storage_option), progress=args.progress)
     engine = None
     if args.engine == "ray":
-        from .ray_engine import make_engine
+        from shards.build.ray_engine import make_engine
         engine = make_engine(args.ray_address)
     elif args.ray_address:
         raise ValueError("--ray-address is only used with --engine ray")
@@ -70,7 +70,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .reader import iter_shard
+    from shards.reader import iter_shard
 
     so = parse_storage_options(args.storage_option)
     m = load_manifest(args.url, so)
@@ -106,7 +106,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .reader import verify_shard
+    from shards.reader import verify_shard
 
     so = parse_storage_options(args.storage_option)
     m = load_manifest(args.url, so)
@@ -126,7 +126,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import main as audit_main
+    from shards.audit import main as audit_main
 
     train = ["--train", args.train] if args.train else []
     return audit_main([args.dir, *train] + [a for pair in args.storage_option for a in ("--storage-option", pair)])

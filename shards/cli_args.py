@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .corpus import BAD_POLICIES, INPUT_FORMATS, TEXT_UNITS
+from shards.corpus.read import BAD_POLICIES, INPUT_FORMATS, TEXT_UNITS
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9}

@@ -12,9 +12,9 @@ import logging
 import zlib
 from typing import Iterator
 
-from . import formats, storage
-from .formats import Batch, CorruptShardError, Memo
-from .index import Manifest, ShardInfo, shard_url
+from shards import formats, storage
+from shards.formats import Batch, CorruptShardError, Memo
+from shards.manifest import Manifest, ShardInfo, shard_url
 
 log = logging.getLogger(__name__)
 VERIFY_MODES = ("sha256", "size", "none")

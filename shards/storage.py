@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import fsspec
 
 # what is worth another try is decided in retry.py (also by the Ray engine)
-from .retry import ShortReadError, _http_status, is_transient
+from shards.retry import ShortReadError, _http_status, is_transient
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from .ragged import Ragged
+from shards.formats.ragged import Ragged
 
 
 class TokenizerError(ValueError):

@@ -51,9 +51,9 @@ def labelled_records(n: int, labels=("neg", "pos")) -> list[dict]:
 def build_set(tmp_path, n: int = 100, max_records: int = 7, fmt: str = "arrow", labels=True,
               tokenizer=None, name="shards", **kw):
     """A tiny shard set: ``n`` records, ``max_records`` per shard (many shards)."""
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     src = write_jsonl(tmp_path / f"{name}-src" / "data.jsonl", labelled_records(n))
     cfg = BuildConfig(out=str(tmp_path / name), format=fmt,

@@ -23,10 +23,9 @@ import subprocess
 import sys
 import time
 
-from pipeline import quiet
-from pipeline.models import minilm_dir
-
-from . import make_corpus
+from pipeline.train import quiet
+from pipeline.train.models import minilm_dir
+from tools import make_corpus
 
 HOLDOUT_EVERY = 10
 

@@ -7,7 +7,7 @@
 Four training cases, each a real forward + backward + AdamW step in bf16 autocast
 (``--precision``; on CPU the default is fp32, as CPU bf16 is emulated and slow):
 
-- ``classify``: the bundled MiniLM (``pipeline.models.load_model``), batch 256,
+- ``classify``: the bundled MiniLM (``pipeline.train.models.load_model``), batch 256,
   ``max_length`` 128, on SST-2 (``../shared/corpora/sst2/train.tsv``) or, when
   absent, a generated sentiment corpus (``tools.make_corpus``);
 - ``lm``: a GPT-2-small-sized causal LM (12 layers, 768 wide, 12 heads, random
@@ -16,13 +16,13 @@ Four training cases, each a real forward + backward + AdamW step in bf16 autocas
   else SST-2's sentences, else generated sentences;
 
 each from text shards tokenized on the fly and from shards pre-tokenized at build
-time (both built here with ``shards.build`` in a temporary folder), through
+time (both built here with ``shards.build.driver`` in a temporary folder), through
 ``make_loader(..., num_workers=K)`` (``--num-workers``; default 4 on GPU, 2 on CPU).
 
 The data-wait fraction is the time the step loop blocks in ``next()`` on the loader
-divided by the wall time of the measured steps (``pipeline.metrics.Meter``, as
-``pipeline.train`` reports it), after ``--warmup`` steps that absorb worker start-up
-and CUDA warm-up.  The loop is ``pipeline.train``'s: batch to the device
+divided by the wall time of the measured steps (``pipeline.train.metrics.Meter``, as
+``pipeline.train.loop`` reports it), after ``--warmup`` steps that absorb worker start-up
+and CUDA warm-up.  The loop is ``pipeline.train.loop``'s: batch to the device
 (pinned, non-blocking), forward, ``loss.item()``, backward, step.  Wall time starts
 and ends on ``torch.cuda.synchronize()``; CUDA events around every step give the GPU
 time per step and the GPU-idle fraction (1 - GPU busy / wall, which also holds
@@ -127,11 +127,11 @@ def measure(loader, step, device, warmup: int, steps: int) -> dict:
     """Run ``warmup`` then ``steps`` steps of ``step(batch) -> (samples, tokens)`` over ``loader``.
 
     The measured window starts and ends synchronised with the device; the loop's
-    time blocked in ``next()`` is the data wait (``pipeline.metrics.Meter``).
+    time blocked in ``next()`` is the data wait (``pipeline.train.metrics.Meter``).
     """
     import torch
 
-    from pipeline import metrics
+    from pipeline.train import metrics
 
     it = iter(loader)
     t0 = time.perf_counter()
@@ -182,7 +182,7 @@ def measure(loader, step, device, warmup: int, steps: int) -> dict:
 def classify_model(label_names, sizes, device):
     import torch
 
-    from pipeline import models
+    from pipeline.train import models
 
     model = models.load_model("classify", "minilm", num_labels=len(label_names), label_names=label_names)
     if sizes["minilm_layers"]:
@@ -210,8 +210,8 @@ def optimizer(model, device):
 
 
 def classify_step(model, opt, device, precision: str):
-    from pipeline import models
-    from pipeline.evaluate import autocast
+    from pipeline.train import models
+    from pipeline.train.evaluate import autocast
 
     def step(batch):
         ids = batch["input_ids"].to(device, non_blocking=True)
@@ -229,8 +229,8 @@ def classify_step(model, opt, device, precision: str):
 
 
 def lm_step(model, opt, device, precision: str):
-    from pipeline import models
-    from pipeline.evaluate import autocast
+    from pipeline.train import models
+    from pipeline.train.evaluate import autocast
 
     def step(batch):
         ids = batch["input_ids"].to(device, non_blocking=True)
@@ -281,7 +281,7 @@ def run_classify(args, work, device, sizes, wanted, tok_dir, corpus_note) -> lis
 def run_lm(args, work, device, sizes, wanted, tok_dir, corpus_note) -> list[dict]:
     import shards
     from pipeline import ShardStream, StreamConfig, make_loader
-    from pipeline.pack import PackedStream
+    from pipeline.pack.stream import PackedStream
 
     paths, note = lm_corpus(args, work)
     corpus_note["lm"] = note
@@ -347,12 +347,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     log.setLevel(logging.INFO)
-    from pipeline import quiet
+    from pipeline.train import quiet
 
     quiet.quiet_transformers()
     import torch
 
-    from pipeline.models import minilm_dir
+    from pipeline.train.models import minilm_dir
 
     device = pick_device(args.device)
     if args.num_workers is None:
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
     print(header(meta))
     print(table(rows))
     if args.json_out:
-        from pipeline.metrics import write_json
+        from pipeline.train.metrics import write_json
 
         write_json(args.json_out, {"meta": meta, "cases": rows})
         print(f"figures written to {args.json_out}")

@@ -82,8 +82,8 @@ def lm_corpus(args, work: pathlib.Path) -> tuple[list[str], str]:
 
 def build_set(inputs: list[str], out: pathlib.Path, args, *, tokenizer: str | None = None,
               max_length: int | None = None, label: bool = False) -> str:
-    from shards.build import BuildConfig, build
-    from shards.corpus_spec import CorpusSpec
+    from shards.build.driver import BuildConfig, build
+    from shards.corpus.spec import CorpusSpec
 
     spec = CorpusSpec(text_fields=("sentence",), label_field="label") if label else CorpusSpec()
     workers = args.build_workers or (1 if args.smoke else min(4, os.cpu_count() or 1))

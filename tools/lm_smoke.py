@@ -57,8 +57,8 @@ def default_tokenizer() -> str:
 
 def build_shards(corpus: str, work: pathlib.Path, eval_fraction: float, tokenizer: str | None) -> dict:
     """Split the corpus by line into train/eval .txt files and build a shard set of each."""
-    from shards.build import BuildConfig, build
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
 
     lines = pathlib.Path(corpus).read_text(encoding="utf-8").splitlines(keepends=True)
     cut = int(len(lines) * (1 - eval_fraction))
@@ -127,7 +127,7 @@ def perplexity(model, loader, max_batches: int, lut: torch.Tensor) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pipeline import ShardStream, StreamConfig, loader_stats, make_loader
-    from pipeline.pack import PackedStream
+    from pipeline.pack.stream import PackedStream
 
     if args.threads:
         torch.set_num_threads(args.threads)

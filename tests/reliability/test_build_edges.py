@@ -21,12 +21,12 @@ import time
 import pytest
 
 from shards import load_manifest
-from shards import lock as lock_mod
-from shards.build import BuildConfig, build
-from shards.corpus import CorpusSpec
-from shards.lock import LockError
+from shards.build import lock as lock_mod
+from shards.build.driver import BuildConfig, build
+from shards.build.lock import LockError
+from shards.build.writer import Limits
+from shards.corpus.read import CorpusSpec
 from shards.reader import verify_shard
-from shards.writer import Limits
 from tests.conftest import ROOT, labelled_records, write_jsonl
 
 
@@ -223,7 +223,7 @@ def test_sigkilled_rebuilds_over_a_good_set_always_leave_a_whole_set(tmp_path):
 # --- full or read-only output ----------------------------------------------------------------
 
 FAILING_DISK = """
-import errno, sys, builtins, shards.sink, shards.lock, os
+import errno, sys, builtins, shards.formats.sink, shards.build.lock, os
 from shards.cli import main
 mode = sys.argv[1]
 real_open = builtins.open
@@ -235,11 +235,11 @@ class Full:
         return self.f.write(b)
     def __getattr__(self, k): return getattr(self.f, k)
 if mode == "enospc":
-    shards.sink.open = lambda *a, **k: Full(real_open(*a, **k))
+    shards.formats.sink.open = lambda *a, **k: Full(real_open(*a, **k))
 else:
     def ro(path, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", path)
-    shards.lock.os = type("os", (), {**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}, "open": ro})
+    shards.build.lock.os = type("os", (), {**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}, "open": ro})
 sys.exit(main(sys.argv[2:]))
 """
 

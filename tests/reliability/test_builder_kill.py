@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from shards import load_manifest
-from shards.corpus import plan_units
+from shards.corpus.read import plan_units
 from shards.reader import verify_shard
 from tests.conftest import labelled_records, write_jsonl
 

@@ -17,19 +17,19 @@ import sys
 
 import pytest
 
-from pipeline import train
-from pipeline.checkpoint_files import sha256_file, verify, write_file_list
+from pipeline.train import loop as train
+from pipeline.train.checkpoint_files import sha256_file, verify, write_file_list
 from tests.conftest import ROOT, write_jsonl
-from tests.trainkit import ENV, metrics, shard_sets, tiny_bert, torchrun, train_args
+from tests.helpers.trainkit import ENV, metrics, shard_sets, tiny_bert, torchrun, train_args
 
 STEPS = ("step-0000002", "step-0000004")
 
 
 def other_set_same_size(tmp: pathlib.Path, n: int) -> str:
     """``n`` labelled records of other text: same size and shard layout, other identity."""
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     src = write_jsonl(tmp / "other-src" / "data.jsonl",
                       [{"text": f"a different sentence {i}", "label": ("neg", "pos")[i % 2]} for i in range(n)])
@@ -133,7 +133,7 @@ def test_no_step_verifies_refuses_naming_the_file_and_prunes_nothing(base, tmp_p
     capsys.readouterr()
     assert train.main(args(base, out, 6, "--checkpoint-every", "2", "--resume")) == 2
     line = error_line(capsys.readouterr().err)
-    assert line.startswith("pipeline.train: error: ") and "no complete checkpoint verifies" in line
+    assert line.startswith("pipeline.train.loop: error: ") and "no complete checkpoint verifies" in line
     assert "step-0000004/model.pt" in line and "step-0000002/model.pt" in line and "--resume never" in line
     assert snapshot(out) == before
     assert (out / "metrics.json").read_text() == (base["out"] / "metrics.json").read_text()  # no new run
@@ -211,7 +211,7 @@ def test_real_processes_fall_back_refuse_and_print_one_line(base, tmp_path):
         proc = run_train(args(base, out, 6, *extra))
         assert proc.returncode == 2, proc.stderr[-2000:]
         line = error_line(proc.stderr)
-        assert line.startswith("pipeline.train: error: "), line
+        assert line.startswith("pipeline.train.loop: error: "), line
         assert ("step-0000002/optim.pt" in line) if extra else ("holds checkpoints" in line)
         assert snapshot(out) == before
     out = copy_run(base, tmp_path / "b")
@@ -236,7 +236,7 @@ def test_torchrun_refusal_is_the_last_line_on_the_terminal(base, tmp_path):
     assert proc.returncode != 0
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     message = lines[-1]
-    assert message.startswith("pipeline.train: error (rank "), proc.stderr[-3000:]
+    assert message.startswith("pipeline.train.loop: error (rank "), proc.stderr[-3000:]
     assert "no complete checkpoint verifies" in message and "--resume never" in message
     assert lines.count(message) == 1  # both ranks refused; the line is printed once
     assert "ChildFailedError" in proc.stderr  # torchrun's block came first ...
@@ -263,7 +263,7 @@ def test_damaged_audit_line_refuses_resume_naming_file_and_line(base, tmp_path, 
 def test_bad_torchrun_variable_is_one_line(base, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     assert train.main(args(base, tmp_path / "run", 1)) == 2
-    assert error_line(capsys.readouterr().err) == ("pipeline.train: error: environment variable WORLD_SIZE='two': "
+    assert error_line(capsys.readouterr().err) == ("pipeline.train.loop: error: environment variable WORLD_SIZE='two': "
                                                    "not an integer; torchrun sets it, unset it to run one process")
 
 

@@ -177,9 +177,9 @@ def test_ragged_csv_rows_are_counted_and_quoted_newlines_kept(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     tmp = tmp_path_factory.mktemp("small")
     src = lines(tmp / "d.jsonl", 40, lambda i: json.dumps({"text": f"t{i}", "label": ("a", "b")[i % 2]}))
@@ -318,8 +318,8 @@ def test_http_input_with_credentials_is_redacted_everywhere(web, tmp_path, capsy
 
 @pytest.mark.slow  # a real 1-step training run (~20 s on a loaded machine)
 def test_audit_log_and_report_do_not_hold_credentials(web, tmp_path, capsys, small_set):
-    from pipeline import train
-    from tests.trainkit import tiny_bert, train_args
+    from pipeline.train import loop as train
+    from tests.helpers.trainkit import tiny_bert, train_args
 
     root, base = web
     shutil.copytree(small_set, root / "trset", dirs_exist_ok=True)

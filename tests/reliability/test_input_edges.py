@@ -14,9 +14,9 @@ import pytest
 import zstandard
 
 from shards import load_manifest
-from shards.build import BuildConfig, build
+from shards.build.driver import BuildConfig, build
 from shards.cli import main
-from shards.corpus import BadRecordError, CorpusSpec
+from shards.corpus.read import BadRecordError, CorpusSpec
 
 pytestmark = pytest.mark.timeout(120)
 ROWS = 200
@@ -184,7 +184,7 @@ def test_csv_lines_written_plus_counted(tmp_path):
             'last,pos')
     src = tmp_path / "a.csv"
     src.write_bytes(data.encode())
-    from shards.corpus import BadRecords, Unit, read_unit
+    from shards.corpus.read import BadRecords, Unit, read_unit
     bad = BadRecords("skip")
     records = list(read_unit(Unit(str(src)), CorpusSpec(label_field="label"), bad))
     assert [r.text for r in records] == ["two\nlines", "plain", "three\r\nline\rrecord", "last"]
@@ -264,8 +264,8 @@ def test_damaged_parquet(tmp_path, comp):
 def test_csv_line_over_the_limit_inside_and_opening_a_quoted_field(tmp_path, monkeypatch, read_bytes):
     """A physical line over --max-record-bytes, drained by the line reader, still ends its quoted field
     where the quote count says: the lines after it are counted, never read as rows."""
-    from shards import corpus_open
-    from shards.corpus import BadRecords, Unit, read_unit
+    from shards.corpus import decode as corpus_open
+    from shards.corpus.read import BadRecords, Unit, read_unit
     monkeypatch.setattr(corpus_open, "READ_BYTES", read_bytes)
     long = "y" * 300
     rows = ["text,label", "a,pos",

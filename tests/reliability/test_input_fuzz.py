@@ -25,8 +25,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shards import corpus_jsonl, corpus_open
-from shards.corpus import BadRecordError, BadRecords, CorpusSpec, Unit, plan_units, read_unit
+from shards.corpus import decode as corpus_open
+from shards.corpus import jsonl as corpus_jsonl
+from shards.corpus.read import BadRecordError, BadRecords, CorpusSpec, Unit, plan_units, read_unit
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -23,7 +23,7 @@ import pytest
 import shards
 from pipeline import ShardStream, StreamConfig
 from shards.cli import main
-from shards.index import Manifest, ShardInfo, write_manifest
+from shards.manifest import Manifest, ShardInfo, write_manifest
 from tests.conftest import ROOT, build_set
 
 pytestmark = pytest.mark.timeout(120)
@@ -223,7 +223,7 @@ def test_arrow_label_outside_names_is_a_corrupt_shard(tmp_path, capsys):
 
 def test_tar_index_is_kept_per_shard_across_two_sets(tmp_path, monkeypatch):
     """Alternating between shards of two sets (a mixed stream) indexes each shard once."""
-    from shards import format_tar
+    from shards.formats import tar_read as format_tar
 
     a = build_set(tmp_path, n=24, max_records=6, fmt="tar", name="a")
     b = build_set(tmp_path, n=24, max_records=6, fmt="tar", name="b", labels=False)  # other content

@@ -31,9 +31,9 @@ def sets(tmp_path_factory):
 
 def _same_size_other_content(root, url):
     """The same number of records and shards as ``url``, other texts: only the identity tells them apart."""
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     src = write_jsonl(root / "other-src" / "data.jsonl",
                       [{"text": f"another text {i}", "label": ("neg", "pos")[i % 2]} for i in range(N)])

@@ -8,8 +8,9 @@ import tarfile
 
 import pytest
 
-from shards import CorruptShardError, format_tar
-from shards.index import Manifest, ShardInfo, write_manifest
+from shards import CorruptShardError
+from shards.formats import tar_read as format_tar
+from shards.manifest import Manifest, ShardInfo, write_manifest
 from shards.reader import fetch_shard, read_batches, verify_shard
 
 pytestmark = pytest.mark.timeout(30)

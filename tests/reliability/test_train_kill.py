@@ -18,7 +18,7 @@ import pytest
 
 from shards import audit
 from tests.conftest import ROOT, build_set
-from tests.trainkit import ENV, audit_lines, final_weights, run_torchrun, same_weights, tiny_bert, torchrun, train_args
+from tests.helpers.trainkit import ENV, audit_lines, final_weights, run_torchrun, same_weights, tiny_bert, torchrun, train_args
 
 STEPS, EVERY = 60, 10
 KILL_AT = (14, 33, 52)  # steps (per rank 0's audit log) after which the whole job is killed

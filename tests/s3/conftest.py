@@ -13,7 +13,7 @@ Fixtures for other test files (import nothing; pytest finds them here):
   with the endpoint and keys given explicitly (``{"key", "secret", "client_kwargs"}``).
 - ``s3_url``: a fresh ``s3://bucket/<test>-<uuid>`` prefix for this test.
 - ``s3_build_set(n=200, max_records=16, fmt="arrow", labels=True, tokenizer=None,
-  max_length=None) -> url``: builds a small labelled shard set on S3 (``shards.build``
+  max_length=None) -> url``: builds a small labelled shard set on S3 (``shards.build.driver``
   straight to ``s3://``) and returns its URL; for training runs from S3.
 - ``fault_proxy(fault_rate, seed=0, kinds=..., fail=None, methods=("GET",), stall_s=30)
   -> (proxy, storage_options)``: a seeded faulting proxy in front of the server.
@@ -103,9 +103,9 @@ def s3_url(s3_bucket, request) -> str:
 @pytest.fixture
 def s3_build_set(s3_bucket, tmp_path):
     """Factory: build a small labelled shard set straight to S3 and return its s3:// URL."""
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     def make(n: int = 200, max_records: int = 16, fmt: str = "arrow", labels: bool = True,
              tokenizer=None, max_length=None, name: str = "set", storage_options=None) -> str:

@@ -12,10 +12,10 @@ import pytest
 import shards
 from pipeline import ShardStream, make_loader
 from shards import storage
-from shards.build import BuildConfig, build
+from shards.build.driver import BuildConfig, build
+from shards.build.writer import Limits
 from shards.cli import main as shards_main
-from shards.corpus import CorpusSpec
-from shards.writer import Limits
+from shards.corpus.read import CorpusSpec
 from tests.conftest import ROOT, labelled_records, write_jsonl
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
@@ -132,7 +132,7 @@ def test_rerun_after_crashes_skips_uploaded_shards_and_never_lists_a_missing_one
 
 def test_one_builder_per_s3_output_and_a_failed_rebuild_keeps_the_old_set(tmp_path, s3_url, s3_options,
                                                                            fault_proxy):
-    from shards.lock import LockError, OutputLock
+    from shards.build.lock import LockError, OutputLock
 
     out = f"{s3_url}/shards"
     old = write_jsonl(tmp_path / "old.jsonl", labelled_records(60))

@@ -7,8 +7,8 @@ import pytest
 
 import shards
 from pipeline import ShardStream
-from tests import trainkit
 from tests.conftest import ROOT, labelled_records, write_jsonl
+from tests.helpers import trainkit
 
 pytestmark = pytest.mark.s3
 
@@ -39,10 +39,10 @@ def test_torchrun_two_processes_train_from_s3(s3_build_set, s3_env, s3_canary, t
 @pytest.mark.timeout(300)
 def test_ray_engine_builds_straight_to_s3(s3_env, s3_url, tmp_path):
     ray = pytest.importorskip("ray")
-    from shards.build import BuildConfig, build
-    from shards.corpus import CorpusSpec
-    from shards.ray_engine import make_engine
-    from shards.writer import Limits
+    from shards.build.driver import BuildConfig, build
+    from shards.build.ray_engine import make_engine
+    from shards.build.writer import Limits
+    from shards.corpus.read import CorpusSpec
 
     recs = labelled_records(600)
     inputs = [write_jsonl(tmp_path / "in" / f"f{k}.jsonl", recs[k * 200:(k + 1) * 200]) for k in range(3)]

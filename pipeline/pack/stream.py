@@ -1,0 +1,310 @@
+"""LM packing: a stream of documents → fixed-length blocks that keep document boundaries.
+
+    from pipeline import ShardStream, StreamConfig, make_loader
+    from pipeline.pack.stream import PackedStream, lockstep
+    docs = ShardStream("shards/", tokenizer=tok_dir, shuffle=True, seed=1,
+                       config=StreamConfig(keep_text=False))
+    blocks = PackedStream(docs, seq_len=1024)
+    collate = blocks.collator()
+    loader = make_loader(blocks, batch_size=8, num_workers=2, collate_fn=collate)
+    for batch in lockstep(loader, collate.filler(8)):         # equal steps on every rank
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                    labels=batch["labels"], use_cache=False)   # no attention_mask: see below
+
+Conventions (each block is a dict of int64 arrays of length ``seq_len``):
+- A document's tokens are its ``input_ids`` with the tokenizer's own special tokens
+  stripped from the ends (BERT's leading [CLS] and trailing [SEP]; GPT-2 adds none),
+  then one separator appended (EOS / SEP, ``shards.special_ids``).  The epoch is
+  ``doc_1 + [sep] + doc_2 + [sep] + ...`` cut into blocks; every token lands in
+  exactly one block and the last partial block is padded, never dropped.
+- ``split_documents=True`` fills every block (a document may run on into the next).
+  ``False`` starts a document that does not fit in the space left on a new block
+  (the rest padded); a document longer than ``seq_len`` starts a new block and is
+  split across ``ceil(n / seq_len)`` blocks anyway.
+- ``labels`` == ``input_ids`` with padding = -100: the Hugging Face causal-LM
+  convention, where the model shifts (position t predicts t+1).
+- ``position_ids`` restart at 0 at every document start and at the block start (a
+  document continued from the previous block restarts too); trailing padding is its
+  own run from 0.  HF models given ``position_ids`` and ``attention_mask=None`` build
+  a per-document causal mask from these restarts (masking_utils' packed-sequence
+  detection); padding is trailing, so causal attention never lets a real token see it.
+- ``doc_ids``: the document's index within the block (0, 1, ...), -1 on padding;
+  ``attention_mask``: 1 on real tokens; ``sample_ids``: the documents in the block;
+  ``starts``: per document, whether it starts in this block (False for the one
+  continued from the previous block).  The collator adds ``started_ids`` (the
+  documents that start in the batch: each document exactly once per epoch, what an
+  audit records; ``SOURCE/`` prefixed under a MixedStream) and ``cu_seqlens``/``max_seqlen`` (flash-attn varlen form).
+- Items with ``is_pad`` (repeats that even out ranks, corrupt-shard placeholders) and
+  documents with no tokens are not packed; they are counted in ``stats``.
+
+Speed: documents are read a chunk at a time (up to ``chunk_tokens`` tokens) and cut
+with numpy (pack_cut.py).  From a ShardStream they are read as columnar Chunks
+(``iter_chunks``: flat ids + offsets, pack_read.py), so the only per-document Python
+is its sample id string; other streams (MixedStream) are read an item dict at a time.
+In a DataLoader worker the collator's batch travels as numpy and becomes tensors as
+it is unpickled in the main process (no shared-memory handshake per tensor).
+
+State: blocks are cut in the DataLoader worker, so ``state_dict()`` is the worker's.
+What the next block starts with is always a position inside one document, kept as
+(the inner stream's state at the start of the chunk that document was read in,
+items to skip from there, tokens of the document already emitted): the inner state
+is taken once per chunk, the size is constant however long the document, and a
+resume re-reads about a chunk's items and skips them.
+
+Equal steps per rank: ranks get equal document counts, not equal token counts, so
+block counts differ by a few.  :func:`lockstep` all-reduces a "have a batch" flag
+every step and gives a rank that ran out filler batches (labels all -100) until
+every rank is done: no token is dropped and DDP collectives stay matched.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+import shards
+from pipeline import settings
+from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
+from pipeline.pack.read import make_reader
+
+__all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
+STATE_VERSION = 3           # 1: no "skip" (read as 0); 2: no settings but seq_len/split_documents
+CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at least 8 blocks)
+
+
+# -- the stream --------------------------------------------------------------
+class PackedStream(IterableDataset):
+    """Blocks of ``seq_len`` tokens cut from a document stream; see the module docstring.
+
+    ``stream``: a ShardStream (or MixedStream, or anything with ``__iter__`` over dicts
+    with ``input_ids``/``sample_id``/``is_pad``, ``state_dict``/``load_state_dict`` and
+    ``set_epoch``; one with ``iter_chunks()`` is read a columnar Chunk at a time, and its
+    ``state_dict()`` must then be exact between chunks).  ``sep_id``/``pad_id`` default to the tokenizer's (``shards.special_ids``);
+    the tokenizer is ``tokenizer``, else ``stream.tokenizer``, else the one named in the
+    manifest of pre-tokenized shards when it is a local path with the same fingerprint.
+    ``chunk_tokens``: tokens read from ``stream`` and cut at once (default ``max(32768,
+    8 * seq_len)``); the worker holds ~40 bytes per token of a chunk.
+    """
+
+    def __init__(self, stream, seq_len: int, *, split_documents: bool = True, sep_id: int | None = None,
+                 pad_id: int | None = None, tokenizer=None, chunk_tokens: int | None = None):
+        super().__init__()
+        if int(seq_len) < 2:
+            raise ValueError(f"seq_len={seq_len}: a block needs at least 2 tokens (typical: 512-4096)")
+        self.stream = stream
+        self.seq_len, self.split_documents = int(seq_len), bool(split_documents)
+        self.tokenizer = _resolve_tokenizer(stream, tokenizer)
+        specials = shards.special_ids(self.tokenizer) if self.tokenizer is not None else {}
+        sep = sep_id if sep_id is not None else specials.get("sep")
+        if sep is None:
+            raise ValueError("PackedStream: no separator id: the stream has no tokenizer with an EOS/SEP "
+                             "token (<|endoftext|>, </s>, [SEP], <eos>); pass sep_id=... or tokenizer=...")
+        prefix, suffix = added_specials(self.tokenizer) if self.tokenizer is not None else ((), ())
+        self.format = DocFormat(int(sep), prefix, suffix)
+        self.pad_id = int(pad_id if pad_id is not None else specials.get("pad", sep))
+        self.chunk_tokens = max(1, int(chunk_tokens)) if chunk_tokens is not None else max(CHUNK_TOKENS, 8 * self.seq_len)
+        self.epoch = int(getattr(stream, "epoch", 0))
+        self._tokens = {"sep_id": self.format.sep_id, "pad_id": self.pad_id,
+                        "max_length": getattr(stream, "max_length", None),
+                        "tokenizer": shards.fingerprint(self.tokenizer) if self.tokenizer is not None else None}
+        self.stats: Counter = Counter()
+        self._resume: dict | None = None
+        self._snapshot: tuple[dict | None, int, int] = (None, 0, 0)  # (inner state, items to skip, tokens)
+
+    def collator(self) -> "BlockCollator":
+        return BlockCollator(self.seq_len, self.pad_id)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.stream.set_epoch(self.epoch)
+
+    # -- state ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        inner, skip, offset = self._snapshot
+        stats = Counter(getattr(self.stream, "stats", {}))
+        stats.update(self.stats)
+        return {"version": STATE_VERSION, "epoch": self.epoch, **self.resume_settings(), "inner": inner,
+                "skip": skip, "offset": offset, "stats": dict(stats)}
+
+    def resume_settings(self) -> dict:
+        """What decides the blocks from a position on: the inner stream's order and the tokens."""
+        inner = getattr(self.stream, "resume_settings", None)
+        return {**(inner() if callable(inner) else {}), "seq_len": self.seq_len,
+                "split_documents": self.split_documents, **self._tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        what = "packed state"
+        settings.version(what, state, (1, 2, STATE_VERSION), "PackedStream")
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        skip = settings.count(what, "skip", state.get("skip", 0))
+        offset = settings.count(what, "offset", settings.entry(what, state, "offset"))
+        mid = settings.entry(what, state, "inner") is not None or skip > 0 or offset > 0
+        settings.check(what, state, self.resume_settings(), mid_epoch=mid)  # older versions: refused mid-epoch
+        self.set_epoch(epoch)
+        self._resume = dict(state)
+
+    # -- iteration -------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        # Not a generator itself: the snapshot must be right before the first next(),
+        # since StatefulDataLoader asks for state as soon as the iterator exists.
+        state, self._resume = self._resume, None
+        inner, skip, offset = (state["inner"], int(state.get("skip", 0)), int(state["offset"])) if state else \
+            (None, 0, 0)
+        if inner is not None:
+            self.stream.load_state_dict(inner)
+        self._snapshot = (inner, skip, offset)
+        return self._blocks(inner, skip, offset)
+
+    def _blocks(self, start_state: dict | None, skip: int, offset: int) -> Iterator[dict]:
+        """Read a chunk of items, cut every block it completes, carry the rest; repeat.
+
+        A resume state is (inner state at the start of the chunk a document was read
+        in, items to skip from there, tokens of the document already emitted): the
+        inner stream's state is taken once per chunk, not per document."""
+        reader = make_reader(self.stream, self.format, self.stats, skip)
+        states = {0: start_state}      # chunk number -> inner state before its first item
+        carry, chunk, first = Docs.empty(), 0, skip
+        budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
+        while True:
+            new, n_items, exhausted = reader.read(chunk, first, budget)
+            if exhausted:  # resume = re-read this chunk's items: a state taken after the end can
+                after = (states[chunk], first + n_items, 0)  # be stale (MixedStream's sources restart)
+            else:
+                states[chunk + 1] = self.stream.state_dict()
+                after = (states[chunk + 1], 0, 0)
+            if offset and len(new):    # the resumed document: its first tokens were emitted before
+                new, offset = new.skip_first(offset), 0
+            elif offset and exhausted:
+                raise settings.ResumeError(f"packed state: offset={offset} tokens into a document, but the "
+                                           f"stream has none left: the state belongs to other data")
+            docs = carry + new
+            result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
+            yield from self._emit(result, docs, states, after)
+            carry = result.carry
+            if exhausted:
+                return
+            for old in [c for c in states if c <= chunk and (not len(carry) or c < int(carry.chunks[0]))]:
+                del states[old]
+            chunk, first = chunk + 1, 0
+            budget = min(2 * budget, self.chunk_tokens)
+
+    def _emit(self, result, docs: Docs, states: dict, after: tuple) -> Iterator[dict]:
+        arrays = result.arrays
+        ids, labels, positions, doc_ids, mask = (arrays[k] for k in ARRAY_KEYS)
+        n_docs = len(docs)
+        chunks, items = docs.chunks.tolist(), docs.items.tolist()
+        for b, (nxt, emitted) in enumerate(result.cursors):
+            if nxt < n_docs:  # the next token is in a document already read
+                self._snapshot = (states[chunks[nxt]], items[nxt], emitted)
+            else:             # every token read so far is out: resume after this chunk
+                self._snapshot = after
+            real = result.num_tokens[b]
+            self.stats["blocks"] += 1
+            self.stats["tokens"] += real
+            self.stats["pad_tokens"] += self.seq_len - real
+            yield {"input_ids": ids[b], "labels": labels[b], "position_ids": positions[b], "doc_ids": doc_ids[b],
+                   "attention_mask": mask[b], "seqlens": result.seqlens[b], "num_tokens": real, "is_pad": False,
+                   "starts": result.starts[b], "sample_ids": result.sample_ids[b]}
+
+
+def _resolve_tokenizer(stream, tokenizer):
+    if tokenizer is not None:
+        return shards.load_tokenizer(tokenizer)
+    if getattr(stream, "tokenizer", None) is not None:
+        return stream.tokenizer
+    manifest = getattr(stream, "manifest", None)
+    built = getattr(manifest, "tokenizer", None)
+    if built and os.path.exists(built["name_or_path"]):  # pre-tokenized shards, tokenizer still local
+        tok = shards.load_tokenizer(built["name_or_path"])
+        if shards.fingerprint(tok) == built["fingerprint"]:
+            return tok
+    return None
+
+
+# -- batches -------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockCollator:
+    """Blocks → a batch: the arrays stacked to LongTensors [B, seq_len], ``is_pad`` [B],
+    ``sample_ids`` (list per block), ``started_ids`` (flat list of the documents starting
+    in the batch), ``num_tokens`` (real tokens, int) and the flash-attn varlen description
+    of the flattened batch: ``cu_seqlens`` (int32) and ``max_seqlen``."""
+
+    seq_len: int
+    pad_id: int = 0
+
+    def __call__(self, blocks: list[dict]) -> dict:
+        batch = {k: np.array([b[k] for b in blocks]) for k in ARRAY_KEYS}  # rows of equal length: [B, seq_len]
+        batch["is_pad"] = np.array([bool(b["is_pad"]) for b in blocks], dtype=bool)
+        batch["sample_ids"] = [list(b["sample_ids"]) for b in blocks]
+        mixed = "source" in blocks[0]
+        batch["started_ids"] = [_qualified(b, sid) if mixed else sid for b in blocks
+                                for sid, first in zip(b["sample_ids"], b["starts"]) if first]
+        batch["num_tokens"] = sum(int(b["num_tokens"]) for b in blocks)
+        seqlens = [n for b in blocks for n in b["seqlens"]]
+        batch["cu_seqlens"] = np.array([0, *accumulate(seqlens)], dtype=np.int32)
+        batch["max_seqlen"] = max(seqlens)
+        if mixed:  # blocks drawn by a MixedStream
+            batch["source"] = np.array([int(b.get("source", -1)) for b in blocks], dtype=np.int64)
+        if get_worker_info() is not None:
+            return _WorkerBatch(batch)
+        return _as_tensors(batch)
+
+    def filler(self, batch_size: int) -> dict:
+        """A batch that trains nothing (labels all -100, ``is_pad`` True), for :func:`lockstep`.
+        Its attention_mask is 1 so that any attention path stays finite (no all-masked rows)."""
+        block = empty_block(self.seq_len, self.pad_id)
+        block.update(attention_mask=np.ones(self.seq_len, dtype=np.int64), is_pad=True, sample_ids=[])
+        return self([block] * batch_size)
+
+
+class _WorkerBatch(dict):
+    """A batch made in a DataLoader worker: its arrays go through the pipe as numpy (one
+    message; a tensor would cost a shared-memory segment and a file-descriptor handshake
+    each, which dominated the main process's time) and unpickle as tensors."""
+
+    def __reduce__(self):
+        return _as_tensors, (dict(self),)
+
+
+def _as_tensors(batch: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def _qualified(block: dict, sample_id: str) -> str:
+    """``SOURCE/SSSSS:RRRRRR`` for blocks drawn by a MixedStream (ids repeat across shard sets)."""
+    return f"{block['source']}/{sample_id}" if "source" in block else sample_id
+
+
+def lockstep(batches: Iterable[dict], filler: dict, *, device=None, group=None) -> Iterator[dict]:
+    """Yield ``batches``, then ``filler`` until every rank of ``group`` has run out.
+
+    One all-reduce (MAX of "I still have a batch") per step, so every rank takes the
+    same number of steps even when block counts differ.  Without an initialised
+    process group the batches pass through.  ``device``: where the flag lives (CUDA
+    for NCCL; the default follows the backend).  Losses must be token sums divided by
+    the global count of labels != -100 so filler steps add nothing (as pipeline.train.loop does).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield from batches
+        return
+    if device is None:
+        nccl = dist.get_backend(group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    it = iter(batches)
+    done = False
+    while True:
+        batch = None if done else next(it, None)
+        done = batch is None  # never call next() on a finished loader again
+        flag = torch.tensor([0 if batch is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        if int(flag.item()) == 0:
+            return
+        yield filler if batch is None else batch

@@ -1,0 +1,389 @@
+"""``ShardStream``: an IterableDataset over a shard set, exactly once per epoch.
+
+    ds = ShardStream("s3://bucket/shards", tokenizer=tok_dir, max_length=128, shuffle=True, seed=1)
+    ds.set_epoch(0)
+    for item in ds: ...   # {"sample_id", "text", "label", "input_ids", "is_pad"}
+
+Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
+shards (with the next one prefetched) → record batches → windows of
+``shuffle_buffer`` samples, each permuted (shuffle.py) → batched tokenization
+→ items (``__iter__``) or padded batches (``batches``, the loader's path; with
+``group_by_length`` each window is sorted by token length first, group.py).
+Every step is a function of integers (seed, epoch, rank, worker, window), so a
+resumed stream starts at the window holding its position and reads nothing
+before it.  The state records those settings and the data's identity
+(``Manifest.identity``); a mid-epoch state resumed under other ones, or with a
+position outside this worker's part, is refused (settings.py).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import IterableDataset
+
+import shards
+from pipeline import group, settings, split, world
+from pipeline.chunk import Chunk, concat, from_rows, rechunk
+from pipeline.collate import collate_chunk
+from pipeline.shuffle import window_order
+from shards import Ragged
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 2  # 1: no shuffle, shuffle_buffer, block_size, identity (mid-epoch: refused, unverifiable)
+CORRUPT_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The rarer knobs of a ShardStream, each with one documented default."""
+
+    shuffle_buffer: int = 8192      # consecutive samples of a worker's stream permuted together (shuffle=True)
+    block_size: int = 1024          # records per block permuted inside a shard (when shuffle=True)
+    tokenize_batch: int = 512       # texts per call to the fast tokenizer
+    keep_text: bool = True          # include "text" in items
+    on_corrupt: str = "error"       # "error" raises naming the shard; "skip" pads its records
+    verify: str = "sha256"          # "sha256" | "size" | "none": checked before a shard is used
+    prefetch: bool = True           # fetch the next shard in a background thread
+    cache_dir: str | None = None    # local cache of remote shards, for repeated epochs
+    cache_limit: int = 8 << 30      # bytes kept in cache_dir (least recently used evicted)
+    add_special_tokens: bool = True
+    group_by_length: bool = False   # batches of similar token length, cut from sorted windows (group.py)
+
+    def __post_init__(self):
+        if self.on_corrupt not in CORRUPT_POLICIES:
+            raise ValueError(f"on_corrupt={self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}")
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(f"StreamConfig(group_by_length={self.group_by_length!r}): valid: True or False")
+        for name in ("shuffle_buffer", "block_size", "tokenize_batch", "cache_limit"):
+            value = getattr(self, name)  # a window or batch of 0 would cut the stream into empty pieces forever
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"StreamConfig({name}={value!r}): must be an integer >= 1 "
+                                 f"(default {getattr(StreamConfig, name)})")
+
+
+class ShardStream(IterableDataset):
+    """Streams a shard set written by ``shards build``; see the module docstring."""
+
+    def __init__(self, url, *, tokenizer=None, max_length=None, shuffle=False, seed=0, rank=None,
+                 world_size=None, storage_options=None, config: StreamConfig | None = None):
+        super().__init__()
+        self.url = str(url)
+        self.where = shards.redact(self.url)  # the URL as messages name it: no credentials
+        self.storage_options = storage_options
+        self.manifest = shards.load_manifest(self.url, storage_options)
+        self.world = world.resolve(rank, world_size)
+        self.shuffle, self.seed, self.max_length = shuffle, int(seed), max_length
+        self.config = config or StreamConfig()
+        self.tokenizer = shards.load_tokenizer(tokenizer) if tokenizer is not None else None
+        self._check_tokenizer()
+        shards.format_reader(self.manifest.format)  # an unknown format fails here, not in every worker
+        if self.config.group_by_length and self.text_only:
+            raise ValueError(f"{self.where}: StreamConfig(group_by_length=True) sorts by token length, and this set "
+                             f"has no token ids; pass tokenizer=... or use shards built with --tokenizer")
+        self.epoch = 0
+        self.stats: Counter = Counter()
+        self._consumed = 0
+        self._resume: dict | None = None
+        self._cache = None
+        self._skipped: set[int] = set()
+        self._identity: str | None = None
+
+    def _check_tokenizer(self) -> None:
+        built = self.manifest.tokenizer
+        if built is None or self.tokenizer is None:
+            return
+        have = shards.fingerprint(self.tokenizer)
+        if have != built["fingerprint"]:
+            raise shards.TokenizerError(
+                f"{self.where}: shards were pre-tokenized with {built['name_or_path']} (fingerprint "
+                f"{built['fingerprint'][:16]}), the tokenizer given has fingerprint {have[:16]}; pass the "
+                f"same tokenizer, pass tokenizer=None to use the stored ids, or rebuild the shards")
+
+    @property
+    def pretokenized(self) -> bool:
+        return "input_ids" in self.manifest.fields
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.manifest.label_names
+
+    @property
+    def text_only(self) -> bool:
+        """No token ids (no tokenizer, not pre-tokenized): batches carry the texts."""
+        return self.tokenizer is None and not self.pretokenized
+
+    @property
+    def identity(self) -> str:
+        """The data's fingerprint (Manifest.identity), computed once per stream."""
+        if self._identity is None:
+            self._identity = self.manifest.identity
+        return self._identity
+
+    def order_settings(self) -> dict:
+        """What decides this rank's order of samples, the same in every worker (see settings.py)."""
+        c = self.config
+        return {"seed": self.seed, "shuffle": self.shuffle, "shuffle_buffer": c.shuffle_buffer,
+                "block_size": c.block_size, "group_by_length": c.group_by_length, "rank": self.world.rank,
+                "world_size": self.world.world_size, "identity": self.identity}
+
+    def resume_settings(self) -> dict:
+        """``order_settings`` and this process's worker: what a state taken here resumes under."""
+        worker_id, workers = world.worker()
+        return {**self.order_settings(), "worker": worker_id, "num_workers": workers}
+
+    def worker_samples(self, worker_id: int, workers: int) -> int:
+        """Samples worker ``worker_id`` of ``workers`` yields per epoch (pads included)."""
+        return split.worker_counts(self.manifest.num_records, self.world.world_size, workers)[worker_id]
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (pads included), equal on every rank."""
+        return split.per_rank(self.manifest.num_records, self.world.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # -- state -------------------------------------------------------------
+    def _update_retries(self) -> None:
+        # Only this stream's retries since its iterator started, counted per process.
+        now = shards.retry_count()
+        self.stats["retries"] += now - getattr(self, "_retries_seen", now)
+        self._retries_seen = now
+
+    def state_dict(self) -> dict:
+        self._update_retries()
+        worker_id, workers = world.worker()
+        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self._consumed, **self.order_settings(),
+                "worker": worker_id, "num_workers": workers, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        what = f"stream state for {self.where}"
+        settings.version(what, state, (1, STATE_VERSION), "ShardStream")
+        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
+        consumed = settings.count(what, "consumed", settings.entry(what, state, "consumed"))
+        settings.check(what, state, self.order_settings(), mid_epoch=consumed > 0)
+        if consumed:  # which worker it was, and how far it can be, are checked where it resumes
+            workers = settings.count(what, "num_workers", state.get("num_workers"), low=1)
+            settings.count(what, "worker", state.get("worker"), workers - 1)
+        self._resume = dict(state)
+        self.epoch = epoch
+
+    def _resume_offset(self, worker_id: int, workers: int) -> int:
+        state, self._resume = self._resume, None
+        if state is None or state["consumed"] == 0:
+            return 0
+        what = f"stream state for {self.where}"
+        settings.check(what, state, {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
+        return settings.count(what, "consumed", state["consumed"], self.worker_samples(worker_id, workers))
+
+    # -- the stream --------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        # Not a generator itself: the resume offset and the consumed count are set when the
+        # iterator is made, because StatefulDataLoader snapshots state before the first next().
+        worker_id, workers = world.worker()
+        self._per_sample_only()
+        skip = self._start(worker_id, workers)
+        return self._items(self.chunks(worker_id, workers, skip, self.config.keep_text))
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """``iter(self)`` a Chunk at a time (at most ``tokenize_batch`` samples, columnar); the
+        consumed count advances by whole chunks, so ``state_dict()`` between two is exact."""
+        worker_id, workers = world.worker()
+        self._per_sample_only()
+        skip = self._start(worker_id, workers)
+        return self._counted(self.chunks(worker_id, workers, skip, self.config.keep_text))
+
+    def _per_sample_only(self) -> None:
+        if self.config.group_by_length:
+            raise ValueError(f"{self.where}: StreamConfig(group_by_length=True) groups samples into batches, so the "
+                             f"stream cannot be read a sample at a time (per-sample iteration, packed or mixed "
+                             f"streams, a custom collate_fn); use make_loader(ds, batch_size) with its default "
+                             f"collate, or group_by_length=False")
+
+    def _counted(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            self._consumed += len(chunk)
+            yield chunk
+
+    def _start(self, worker_id: int, workers: int) -> int:
+        return self._begin(self._resume_offset(worker_id, workers))
+
+    def _begin(self, skip: int) -> int:
+        self._consumed = skip
+        self._retries_seen = shards.retry_count()
+        return skip
+
+    def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
+        for chunk in chunks:
+            for item in chunk.items():
+                self._consumed += 1
+                yield item
+
+    def batches(self, batch_size: int, start_batch: int = 0, *, pad_id: int = 0,
+                pad_to_multiple_of: int | None = None, keep_text: bool = False) -> Iterator[dict]:
+        """This worker's samples as padded numpy batches (see collate.collate_chunk), from
+        batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
+        worker_id, workers = world.worker()
+        self.drop_sample_state()
+        samples = self.worker_samples(worker_id, workers)
+        settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch,
+                       -(-samples // batch_size))
+        keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
+        # past the short last batch: at the end, not past it (a window cannot be cut beyond its end)
+        skip = self._begin(min(start_batch * batch_size, samples))
+        chunks = self._grouped(worker_id, workers, batch_size, skip, keep_text) \
+            if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
+        return self._batches(chunks, batch_size, pad_id, pad_to_multiple_of, keep_text)
+
+    def drop_sample_state(self) -> None:
+        """Batches start at a batch index (the loader's state); refuse to drop a mid-epoch
+        per-sample state loaded with ``load_state_dict`` without a word."""
+        state, self._resume = self._resume, None
+        if state is not None and state.get("consumed"):
+            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state "
+                             "(ShardStream.load_state_dict); make_loader resumes from its own state: "
+                             "save loader.state_dict() and pass it to "
+                             "loader.load_state_dict(), or iterate the stream itself")
+
+    def _batches(self, chunks, batch_size, pad_id, multiple, keep_text) -> Iterator[dict]:
+        for chunk in rechunk(chunks, batch_size):
+            self._consumed += len(chunk)
+            yield collate_chunk(chunk, pad_id, multiple, keep_text)
+
+    def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
+        """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
+        tokenized Chunks of at most ``tokenize_batch`` samples."""
+        window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
+        first = skip // max(window, 1)
+        for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
+            if self.shuffle:
+                chunk = chunk.take(window_order(len(chunk), self.seed, self.epoch, self.world.rank, worker_id, k))
+            if k == first:
+                chunk = chunk.slice(skip - first * window, len(chunk))
+            for part in rechunk([chunk], self.config.tokenize_batch):
+                yield self._tokenized(part, keep_text)
+        self._report_epoch()
+
+    def _grouped(self, worker_id: int, workers: int, batch_size: int, skip: int,
+                 keep_text: bool) -> Iterator[Chunk]:
+        """This worker's batches (Chunks of ``batch_size``) from position ``skip`` (a batch start)
+        on, each window sorted by token length and its batches shuffled (group.py)."""
+        window = group.window_size(self.config.shuffle_buffer, batch_size)
+        first = skip // window
+        for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
+            chunk = concat([self._tokenized(part, keep_text) for part in rechunk([chunk], self.config.tokenize_batch)])
+            key = (self.seed, self.epoch, self.world.rank, worker_id, k)
+            chunk = chunk.take(group.window_index(chunk.ids.lengths, batch_size, self.shuffle, key))
+            if k == first:
+                chunk = chunk.slice(skip - first * window, len(chunk))
+            yield from rechunk([chunk], batch_size)
+        self._report_epoch()
+
+    def _windows(self, worker_id: int, workers: int, first: int, window: int,
+                 keep_text: bool) -> Iterator[tuple[int, Chunk]]:
+        """(index, samples) of this worker's windows of ``window`` samples, from window ``first`` on."""
+        plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
+                          workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
+        want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
+        pieces = self._read(split.skip(plan, first * window), want_text)
+        return enumerate(rechunk(pieces, window), start=first)
+
+    def _tokenized(self, chunk: Chunk, keep_text: bool) -> Chunk:
+        if self.tokenizer is not None and not self.pretokenized:
+            chunk = chunk.with_ids(shards.encode_ragged(self.tokenizer, chunk.text, self.max_length,
+                                                        self.config.add_special_tokens))
+        elif chunk.ids is not None and self.max_length is not None:
+            chunk = chunk.with_ids(chunk.ids.truncate(self.max_length))
+        return chunk if keep_text else chunk.without_text()
+
+    def _columns(self, want_text: bool) -> tuple[str, ...]:
+        # The rows are counted from the columns read: a set with only texts reads them always.
+        other = tuple(c for c in ("label", "input_ids") if c in self.manifest.fields)
+        return (*other, "text") if want_text or not other else other
+
+    def _fetch(self, shard: int) -> bytes | Exception:
+        info = self.manifest.shards[shard]
+        url = shards.shard_url(self.url, info)
+        try:
+            return shards.fetch_shard(url, info, self.storage_options, self.config.verify, self._get_cache(),
+                                      manifest=self.manifest)
+        except (shards.CorruptShardError, shards.StorageError) as exc:
+            if self.config.on_corrupt == "error":
+                raise
+            return exc
+
+    def _get_cache(self):
+        if self.config.cache_dir is None or not shards.is_remote(self.url):
+            return None
+        if self._cache is None:
+            self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
+        return self._cache
+
+    def _read(self, plan: list[split.Slice], want_text: bool) -> Iterator[Chunk]:
+        groups = [(shard, list(slices)) for shard, slices in groupby(plan, key=lambda s: s.shard)]
+        if not groups:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
+        try:
+            pending = pool.submit(self._fetch, groups[0][0])
+            for i, (shard, slices) in enumerate(groups):
+                data = pending.result()
+                if i + 1 < len(groups):  # the next shard downloads while this one is consumed
+                    nxt = groups[i + 1][0]
+                    pending = pool.submit(self._fetch, nxt) if self.config.prefetch else _Done(self._fetch, nxt)
+                if isinstance(data, Exception):
+                    yield from self._skip_shard(shard, slices, data, want_text)
+                else:
+                    yield from self._shard_chunks(shard, slices, data, want_text)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _shard_chunks(self, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
+        url = shards.shard_url(self.url, self.manifest.shards[shard])
+        columns = self._columns(want_text)
+        for s in slices:
+            got = 0
+            for b in shards.read_batches(self.manifest, url, data, s.start, s.stop, columns):
+                got += len(b)
+                yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
+            if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
+                raise shards.CorruptShardError(
+                    f"shard {shards.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} "
+                    f"(manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
+
+    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
+        """Keep the step count: the skipped shard's records become flagged pads."""
+        n = sum(len(s) for s in slices)
+        if shard not in self._skipped:  # logged once per shard
+            log.warning("skipping corrupt shard (on_corrupt='skip'): %s", exc)
+        self._skipped.add(shard)
+        self.stats["skipped_shards"] += 1
+        self.stats["skipped_samples"] += n
+        for s in slices:
+            k = len(s)
+            ids = Ragged.from_lengths(np.zeros(k, np.int32), np.ones(k, np.int64)) if self.pretokenized else None
+            yield from_rows(shard, s.start, k, True, [""] * k if want_text else None,
+                            np.zeros(k, np.int64) if self.label_names else None, ids)
+
+    def _report_epoch(self) -> None:
+        self._update_retries()
+        if self.stats["skipped_shards"]:
+            log.warning("epoch %d rank %d: skipped %d corrupt shard read(s), %d samples padded: %s",
+                        self.epoch, self.world.rank, self.stats["skipped_shards"],
+                        self.stats["skipped_samples"], sorted(self._skipped))
+
+
+class _Done:
+    """A future-like result computed on demand (prefetch disabled)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
+

@@ -1,0 +1,393 @@
+"""DDP training over shard streams: fine-tune a classifier or train a small causal LM.
+
+    python -m pipeline.train --train shards/train --eval shards/dev --task classify --model minilm \
+        --steps 300 --batch-size 32 --out runs/sst2
+    torchrun --nproc_per_node 2 -m pipeline.train ... --checkpoint-every 50 --audit
+    torchrun --nproc_per_node 2 -m pipeline.train ... --resume     # same batches as if never stopped
+    python -m pipeline.train ... --resume never                     # start over: deletes OUT/checkpoint's steps
+    shards audit runs/sst2                                          # every sample exactly once per epoch
+
+One process per device: gloo on CPU, nccl on CUDA (bf16 autocast with
+``--precision bf16``).  Rank and world size come from torchrun (through
+``pipeline.world.from_env``); each rank streams its own disjoint part of the
+shards and leaves the flagged pad samples out of the loss.  Writes
+``OUT/metrics.json``, ``OUT/train.png``, ``OUT/checkpoint/`` and, with
+``--audit``, ``OUT/audit/rank{R}.jsonl``.  ``--resume`` continues the newest checkpoint
+that verifies, with the same settings and data only (``pipeline.train.resume``).  A user
+error ends the run with one line and exit status 2 (``pipeline.train.failure``; ``--debug``
+for the traceback).
+
+LR: linear warm-up over ``--warmup`` x ``--steps``, then linear decay to 0 at
+``--steps`` (``pipeline.train.schedule``).  ``--resume`` with another ``--steps``
+continues it without a jump: during the warm-up the original warm-up length (in
+steps) is kept and the decay stretched over the new total; after it, the LR
+decays linearly from its value at the checkpoint to 0 at the new ``--steps``.
+The peak LR and warm-up length stay the checkpoint's.  A finished run's LR is 0,
+so extending one trains at LR 0 (it says so): start from ``OUT/model`` instead.
+
+Every node's first process (local rank 0) prints a start line (rank, node,
+host, local rank, world sizes, threads) and the progress lines, prefixed with
+its rank (and node when there are several).  On CPU each process uses
+cpus / (processes on this host) intra-op threads unless OMP_NUM_THREADS is set.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import shards
+from pipeline.loader.make import make_loader
+from pipeline.mix import MixedStream, parse_mixture
+from pipeline.pack.stream import PackedStream
+from pipeline.stream import ShardStream, StreamConfig
+from pipeline.train import checkpoint, failure, metrics, model_folder, models, quiet, schedule
+from pipeline.train import config as train_options
+from pipeline.train.audit_log import AuditLog, absolute_url
+from pipeline.train.batches import Batches
+from pipeline.train.config import DEFAULT_LR  # noqa: F401  (the defaults' old home)
+from pipeline.train.evaluate import all_sum, autocast, evaluate
+from pipeline.train.resume import resume_point, run_settings
+from pipeline.train.tensorboard import Board, check_available, open_board
+from pipeline.world import World, from_env, intra_op_threads
+from shards import redact
+
+log = logging.getLogger("pipeline.train.loop")
+node_log = logging.getLogger("pipeline.node")  # INFO on every node's local rank 0, not only rank 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options (``pipeline.train.config``); ``--model``/``--tokenizer`` are filled in by ``main``."""
+    return train_options.parse_args(argv, description=__doc__.split("\n\n")[0])
+
+
+# -- process group -------------------------------------------------------------
+def setup(world: World) -> torch.device:
+    """Join the process group (world size > 1) and pick this rank's device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", world.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world.world_size > 1:
+        dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.world_size,
+                                device_id=device if cuda else None)
+    return device
+
+
+def announce(world: World, device) -> None:
+    """Set this process's CPU threads; each node's local rank 0 prints who it is."""
+    host = socket.gethostname()
+    on_host = sum(h == host for h in all_gather(host, world))  # loopback "nodes" share a host
+    threads, why = intra_op_threads(world, len(os.sched_getaffinity(0)), on_host)
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+    elif device.type != "cpu":
+        why = f"torch's default on {device.type}"
+    node_log.info("start: rank %d/%d node %d (%s) local rank %d/%d, %d process(es) on this host, "
+                  "%d torch threads (%s)", world.rank, world.world_size, world.group_rank, host,
+                  world.local_rank, world.local_world_size, on_host, torch.get_num_threads(), why)
+
+
+def all_gather(obj, world: World) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# -- data ----------------------------------------------------------------------
+def make_stream(url: str, args, world: World, shuffle: bool, whole_documents: bool = False) -> ShardStream:
+    """This rank's stream; ``whole_documents`` (for packing): no truncation, no text carried along."""
+    return ShardStream(url, tokenizer=args.tokenizer, max_length=None if whole_documents else args.max_length,
+                       shuffle=shuffle, seed=args.seed, rank=world.rank, world_size=world.world_size,
+                       storage_options=args.storage_options,
+                       config=StreamConfig(keep_text=False) if whole_documents else
+                       StreamConfig(group_by_length=args.group_by_length and shuffle))
+
+
+def train_dataset(args, world: World):
+    """(this rank's first ShardStream, what its loader reads, the identity of each train set).
+
+    ``--train a/:0.7,b/:0.3`` mixes shard sets (pipeline.mix, stopping when the first runs out);
+    with ``--pack`` the (mixed) documents are packed into LM blocks.
+    """
+    sources = parse_mixture(args.train)
+    streams = [make_stream(url, args, world, shuffle=True, whole_documents=args.pack is not None)
+               for url, _ in sources]
+    names = {tuple(s.label_names or ()) for s in streams}
+    if args.task == "classify" and len(names) > 1:
+        raise ValueError(f"--train {args.train}: the mixed sets have different label names {sorted(names)}; "
+                         f"build them with the same --label-names")
+    docs = streams[0] if len(streams) == 1 else MixedStream(
+        [(s, w) for s, (_, w) in zip(streams, sources)], seed=args.seed, stop="first_exhausted")
+    identity = [s.manifest.identity for s in streams]  # what the data is: a resume must see the same
+    return streams[0], docs if args.pack is None else PackedStream(docs, args.pack), identity
+
+
+def eval_identity(args) -> str | None:
+    if not args.eval:
+        return None
+    return shards.load_manifest(args.eval, args.storage_options).identity
+
+
+# -- model -----------------------------------------------------------------------
+@dataclass
+class Parts:
+    model: torch.nn.Module      # unwrapped
+    ddp: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    schedule: schedule.Schedule
+
+
+def build_parts(args, train_ds: ShardStream, world: World, device, lr: schedule.Schedule) -> Parts:
+    """Model (DDP-wrapped when world size > 1), AdamW and the LR schedule ``lr``."""
+    labels = train_ds.label_names
+    if args.task == "classify" and not labels:
+        raise ValueError(f"--train {args.train}: shards have no labels; rebuild them with --label-field "
+                         f"for --task classify, or use --task lm")
+    tok = train_ds.tokenizer
+    torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = models.load_model(args.task, args.model, num_labels=len(labels or []) or None,
+                              vocab_size=tok.get_vocab_size() if tok else None,
+                              max_positions=max(args.max_length, args.pack or 0, 128),
+                              pad_id=shards.special_ids(tok)["pad"] if tok else 0,
+                              label_names=labels if args.task == "classify" else None).to(device)
+    ddp = None
+    if world.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True)  # no extra copy of the gradients
+    # fused AdamW: one kernel over all parameters, several times faster than the loop on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
+    # a plain function (not the bound method): LambdaLR then saves no state of it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr.factor(step))
+    return Parts(model, ddp, optimizer, scheduler, lr)
+
+
+def forward_loss(net, batch: dict, task: str, device) -> tuple[torch.Tensor, int, int]:
+    """(loss, samples counted, tokens counted) of one micro-batch; pads weigh nothing."""
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    real = ~batch["is_pad"]
+    if "position_ids" in batch:  # packed blocks: positions restart per document, which HF turns
+        # into a per-document causal mask when no attention_mask is given
+        logits = net(input_ids=ids, position_ids=batch["position_ids"].to(device), use_cache=False).logits
+        tokens = int(batch["num_tokens"])
+    else:
+        logits = net(input_ids=ids, attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+        tokens = int(batch["attention_mask"][real].sum())
+    if task == "classify":
+        loss, n = models.classify_loss(logits, batch)
+        return loss, n, tokens
+    summed, count = models.lm_loss(logits, models.lm_labels(batch))
+    # mean over the tokens of all ranks: DDP averages gradients, so scale by world / global count;
+    # a rank with fewer (or no: lockstep filler) tokens then weighs exactly its share
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    total = all_sum([float(count)], device)[0]
+    return summed * (world_size / max(total, 1.0)), int(real.sum()), tokens
+
+
+# -- the loop --------------------------------------------------------------------
+@dataclass
+class Result:
+    summary: dict
+    history: list[dict]
+    parts: Parts
+    label_names: list[str] | None
+
+
+def train(args, world: World, device, board: Board | None = None) -> Result:
+    stream, train_ds, identity = train_dataset(args, world)
+    settings = run_settings(args, world, identity, eval_identity(args))
+    ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
+    loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
+    plan = schedule.for_run(args, ckpt.state if ckpt else None, ckpt.step if ckpt else 0)
+    parts = build_parts(args, stream, world, device, plan)
+    start, position, history = 0, {"epoch": 0, "exhausted": False}, []
+    if ckpt is not None:
+        start, position, history = restore(ckpt, parts, train_ds, loader, world)
+    torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
+    if ckpt is not None:
+        checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
+    filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
+    batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
+    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start) if args.audit else None
+    initial = before_training(args, parts.model, world, device, board, stream.label_names) if start == 0 else {}
+    meter = metrics.Meter(world.world_size)
+    net = parts.ddp or parts.model
+    net.train()
+    for step in range(start + 1, args.steps + 1):
+        loss_value, samples, tokens = 0.0, 0, 0
+        for micro in range(args.grad_accum):
+            t = meter.clock()
+            batch = batches.next()
+            meter.waited(t)
+            if audit:
+                audit.record(step, batches.epoch, batch["sample_id"], batch["is_pad"])
+            last = micro == args.grad_accum - 1
+            sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(args.precision, device):
+                    loss, n, k = forward_loss(net, batch, args.task, device)
+                (loss / args.grad_accum).backward()
+            loss_value += loss.item() / args.grad_accum
+            samples, tokens = samples + n, tokens + k
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), 1.0)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        meter.step(loss_value, samples, tokens)
+        if step % args.log_every == 0 or step == args.steps:
+            lr = parts.scheduler.get_last_lr()[0]  # after this step's update: what step + 1 applies
+            text, point = meter.line(step, args.steps, lr, batches.epoch, args.log_every)
+            history.append(point)
+            node_log.info("%s", text)
+            if board:
+                board.train(step, point, lr)
+        if board and step == 1 and args.task == "lm" and not args.eval:  # the loss before any update
+            board.scalar("train/perplexity", math.exp(min(loss_value, 50.0)), 0)
+        if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
+            save(args, world, parts, loader, batches, step, history, audit, settings)
+    if audit:
+        audit.close()
+    summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
+    summary.update(resumed_from=start, epochs_started=batches.epoch + 1, **initial)
+    return Result(summary, history, parts, stream.label_names)
+
+
+def before_training(args, model, world: World, device, board: Board | None, labels) -> dict:
+    """lm with --eval: the eval perplexity at step 0, so that a run's drop can be seen."""
+    if args.task != "lm" or not args.eval:
+        return {}
+    figures = evaluate_run(args, model, world, device, labels)
+    log.info("before training: eval loss %.4f perplexity %.4g", figures["eval_loss"], figures["perplexity"])
+    if board:
+        board.evaluation(0, figures)
+    return {"initial_eval_loss": figures["eval_loss"], "initial_perplexity": figures["perplexity"]}
+
+
+def audit_header(args, ds: ShardStream, world: World) -> dict:
+    """The run the audit log belongs to; the URL without credentials (``shards audit`` takes those
+    from its ``--storage-option``s), the identity so the audit refuses other data under that URL."""
+    return {"train": redact(absolute_url(args.train)), "identity": ds.manifest.identity,
+            "world_size": world.world_size, "seed": args.seed,
+            "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
+            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
+
+
+def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
+         settings: dict) -> None:
+    if audit:
+        audit.sync()  # the audit lines a checkpoint vouches for are on disk before it is
+    mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
+    ranks = all_gather(mine, world)
+    if world.rank == 0:
+        meta = {"epoch": batches.epoch, **settings, "train": redact(args.train),
+                "eval": redact(args.eval) if args.eval else None, "history": history,
+                "schedule": parts.schedule.meta(step)}  # what a resume with another --steps continues
+        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta,
+                               keep=args.keep_checkpoints)
+        log.info("checkpoint step %d -> %s", step, path)
+    if dist.is_initialized():
+        dist.barrier()  # nobody runs ahead of a checkpoint that may still fail to write
+
+
+def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World):
+    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history).
+
+    The run settings were checked by ``resume_point``."""
+    parts.model.load_state_dict(ckpt.model)
+    parts.optimizer.load_state_dict(ckpt.optimizer)
+    parts.scheduler.load_state_dict(ckpt.scheduler)
+    mine = ckpt.state["ranks"][world.rank]
+    ds.set_epoch(mine["epoch"])
+    if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
+        loader.load_state_dict(mine["loader"])
+    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, ckpt.step, mine["epoch"])
+    position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
+    return ckpt.step, position, list(ckpt.state.get("history", []))
+
+
+def evaluate_run(args, model, world: World, device, train_labels) -> dict:
+    ds = make_stream(args.eval, args, world, shuffle=False)
+    if args.task == "classify" and ds.label_names != train_labels:
+        raise ValueError(f"--eval {args.eval}: label names {ds.label_names} differ from the train set's "
+                         f"{train_labels}; build both with the same --label-names")
+    loader = make_loader(ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
+    return evaluate(model, loader, args.task, device, args.precision)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        world = from_env()
+    except ValueError as exc:
+        return failure.report(exc, 0, 1)
+    quiet.entry_point(world.rank)
+    if world.local_rank == 0:
+        node_log.setLevel(logging.INFO)
+    if world.multi_node:  # which node a line comes from
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"[rank {world.rank} node {world.group_rank}] %(message)s"))
+    try:
+        train_options.resolve_defaults(args)
+        check_available(args.report_to)
+        return run(args, world)
+    except failure.USER_ERRORS as exc:
+        if args.debug:
+            raise
+        return failure.report(exc, world.rank, world.world_size)
+
+
+def run(args, world: World) -> int:
+    device = setup(world)
+    board = None
+    try:
+        announce(world, device)
+        os.makedirs(args.out, exist_ok=True)
+        board = open_board(args.report_to, args.out, world.rank)
+        result = train(args, world, device, board)
+        summary = result.summary
+        if args.eval:
+            figures = evaluate_run(args, result.parts.model, world, device, result.label_names)
+            summary.update(figures)
+            if board:
+                board.evaluation(args.steps, figures)
+        if world.rank == 0:
+            write_outputs(args, result, summary, device)
+    finally:
+        if board:
+            board.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def write_outputs(args, result: Result, summary: dict, device) -> None:
+    """Rank 0: OUT/model (weights, config with label names, tokenizer), metrics.json, train.png."""
+    folder = model_folder.save(result.parts.model, args.tokenizer, os.path.join(args.out, "model"))
+    summary.update(task=args.task, model=redact(args.model), precision=args.precision, device=device.type,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, num_workers=args.num_workers)
+    metrics.write_json(os.path.join(args.out, "metrics.json"), summary)
+    if metrics.plot(os.path.join(args.out, "train.png"), result.history) == metrics.NO_MATPLOTLIB:
+        log.info("train.png skipped: matplotlib is not installed (pip install shardstream[plot])")
+    log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
+    log.info("model -> %s (weights, config with label names, tokenizer)", folder)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m tools.bench --scale 3`` (main.py) and the focused ones (group, pack, s3)."""

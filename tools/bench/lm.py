@@ -1,0 +1,154 @@
+"""LM-block benchmark tasks: pre-tokenized blocks of 128 tokens, batch 64, 2 workers.
+
+- ours: ``PackedStream`` over the pre-tokenized shards (documents + [SEP], cut into blocks);
+- nanoGPT-style: every token in one flat ``np.memmap`` (uint16 or uint32), a
+  map-style Dataset of its non-overlapping blocks, DataLoader(shuffle=True);
+- litdata: ``optimize(..., item_loader=TokensLoader())`` and a
+  ``StreamingDataset(item_loader=TokensLoader(block_size=128))``.
+
+Every variant holds the same tokens: each document's ids with the leading
+[CLS] dropped and its [SEP] kept as the separator, truncated at 128 like the
+pre-tokenized shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tools.bench.common import BATCH, MAX_LENGTH, WORKERS, encode, iter_jsonl, load_tok, time_epoch, versions
+
+BLOCK = 128
+
+
+def doc_tokens(tok, texts: list[str]) -> list[np.ndarray]:
+    return [np.asarray(e.ids[1:], dtype=np.int64) for e in encode(tok, texts)]  # drop [CLS], keep [SEP]
+
+
+def _chunks(corpus: str, n: int = 1024):
+    texts = []
+    for text, _ in iter_jsonl(corpus):
+        texts.append(text)
+        if len(texts) == n:
+            yield texts
+            texts = []
+    if texts:
+        yield texts
+
+
+def count_blocks(batch) -> tuple[int, int]:
+    """(blocks, real tokens) of a batch of LM blocks (a tensor, or the project's dict)."""
+    if isinstance(batch, dict):
+        return int(batch["input_ids"].shape[0]), int(batch["num_tokens"])
+    return int(batch.shape[0]), int(batch.numel())
+
+
+# -- nanoGPT-style memmap --------------------------------------------------------
+def build_memmap(corpus: str, out: str, tokenizer: str) -> dict:
+    """``out/tokens-uint16.bin`` and ``tokens-uint32.bin``: every token, end to end (nanoGPT's prepare.py)."""
+    tok = load_tok(tokenizer, MAX_LENGTH)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    t0 = time.perf_counter()
+    flat = np.concatenate([ids for texts in _chunks(corpus) for ids in doc_tokens(tok, texts)])
+    if flat.max() >= 1 << 16:
+        raise ValueError(f"token id {flat.max()} does not fit uint16; the uint16 file needs a vocab < 65536")
+    for dtype in ("uint16", "uint32"):
+        flat.astype(dtype).tofile(os.path.join(out, f"tokens-{dtype}.bin"))
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump({"tokens": int(flat.size)}, f)
+    return {"seconds": time.perf_counter() - t0, "tokens": int(flat.size), "versions": versions(["numpy"])}
+
+
+class MemmapBlocks:
+    """Block ``i`` = tokens [i*BLOCK, (i+1)*BLOCK) of the memmap (opened lazily, once per worker)."""
+
+    def __init__(self, path: str, dtype: str):
+        self.path, self.dtype = path, dtype
+        self.n = os.path.getsize(path) // np.dtype(dtype).itemsize // BLOCK
+        self._data = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        import torch
+
+        if self._data is None:
+            self._data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return torch.from_numpy(self._data[i * BLOCK:(i + 1) * BLOCK].astype(np.int64))
+
+
+def stream_memmap(out: str, dtype: str = "uint16", seed: int = 0, expected: int | None = None) -> dict:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    blocks = type("MemmapBlocks", (MemmapBlocks, Dataset), {})(os.path.join(out, f"tokens-{dtype}.bin"), dtype)
+    gen = torch.Generator().manual_seed(seed)
+
+    def make():
+        return DataLoader(blocks, batch_size=BATCH, shuffle=True, generator=gen, num_workers=WORKERS)
+
+    result = time_epoch(make, None, count_blocks)
+    result.update(expected_tokens=expected, versions=versions(["numpy", "torch"]))
+    return result
+
+
+# -- litdata TokensLoader --------------------------------------------------------
+def _litdata_docs(item: dict):
+    import torch
+
+    from tools.bench.peers import read_range
+
+    tok = load_tok(item["tokenizer"], MAX_LENGTH)
+    texts = [r["text"] for r in read_range(item)]
+    for i in range(0, len(texts), 1024):
+        for ids in doc_tokens(tok, texts[i:i + 1024]):
+            yield torch.from_numpy(ids.astype(np.int32))
+
+
+def build_litdata_tokens(corpus: str, out: str, tokenizer: str, chunk_tokens: int) -> dict:
+    import litdata
+    from litdata.streaming.item_loader import TokensLoader
+
+    from tools.bench.peers import _jsonl_ranges
+
+    shutil.rmtree(out, ignore_errors=True)
+    inputs = [dict(r, tokenizer=tokenizer) for r in _jsonl_ranges(corpus, 8)]
+    t0 = time.perf_counter()
+    litdata.optimize(fn=_litdata_docs, inputs=inputs, output_dir=out, chunk_size=chunk_tokens,
+                     item_loader=TokensLoader(), num_workers=1, mode="overwrite")
+    return {"seconds": time.perf_counter() - t0, "versions": versions(["litdata"])}
+
+
+def stream_litdata_tokens(out: str, seed: int = 0, expected: int | None = None) -> dict:
+    import litdata
+    from litdata.streaming.item_loader import TokensLoader
+
+    def make():
+        ds = litdata.StreamingDataset(input_dir=out, item_loader=TokensLoader(block_size=BLOCK), shuffle=True,
+                                      seed=seed)
+        return litdata.StreamingDataLoader(ds, batch_size=BATCH, num_workers=WORKERS)
+
+    result = time_epoch(make, None, count_blocks)
+    result.update(expected_tokens=expected, versions=versions(["litdata", "torch"]))
+    return result
+
+
+# -- ours ---------------------------------------------------------------------------
+def stream_ours_blocks(url: str, tokenizer: str, seed: int = 0, expected: int | None = None) -> dict:
+    """``PackedStream`` (seq_len 128, documents split across blocks) over pre-tokenized shards."""
+    from pipeline import ShardStream, StreamConfig, make_loader
+    from pipeline.pack.stream import PackedStream
+
+    def make():
+        docs = ShardStream(url, tokenizer=tokenizer, shuffle=True, seed=seed, config=StreamConfig(keep_text=False))
+        blocks = PackedStream(docs, seq_len=BLOCK)
+        return make_loader(blocks, BATCH, num_workers=WORKERS, collate_fn=blocks.collator())
+
+    result = time_epoch(make, None, count_blocks)
+    result.update(expected_tokens=expected, versions=versions(["torch", "torchdata", "pyarrow"]))
+    return result
