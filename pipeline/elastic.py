@@ -1,0 +1,185 @@
+"""Elastic mid-epoch resume: the rest of an epoch under a new (world, workers, batch size).
+
+Pure functions of integers, no I/O.  An epoch is the sequence of its N
+positions (split.epoch_blocks laid end to end).  A *segment* is one stretch of
+the epoch trained under one topology; it reads a *sequence* of epoch positions:
+
+- the first segment reads ``arange(N)``, exactly as split.plan lays it out;
+- every later segment reads the positions no earlier segment delivered, in
+  epoch order (``remaining``).
+
+Inside a segment the sequence of length M is split as split.py splits the
+epoch: rank r takes sequence indices [r*P, (r+1)*P), P = ceil(M / world),
+indices >= M wrap and are pads; worker w takes [lo, hi) of that
+(split.worker_range).  The worker's stream (stream.py) cuts its part into
+windows of ``window`` samples, permutes each with
+shuffle.window_order(n, seed, epoch, rank, worker, k) when shuffling, and
+delivers the first d samples of that order (pads included in d).
+
+Why exactly once: a segment's (rank, worker) parts are disjoint and cover the
+segment's sequence (pads aside), so its delivered set is a disjoint union of
+sequence indices; ``remaining`` drops it, so the next sequence holds exactly
+the positions not yet delivered, each once.  Pads repeat a position of the
+same sequence and never count as delivered, so a padded position that its own
+worker did not deliver stays in the next sequence.  By induction over the
+chain, the delivered sets of all segments plus the final plan's non-pad
+positions partition [0, N).  The final plan gives every rank P samples, with
+P*world - M <= world-1 pads.
+
+The ``segments`` list as a JSON state should record it (one entry per finished
+stretch, oldest first; the counts of segment s refer to the plan segment s
+read, i.e. ``plan_after(..., segments[:s], ...)``)::
+
+    "segments": [
+      {"world": 4, "workers": 2, "batch_size": 8, "window": 8192,
+       "delivered": [[16, 16], [16, 16], [16, 16], [16, 9]]},
+      {"world": 2, "workers": 3, "batch_size": 4, "window": 8192,
+       "delivered": [[4, 8, 8], [4, 8, 8]]}
+    ]
+
+``delivered[rank][worker]`` = samples (pads included) of that worker's batches
+the training loop received: whole batches, or the worker's whole part when its
+last batch is short.  ``window`` is StreamConfig.shuffle_buffer (ignored when
+not shuffling).  group_by_length orders a window by token length, which no
+function of integers knows: a segment cut inside such a window is not covered.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import numpy as np
+
+from pipeline.shuffle import window_order
+from pipeline.split import Slice, epoch_blocks, per_rank, worker_range
+
+_FIELDS = ("world", "workers", "batch_size", "window", "delivered")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of an epoch: its topology and what each (rank, worker) delivered in it."""
+
+    world: int
+    workers: int
+    batch_size: int
+    window: int                              # StreamConfig.shuffle_buffer in effect (unused without shuffle)
+    delivered: tuple[tuple[int, ...], ...]   # delivered[rank][worker]: samples received, pads included
+
+    def __post_init__(self):
+        for name in ("world", "workers", "batch_size", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Segment({name}={value!r}): must be an integer >= 1")
+        rows = tuple(tuple(int(d) for d in row) for row in self.delivered)
+        if len(rows) != self.world or any(len(row) != self.workers for row in rows):
+            raise ValueError(f"Segment.delivered: shape {[len(r) for r in rows]}, expected {self.world} rows "
+                             f"(ranks) of {self.workers} counts (workers); record one count per (rank, worker)")
+        object.__setattr__(self, "delivered", rows)
+
+    def to_json(self) -> dict:
+        return {**{name: getattr(self, name) for name in _FIELDS[:-1]},
+                "delivered": [list(row) for row in self.delivered]}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> Segment:
+        missing = [name for name in _FIELDS if name not in entry]
+        if missing:
+            raise ValueError(f"elastic segment {entry!r}: missing {', '.join(missing)}; "
+                             f"each entry needs {', '.join(_FIELDS)}")
+        return cls(**{name: entry[name] for name in _FIELDS})
+
+
+def _parts(length: int, segment: Segment):
+    """(rank, worker, first sequence index, count) of every part of a segment reading ``length``."""
+    count = per_rank(length, segment.world)
+    for rank in range(segment.world):
+        for worker in range(segment.workers):
+            lo, hi = worker_range(count, worker, segment.workers)
+            yield rank, worker, rank * count + lo, hi - lo
+
+
+def _check_count(segment: Segment, rank: int, worker: int, done: int, count: int) -> None:
+    whole = done % segment.batch_size == 0 or done == count
+    if not 0 <= done <= count or not whole:
+        raise ValueError(f"elastic segment ({segment.world} ranks, {segment.workers} workers, batch "
+                         f"{segment.batch_size}): rank {rank} worker {worker} delivered {done}; valid: a multiple "
+                         f"of {segment.batch_size} up to {count}, or {count}; record whole batches per worker")
+
+
+def _worker_delivered(done: int, count: int, window: int, key: tuple[int, int, int, int],
+                      shuffle: bool) -> tuple[int, np.ndarray]:
+    """The first ``done`` of a part of ``count`` samples as windows deliver them: a prefix of
+    whole windows (its length) and the local indices taken from the window in progress."""
+    if not shuffle:
+        return done, np.empty(0, np.int64)
+    full = done // window * window
+    rest = done - full
+    if rest == 0:
+        return full, np.empty(0, np.int64)
+    seed, epoch, rank, worker = key
+    order = window_order(min(window, count - full), seed, epoch, rank, worker, full // window)
+    return full, full + order[:rest].astype(np.int64)
+
+
+def delivered_mask(length: int, segment: Segment, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Booleans over the segment's sequence of ``length``: True where a sample was delivered."""
+    mask = np.zeros(length, bool)
+    for rank, worker, first, count in _parts(length, segment):
+        done = segment.delivered[rank][worker]
+        _check_count(segment, rank, worker, done, count)
+        prefix, taken = _worker_delivered(done, count, segment.window, (seed, epoch, rank, worker), shuffle)
+        mask[first:min(first + prefix, length)] = True  # indices >= length are pads: never delivered
+        taken = first + taken
+        mask[taken[taken < length]] = True
+    return mask
+
+
+def delivered(length: int, segment: Segment, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Indices into the segment's sequence (of ``length``) it delivered, ascending; pads excluded."""
+    return np.flatnonzero(delivered_mask(length, segment, seed, epoch, shuffle))
+
+
+def remaining(total: int, segments: list[Segment], seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Epoch positions of [0, total) no segment delivered, in epoch order (int64)."""
+    sequence = np.arange(total, dtype=np.int64)
+    for segment in segments:
+        sequence = sequence[~delivered_mask(len(sequence), segment, seed, epoch, shuffle)]
+    return sequence
+
+
+def plan_after(shard_sizes: list[int], block_size: int, seed: int, epoch: int, shuffle: bool,
+               segments: list[Segment], rank: int, world: int, worker: int, workers: int) -> list[Slice]:
+    """The slices (rank, worker) of the new topology reads for the rest of the epoch, in
+    order; with ``segments == []`` exactly split.plan."""
+    if not (0 <= rank < world and 0 <= worker < workers):
+        raise ValueError(f"rank {rank}/{world}, worker {worker}/{workers}: out of range")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}: must be >= 1")
+    sequence = remaining(sum(shard_sizes), segments, seed, epoch, shuffle)
+    length = len(sequence)
+    if length == 0:
+        return []
+    count = per_rank(length, world)
+    lo, hi = worker_range(count, worker, workers)
+    index = np.arange(rank * count + lo, rank * count + hi, dtype=np.int64)
+    return _slices(epoch_blocks(shard_sizes, block_size, seed, epoch, shuffle), sequence[index % length],
+                   index >= length)
+
+
+def _slices(blocks: list[Slice], positions: np.ndarray, pads: np.ndarray) -> list[Slice]:
+    """Epoch positions as Slices: one per run of consecutive positions inside one block with
+    one pad flag (the cuts split.take makes, so an unchanged epoch gives split.plan's slices)."""
+    if len(positions) == 0:
+        return []
+    starts = np.fromiter(accumulate((len(b) for b in blocks), initial=0), np.int64, len(blocks) + 1)
+    block = np.searchsorted(starts, positions, side="right") - 1
+    cut = (np.diff(positions) != 1) | (np.diff(block) != 0) | (np.diff(pads) != 0)
+    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(positions)]
+    out = []
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        b = blocks[int(block[begin])]
+        first = b.start + int(positions[begin] - starts[block[begin]])
+        out.append(Slice(b.shard, first, first + end - begin, bool(pads[begin])))
+    return out
+
