@@ -1,7 +1,24 @@
-"""The one check every resume state goes through: same order settings, counters in range.
+"""The one resume state kind, and the one check it goes through: same settings, counters in range.
 
-Every state (BatchLoader, ShardStream, PackedStream, MixedStream, ShardLoader)
-records the settings that decide which sample comes next: seed, shuffle,
+Every state (the loader's, and a stream's own for per-sample iteration) is one JSON dict::
+
+    {"kind": "pipeline.loader/2", "epoch": 3, "batches": 120, "last": 1,
+     "workers": [{"batches": 60, ...position}, {"batches": 60, ...position}],
+     "settings": {...}, "stats": {...}}
+
+``batches``: batches delivered this epoch (their sum over ``workers``); ``last``: the
+worker that delivered the last one (the round robin resumes after it, loader/batch.py);
+``workers[w]``: worker w's position after its last delivered batch, plain integers:
+- ShardStream: ``{"samples": n}``: samples of the worker's epoch delivered;
+- PackedStream: ``{"inner": <inner position at the chunk start>, "skip": k, "offset": t,
+  "blocks": b}``: the next token is ``t`` tokens into the document ``k`` items after
+  ``inner`` (for a ShardStream inner: document index ``inner.samples + k`` of the worker);
+- MixedStream: ``{"draws": d, "passes": [...], "dropped": [...], "sources": [position|None]}``.
+A stream's own state (per-sample ``__iter__``) is the same kind with one worker entry and
+``batch_size`` 1.  Every entry is a function of integers, so a later resume at another
+layout (world size, workers, batch size) can be computed from them.
+
+Every state records the settings that decide which sample comes next: seed, shuffle,
 shuffle window, block size, batch size, world size, rank, workers, the data's
 identity (``Manifest.identity``: the shard hashes, not the record count), and
 for packed blocks the tokenizer and ``max_length``.  A mid-epoch state resumed
@@ -24,8 +41,43 @@ _SHORT = ("identity", "tokenizer")       # sha256 hex: the first 16 digits name 
 ADDED = {"group_by_length": False}       # settings added later: what a state without them did
 
 
+STATE_KIND = "pipeline.loader/2"
+
+
 class ResumeError(ValueError):
     """A resume state that does not fit this loader or stream (changed setting, bad counter)."""
+
+
+def make_state(epoch: int, batches: int, workers: list, last: int, now: dict, stats: dict) -> dict:
+    return {"kind": STATE_KIND, "epoch": epoch, "batches": batches, "last": last, "workers": workers,
+            "settings": now, "stats": dict(stats)}
+
+
+def read_state(what: str, state, now: dict) -> tuple[int, int, list, int]:
+    """(epoch, batches, worker positions, last worker) of ``state``, checked against ``now``
+    (the settings that decide the batches); a one-line ResumeError for anything off."""
+    if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
+        kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ResumeError(f"{what}: state of kind {kind!r}; this reads {STATE_KIND!r} "
+                          f"(pass loader.state_dict() or the stream's state_dict() output)")
+    epoch = count(what, "epoch", entry(what, state, "epoch"))
+    batches = count(what, "batches", entry(what, state, "batches"))
+    saved = entry(what, state, "settings")
+    check(what, saved, now, mid_epoch=batches > 0)
+    workers = entry(what, state, "workers")
+    if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+        raise ResumeError(f"{what}: workers={workers!r} must be a list of position dicts; pass the saved state")
+    if batches and len(workers) != max(now.get("num_workers", 1), 1):
+        raise ResumeError(f"{what}: {len(workers)} worker positions, this loader has "
+                          f"{max(now.get('num_workers', 1), 1)}; pass the state saved with it")
+    last = count(what, "last", state.get("last", 0), max(len(workers) - 1, 0))
+    if batches and sum(count(what, "workers[].batches", w.get("batches")) for w in workers) != batches:
+        raise ResumeError(f"{what}: batches={batches} is not the sum of the workers' batches "
+                          f"{[w.get('batches') for w in workers]}; the state is damaged")
+    stats = state.get("stats", {})
+    if not isinstance(stats, dict):
+        raise ResumeError(f"{what}: stats={stats!r} is not a dict of counts; pass the saved state")
+    return epoch, batches, workers if batches else [], last
 
 
 def _show(key: str, value) -> str:

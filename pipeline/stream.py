@@ -7,11 +7,12 @@
 Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
 shards (with the next one prefetched) → record batches → windows of
 ``shuffle_buffer`` samples, each permuted (shuffle.py) → batched tokenization
-→ items (``__iter__``) or padded batches (``batches``, the loader's path; with
-``group_by_length`` each window is sorted by token length first, group.py).
+→ padded batches (``batches``, the loader's path, each with the worker's position after it;
+with ``group_by_length`` each window is sorted by token length first, group.py), or
+items (``__iter__``, built on the same chunks).
 Every step is a function of integers (seed, epoch, rank, worker, window), so a
 resumed stream starts at the window holding its position and reads nothing
-before it.  The state records those settings and the data's identity
+before it.  The state (settings.py: one kind for loaders and streams) records those settings and the data's identity
 (``Manifest.identity``); a mid-epoch state resumed under other ones, or with a
 position outside this worker's part, is refused (settings.py).
 """
@@ -35,7 +36,6 @@ from pipeline.shuffle import window_order
 from shards import Ragged
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # 1: no shuffle, shuffle_buffer, block_size, identity (mid-epoch: refused, unverifiable)
 CORRUPT_POLICIES = ("error", "skip")
 
 
@@ -148,55 +148,92 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    # -- state -------------------------------------------------------------
+    # -- state: the one kind (settings.py); positions are samples of this worker's epoch ----------
     def _update_retries(self) -> None:
         # Only this stream's retries since its iterator started, counted per process.
         now = shards.retry_count()
         self.stats["retries"] += now - getattr(self, "_retries_seen", now)
         self._retries_seen = now
 
+    def reset_stats(self) -> None:
+        self.stats = Counter()
+
+    def counters(self) -> dict:
+        self._update_retries()
+        return dict(self.stats)
+
+    def loader_settings(self) -> dict:
+        return self.order_settings()
+
+    def batch_options(self, pad_id: int, pad_to_multiple_of: int | None) -> dict:
+        return {"pad_id": pad_id, "pad_to_multiple_of": pad_to_multiple_of}
+
+    def batch_counts(self, workers: int, batch_size: int) -> list[int]:
+        """Batches per worker per epoch (identical on every rank)."""
+        return [-(-self.worker_samples(w, workers) // batch_size) for w in range(workers)]
+
+    def check_position(self, what: str, position: dict, worker_id: int, workers: int, batch_size: int) -> None:
+        """A loader position of worker ``worker_id``: samples at a batch start (or the end), batches matching."""
+        total = self.worker_samples(worker_id, workers)
+        samples = settings.count(what, f"workers[{worker_id}].samples", position.get("samples", 0), total)
+        if samples != total and samples % batch_size or position["batches"] != -(-samples // batch_size):
+            raise settings.ResumeError(f"{what}: worker {worker_id} at samples={samples}, batches="
+                                       f"{position['batches']}: not a batch boundary of batch_size {batch_size}; "
+                                       f"the state is damaged or from another loader")
+
     def state_dict(self) -> dict:
+        """The per-sample iterator's state (``__iter__``): a one-worker state of batch size 1."""
         self._update_retries()
         worker_id, workers = world.worker()
-        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self._consumed, **self.order_settings(),
-                "worker": worker_id, "num_workers": workers, "stats": dict(self.stats)}
+        now = {**self.order_settings(), "batch_size": 1, "worker": worker_id, "num_workers": workers}
+        position = {"batches": self._consumed, "samples": self._consumed}
+        return settings.make_state(self.epoch, self._consumed, [position], 0, now, self.stats)
 
     def load_state_dict(self, state: dict) -> None:
         what = f"stream state for {self.where}"
-        settings.version(what, state, (1, STATE_VERSION), "ShardStream")
-        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
-        consumed = settings.count(what, "consumed", settings.entry(what, state, "consumed"))
-        settings.check(what, state, self.order_settings(), mid_epoch=consumed > 0)
+        epoch, consumed, positions, _ = settings.read_state(what, state, {**self.order_settings(), "batch_size": 1})
         if consumed:  # which worker it was, and how far it can be, are checked where it resumes
-            workers = settings.count(what, "num_workers", state.get("num_workers"), low=1)
-            settings.count(what, "worker", state.get("worker"), workers - 1)
+            saved = state["settings"]
+            workers = settings.count(what, "num_workers", saved.get("num_workers"), low=1)
+            settings.count(what, "worker", saved.get("worker"), workers - 1)
+            settings.count(what, "samples", positions[0].get("samples"))
         self._resume = dict(state)
         self.epoch = epoch
 
     def _resume_offset(self, worker_id: int, workers: int) -> int:
         state, self._resume = self._resume, None
-        if state is None or state["consumed"] == 0:
+        if state is None or state["batches"] == 0:
             return 0
         what = f"stream state for {self.where}"
-        settings.check(what, state, {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
-        return settings.count(what, "consumed", state["consumed"], self.worker_samples(worker_id, workers))
+        settings.check(what, state["settings"], {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
+        return settings.count(what, "samples", state["workers"][0]["samples"], self.worker_samples(worker_id, workers))
 
-    # -- the stream --------------------------------------------------------
+    def refuse_own_state(self) -> None:
+        """The loader resumes from its own state; refuse to drop a mid-epoch per-sample state
+        loaded with ``load_state_dict`` without a word."""
+        state, self._resume = self._resume, None
+        if state is not None and state.get("batches"):
+            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state "
+                             "(ShardStream.load_state_dict); make_loader resumes from its own state: "
+                             "save loader.state_dict() and pass it to "
+                             "loader.load_state_dict(), or iterate the stream itself")
+
+    # -- the stream: one read path (chunks), and its thin wrappers ----------------------------
     def __iter__(self) -> Iterator[dict]:
-        # Not a generator itself: the resume offset and the consumed count are set when the
-        # iterator is made, because StatefulDataLoader snapshots state before the first next().
-        worker_id, workers = world.worker()
-        self._per_sample_only()
-        skip = self._start(worker_id, workers)
-        return self._items(self.chunks(worker_id, workers, skip, self.config.keep_text))
+        """One dict per sample, the samples of ``read_chunks``; ``state_dict()`` after any is exact."""
+        for chunk in self.read_chunks():
+            for item in chunk.items():
+                self._consumed += 1
+                yield item
 
-    def iter_chunks(self) -> Iterator[Chunk]:
-        """``iter(self)`` a Chunk at a time (at most ``tokenize_batch`` samples, columnar); the
-        consumed count advances by whole chunks, so ``state_dict()`` between two is exact."""
+    def read_chunks(self, skip: int | None = None) -> Iterator[Chunk]:
+        """This worker's samples from ``skip`` (default: a loaded state's position) as Chunks of at
+        most ``tokenize_batch`` samples, with text when ``keep_text``."""
         worker_id, workers = world.worker()
         self._per_sample_only()
-        skip = self._start(worker_id, workers)
-        return self._counted(self.chunks(worker_id, workers, skip, self.config.keep_text))
+        start = self._resume_offset(worker_id, workers) if skip is None else skip
+        self._begin(start)
+        return self.chunks(worker_id, workers, start, self.config.keep_text)
 
     def _per_sample_only(self) -> None:
         if self.config.group_by_length:
@@ -205,55 +242,27 @@ class ShardStream(IterableDataset):
                              f"streams, a custom collate_fn); use make_loader(ds, batch_size) with its default "
                              f"collate, or group_by_length=False")
 
-    def _counted(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        for chunk in chunks:
-            self._consumed += len(chunk)
-            yield chunk
-
-    def _start(self, worker_id: int, workers: int) -> int:
-        return self._begin(self._resume_offset(worker_id, workers))
-
     def _begin(self, skip: int) -> int:
         self._consumed = skip
         self._retries_seen = shards.retry_count()
         return skip
 
-    def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
-        for chunk in chunks:
-            for item in chunk.items():
-                self._consumed += 1
-                yield item
-
-    def batches(self, batch_size: int, start_batch: int = 0, *, pad_id: int = 0,
-                pad_to_multiple_of: int | None = None, keep_text: bool = False) -> Iterator[dict]:
-        """This worker's samples as padded numpy batches (see collate.collate_chunk), from
-        batch ``start_batch`` on: the loader's fast path, no per-sample objects."""
+    def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False, pad_id: int = 0,
+                pad_to_multiple_of: int | None = None, keep_text: bool = False) -> Iterator[tuple]:
+        """This worker's samples as padded numpy batches (collate.collate_chunk; ``items``: lists
+        of item dicts), from ``position`` on, each with the position after it."""
         worker_id, workers = world.worker()
-        self.drop_sample_state()
+        if items:
+            self._per_sample_only()
         samples = self.worker_samples(worker_id, workers)
-        settings.count(f"{self.where} worker {worker_id}/{workers}", "start_batch", start_batch,
-                       -(-samples // batch_size))
-        keep_text = keep_text or self.text_only  # a text-only set's batches are its texts
-        # past the short last batch: at the end, not past it (a window cannot be cut beyond its end)
-        skip = self._begin(min(start_batch * batch_size, samples))
+        skip = self._begin(min(int((position or {}).get("samples", 0)), samples))
+        keep_text = keep_text or self.text_only or (items and self.config.keep_text)
         chunks = self._grouped(worker_id, workers, batch_size, skip, keep_text) \
             if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
-        return self._batches(chunks, batch_size, pad_id, pad_to_multiple_of, keep_text)
-
-    def drop_sample_state(self) -> None:
-        """Batches start at a batch index (the loader's state); refuse to drop a mid-epoch
-        per-sample state loaded with ``load_state_dict`` without a word."""
-        state, self._resume = self._resume, None
-        if state is not None and state.get("consumed"):
-            raise ValueError(f"{self.where}: this ShardStream holds a mid-epoch per-sample state "
-                             "(ShardStream.load_state_dict); make_loader resumes from its own state: "
-                             "save loader.state_dict() and pass it to "
-                             "loader.load_state_dict(), or iterate the stream itself")
-
-    def _batches(self, chunks, batch_size, pad_id, multiple, keep_text) -> Iterator[dict]:
         for chunk in rechunk(chunks, batch_size):
             self._consumed += len(chunk)
-            yield collate_chunk(chunk, pad_id, multiple, keep_text)
+            batch = chunk.items() if items else collate_chunk(chunk, pad_id, pad_to_multiple_of, keep_text)
+            yield batch, {"samples": self._consumed}
 
     def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
         """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as

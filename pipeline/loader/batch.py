@@ -1,21 +1,25 @@
-"""``BatchLoader``: the fast loader of a ShardStream — whole batches made in the workers.
+"""``BatchLoader``: the one loader of every stream — whole batches made in the workers.
 
     loader = make_loader(ShardStream(url, tokenizer=tok, shuffle=True), batch_size=64, num_workers=2)
-    for batch in loader: ...                       # dict of tensors + sample_id list
-    state = loader.state_dict()                     # {"epoch", "batches", ...}: JSON
+    for batch in loader: ...                       # dict of tensors
+    state = loader.state_dict()                     # JSON: settings.STATE_KIND
     loader.load_state_dict(state)                   # next iter() continues exactly there
 
-Workers run ``ShardStream.batches`` (columnar: read, permute, tokenize and pad
-a few hundred samples per numpy call) and send ``group`` batches per pipe
-message (default ~2048 samples' worth), so both processes pay torch's
-per-request cost (queues, wake-ups, pickling: ~0.5 ms) once per message, not
-per batch; tensors are made here, zero-copy from the numpy arrays.  The state is the count of batches
-delivered: with the per-worker batch counts (split.py) and the message order
-(order.py) it fixes where every worker resumes — no replay, nothing read
-before the resume point.  The state also records every setting that decides
-the batches (settings.py); a mid-epoch state under other values, or a count
-out of range, is refused in ``load_state_dict``.  A set with texts only
-(no labels, no token ids) gives batches of ``text``, ``sample_id``, ``is_pad``.
+A stream (ShardStream, PackedStream, MixedStream) offers ``batches(batch_size,
+position)``: this worker's numpy batches, each with the worker's position after it
+(plain integers, see settings.py).  Workers send ``group`` batches per pipe message
+(default ~2048 samples' worth), so both processes pay torch's per-request cost
+(queues, wake-ups, pickling: ~0.5 ms) once per message, not per batch; tensors are
+made here, zero-copy from the numpy arrays.  A custom ``collate_fn`` gets the batch's
+items (dicts) in the worker instead and its result is passed on as it is.
+
+Order: torch asks the workers in turn and delivers in that order; a worker's
+messages end at multiples of ``group`` of its own batch index (or at its end), so the
+worker that delivered the last batch (``last``) is the one to ask next when its
+message is unfinished, else the one after it.  A resumed loader lets the workers
+before that one send one empty message first, which puts the round robin back in
+place: the delivered sequence continues the uninterrupted one exactly, whether or not
+the batch counts are known in advance (packed and mixed streams: they are not).
 """
 from __future__ import annotations
 
@@ -26,12 +30,11 @@ from itertools import islice
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipeline import settings, split, world
+from pipeline import settings, world
 from pipeline.collate import to_tensors
-from pipeline.loader import order
 
 log = logging.getLogger(__name__)
-STATE_KIND = "shardstream.batches/1"
+STATE_KIND = settings.STATE_KIND
 # Samples per worker message: each message costs both processes a fixed ~0.5 ms (queues, wake-ups,
 # pickling); at ~2k samples it is noise, and the batches in flight stay a few MB.
 SAMPLES_PER_MESSAGE = 2048
@@ -41,29 +44,55 @@ def default_group(batch_size: int) -> int:
     return max(1, min(64, round(SAMPLES_PER_MESSAGE / max(batch_size, 1))))
 
 
+def next_worker(positions: list[dict], last: int, group: int, delivered: int) -> int:
+    """The worker torch asks next after ``delivered`` batches (see the module docstring)."""
+    if delivered == 0:
+        return 0
+    unfinished = positions[last]["batches"] % group != 0
+    nxt = last if unfinished else last + 1
+    return nxt if nxt < len(positions) else 0
+
+
+def reset_stats(stream) -> None:
+    reset = getattr(stream, "reset_stats", None)
+    if callable(reset):
+        reset()
+    else:
+        stream.stats = Counter()
+
+
+def counters(stream) -> dict:
+    found = getattr(stream, "counters", None)
+    return found() if callable(found) else dict(getattr(stream, "stats", {}))
+
+
 class _Messages(IterableDataset):
     """Runs in each DataLoader worker: that worker's batches, ``group`` per message."""
 
-    def __init__(self, stream, epoch: int, batch_size: int, counts: list[int], starts: list[int],
-                 lead: list[bool], group: int, batch_kw: dict):
+    def __init__(self, loader: "BatchLoader", positions: list[dict], lead: list[bool]):
         super().__init__()
-        self.stream, self.epoch, self.batch_size = stream, epoch, batch_size
-        self.counts, self.starts, self.lead, self.group, self.batch_kw = counts, starts, lead, group, batch_kw
+        self.stream, self.epoch, self.batch_size = loader.dataset, loader._epoch, loader.batch_size
+        self.group, self.batch_kw, self.collate_fn = loader.group, loader.batch_kw, loader.collate_fn
+        self.positions, self.lead = positions, lead
 
     def __iter__(self):
         worker_id, _ = world.worker()
         self.stream.set_epoch(self.epoch)
-        self.stream.stats = Counter()  # this worker's counts for this epoch, sent with every message
-        start = self.starts[worker_id]
-        batches = self.stream.batches(self.batch_size, start, **self.batch_kw)
-        for size in order.messages(start, self.counts[worker_id], self.group, self.lead[worker_id]):
-            group = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
-            if len(group) < size:
-                raise RuntimeError(f"worker {worker_id}: the stream ended {size - len(group)} batch(es) short of "
-                                   f"the {self.counts[worker_id]} planned; report this bug")
-            yield worker_id, group, self.stream.state_dict()["stats"]
-        for _ in batches:  # runs the stream's end-of-epoch report; yields nothing
-            raise RuntimeError(f"worker {worker_id}: more batches than planned; report this bug")
+        reset_stats(self.stream)  # this worker's counts for this epoch, sent with every message
+        start = self.positions[worker_id]
+        batches = self.stream.batches(self.batch_size, start, items=self.collate_fn is not None, **self.batch_kw)
+        if self.lead[worker_id]:
+            yield worker_id, [], [], counters(self.stream)
+        size = self.group - start["batches"] % self.group
+        while True:
+            got = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
+            if not got:
+                return
+            made = [b if self.collate_fn is None else self.collate_fn(b) for b, _ in got]
+            yield worker_id, made, [p for _, p in got], counters(self.stream)
+            if len(got) < size:
+                return
+            size = self.group
 
 
 def _as_is(message):
@@ -71,68 +100,71 @@ def _as_is(message):
 
 
 class BatchLoader:
-    """Padded batches of a ShardStream as dicts of tensors; see the module docstring."""
+    """Batches of a stream as dicts of tensors; see the module docstring."""
 
-    def __init__(self, stream, batch_size: int, num_workers: int = 0, *, pad_id: int = 0,
-                 pad_to_multiple_of: int | None = None, pin_memory: bool = False,
-                 prefetch_factor: int | None = None, group: int = 32,
-                 multiprocessing_context: str | None = None):
+    def __init__(self, stream, batch_size: int, num_workers: int = 0, *, collate_fn=None,
+                 pin_memory: bool = False, prefetch_factor: int | None = None, group: int = 32,
+                 multiprocessing_context: str | None = None, batch_kw: dict | None = None):
         if batch_size < 1 or num_workers < 0 or group < 1:
             raise ValueError(f"batch_size={batch_size}, num_workers={num_workers}, group={group}: "
                              f"need batch_size >= 1, num_workers >= 0, group >= 1")
-        self.dataset = stream
+        self.dataset, self.collate_fn = stream, collate_fn
         self.batch_size, self.num_workers, self.group = batch_size, num_workers, group
         self.pin_memory, self.prefetch_factor, self.mp_context = pin_memory, prefetch_factor, multiprocessing_context
-        self.batch_kw = {"pad_id": pad_id, "pad_to_multiple_of": pad_to_multiple_of}
-        self._epoch, self._delivered = stream.epoch, 0
+        self.batch_kw = dict(batch_kw or {})
+        self._epoch, self._delivered, self._last = stream.epoch, 0, 0
+        self._positions = self._fresh()
         self._resume: dict | None = None
         self._stats_done: Counter = Counter()
         self._stats_now: dict[int, dict] = {}
 
+    def _fresh(self) -> list[dict]:
+        return [{"batches": 0} for _ in range(max(self.num_workers, 1))]
+
     # -- sizes -------------------------------------------------------------
-    def _counts(self) -> list[int]:
-        """Batches per worker (per epoch, identical on every rank)."""
-        workers = max(self.num_workers, 1)
-        samples = split.worker_counts(self.dataset.manifest.num_records, self.dataset.world.world_size, workers)
-        return [-(-n // self.batch_size) for n in samples]
+    def _counts(self) -> list[int] | None:
+        """Batches per worker (per epoch), when the stream knows them before reading."""
+        counts = getattr(self.dataset, "batch_counts", None)
+        return counts(max(self.num_workers, 1), self.batch_size) if callable(counts) else None
 
     def __len__(self) -> int:
-        return sum(self._counts())
+        counts = self._counts()
+        if counts is None:
+            raise TypeError(f"{type(self.dataset).__name__}: the number of batches is known only once the epoch "
+                            f"is read (packed or mixed streams); iterate the loader to count them")
+        return sum(counts)
 
     # -- state -------------------------------------------------------------
     def _settings(self) -> dict:
-        """What decides the batch sequence (see settings.py); ``num_records`` is written for readers only."""
+        """What decides the batch sequence (see settings.py)."""
         return {"batch_size": self.batch_size, "num_workers": self.num_workers, "group": self.group,
-                **self.dataset.order_settings()}
+                "collate": type(self.collate_fn).__name__ if self.collate_fn is not None else None,
+                **self.batch_kw, **self.dataset.loader_settings()}
 
     def state_dict(self) -> dict:
         if self._resume is not None:
             return dict(self._resume)
-        return {"kind": STATE_KIND, "epoch": self._epoch, "batches": self._delivered, **self._settings(),
-                "num_records": self.dataset.manifest.num_records, "stats": self.stats()}
+        return settings.make_state(self._epoch, self._delivered, [dict(p) for p in self._positions], self._last,
+                                   self._settings(), self.stats())
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
-            kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
-            raise settings.ResumeError(f"loader state of kind {kind!r}; this loader reads {STATE_KIND!r} "
-                                       f"(saved by make_loader over a ShardStream)")
-        what = f"loader state for {self.dataset.where}"
-        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
-        batches = settings.count(what, "batches", settings.entry(what, state, "batches"))
-        settings.check(what, state, self._settings(), mid_epoch=batches > 0)
-        settings.count(what, "batches", batches, len(self))  # same settings: the same epoch length
-        stats = state.get("stats", {})
-        if not isinstance(stats, dict):
-            raise settings.ResumeError(f"{what}: stats={stats!r} is not a dict of counts; pass loader.state_dict()")
+        what = f"loader state for {getattr(self.dataset, 'where', type(self.dataset).__name__)}"
+        epoch, batches, positions, _ = settings.read_state(what, state, self._settings())
+        workers = max(self.num_workers, 1)
+        for worker_id, position in enumerate(positions):
+            self.dataset.check_position(what, position, worker_id, workers, self.batch_size)
+        counts = self._counts()
+        if counts is not None:
+            settings.count(what, "batches", batches, sum(counts))  # same settings: the same epoch length
         self._resume = dict(state)
         self.dataset.set_epoch(epoch)
-        self._stats_done = Counter(stats)
+        self._stats_done = Counter(state.get("stats", {}))
         self._stats_now = {}
 
     def stats(self) -> dict:
-        """Counters of the stream (retries, skipped_shards, skipped_samples), summed over workers."""
+        """Counters of the stream (retries, skipped_shards, skipped_samples, packing), summed over workers."""
         if self.num_workers == 0:
-            return dict(self._stats_done + Counter(self.dataset.stats))
+            return dict(self._stats_done + Counter(counters(self.dataset)))
         total = Counter(self._stats_done)
         for counts in self._stats_now.values():
             total.update(counts)
@@ -148,33 +180,54 @@ class BatchLoader:
                         "loaded; epoch %d starts from its beginning", state["epoch"], self.dataset.epoch,
                         self.dataset.epoch)
             state = None
-        self.dataset.drop_sample_state()
+        pending = getattr(self.dataset, "refuse_own_state", None)
+        if callable(pending):
+            pending()
         self._fold_stats()
+        if self.num_workers == 0:
+            reset_stats(self.dataset)
         self._epoch = self.dataset.epoch
         self._delivered = int(state["batches"]) if state is not None else 0
+        self._positions = [dict(p) for p in state["workers"]] if state is not None and state["batches"] \
+            else self._fresh()
+        self._last = int(state.get("last", 0)) if state is not None else 0
         if self.num_workers == 0:
             return self._local()
         return self._from_workers()
 
     def _fold_stats(self) -> None:
+        if self.num_workers == 0:
+            self._stats_done.update(counters(self.dataset))
         for counts in self._stats_now.values():
             self._stats_done.update(counts)
         self._stats_now = {}
 
+    def _finish(self, batch):
+        return to_tensors(batch, self.pin_memory) if self.collate_fn is None else batch
+
+    def _delivered_one(self, worker_id: int, position: dict) -> None:
+        self._positions[worker_id] = {"batches": self._positions[worker_id]["batches"] + 1, **position}
+        self._last = worker_id
+        self._delivered += 1
+
     def _local(self):
         stream = self.dataset
-        for batch in stream.batches(self.batch_size, self._delivered, **self.batch_kw):
-            self._delivered += 1
-            yield to_tensors(batch, self.pin_memory)
-        if self._delivered != len(self):  # ranks must take equal steps: never end short unnoticed
-            raise RuntimeError(f"{stream.where}: the epoch ended after {self._delivered} of {len(self)} batches; "
-                               f"report this bug")
+        items = self.collate_fn is not None
+        for batch, position in stream.batches(self.batch_size, self._positions[0], items=items, **self.batch_kw):
+            self._delivered_one(0, position)
+            yield self._finish(batch if not items else self.collate_fn(batch))
+        self._check_end()
+
+    def _check_end(self) -> None:
+        counts = self._counts()
+        if counts is not None and self._delivered != sum(counts):  # ranks must take equal steps
+            raise RuntimeError(f"{getattr(self.dataset, 'where', '')}: the epoch ended after {self._delivered} of "
+                               f"{sum(counts)} batches; report this bug")
 
     def _from_workers(self):
-        counts = self._counts()
-        starts, lead = order.resume_point(counts, self.group, self._delivered)
-        messages = _Messages(self.dataset, self._epoch, self.batch_size, counts, starts, lead, self.group,
-                             self.batch_kw)
+        nxt = next_worker(self._positions, self._last, self.group, self._delivered)
+        lead = [w < nxt for w in range(self.num_workers)]
+        messages = _Messages(self, [dict(p) for p in self._positions], lead)
         kwargs = {"prefetch_factor": self.prefetch_factor or 2, "multiprocessing_context": self.mp_context}
         loader = DataLoader(messages, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                             **kwargs)
@@ -188,8 +241,9 @@ class BatchLoader:
         return self._deliver(it)
 
     def _deliver(self, it):
-        for worker_id, group, stats in it:
+        for worker_id, batches, positions, stats in it:
             self._stats_now[worker_id] = stats
-            for batch in group:
-                self._delivered += 1
-                yield to_tensors(batch, self.pin_memory)
+            for batch, position in zip(batches, positions):
+                self._delivered_one(worker_id, position)
+                yield self._finish(batch)
+        self._check_end()

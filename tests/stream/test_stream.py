@@ -215,17 +215,20 @@ def test_batches_are_long_tensors_padded_to_the_longest(tmp_path, minilm, worker
             assert row[:n] == items[sid] and set(row[n:]) <= {0} and mask == [1] * n + [0] * (len(mask) - n)
 
 
-def test_iter_chunks_matches_items_and_state_between_chunks_is_exact(tmp_path, minilm):
+def test_read_chunks_matches_items_and_the_item_state_resumes_exactly(tmp_path, minilm):
     url = build_set(tmp_path, n=50, max_records=7)
     kw = dict(tokenizer=minilm, max_length=10, shuffle=True, seed=2, config=StreamConfig(tokenize_batch=8,
                                                                                          shuffle_buffer=12))
     items = [(it["sample_id"], it["input_ids"].tolist()) for it in ShardStream(url, **kw)]
+    for skip in (0, 7, 13, 50):
+        got = [pair for chunk in ShardStream(url, **kw).read_chunks(skip)
+               for pair in zip(chunk.sample_ids(), [x.tolist() for x in chunk.ids.rows()])]
+        assert got == items[skip:], skip
     ds = ShardStream(url, **kw)
-    got, states = [], []
-    for chunk in ds.iter_chunks():
-        got += list(zip(chunk.sample_ids(), [x.tolist() for x in chunk.ids.rows()]))
-        states.append((len(got), json.dumps(ds.state_dict())))
-    assert got == items
+    states = [(0, json.dumps(ds.state_dict()))]
+    for done, _ in enumerate(ds, start=1):
+        if done in (1, 8, 25, 49, 50):
+            states.append((done, json.dumps(ds.state_dict())))
     for done, state in states:
         again = ShardStream(url, **kw)
         again.load_state_dict(json.loads(state))
