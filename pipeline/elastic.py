@@ -42,6 +42,18 @@ the training loop received: whole batches, or the worker's whole part when its
 last batch is short.  ``window`` is StreamConfig.shuffle_buffer (ignored when
 not shuffling).  group_by_length orders a window by token length, which no
 function of integers knows: a segment cut inside such a window is not covered.
+
+How the loader and stream use it: on a mid-epoch state whose world_size,
+num_workers or batch_size differ (every other order setting still has to
+match), the loader appends ``Segment(world_size, max(num_workers, 1),
+batch_size, shuffle_buffer, [[w["samples"] for w in rank_state["workers"]] for
+rank_state in every rank's state])`` to the state's ``segments`` and starts the
+new stretch at sample 0 of every worker; the stream reads
+``plan_after(...)`` instead of split.plan (its windows and window_order keys
+unchanged, counted from the new plan's start) and sizes itself with
+``worker_counts_after``.  Saves inside the new stretch record ``segments`` plus
+the usual per-worker positions, which then refer to the new plan.  The next
+epoch starts with ``segments == []``.
 """
 from __future__ import annotations
 
@@ -51,7 +63,7 @@ from itertools import accumulate
 import numpy as np
 
 from pipeline.shuffle import window_order
-from pipeline.split import Slice, epoch_blocks, per_rank, worker_range
+from pipeline.split import Slice, epoch_blocks, per_rank, worker_counts, worker_range
 
 _FIELDS = ("world", "workers", "batch_size", "window", "delivered")
 
@@ -146,6 +158,13 @@ def remaining(total: int, segments: list[Segment], seed: int, epoch: int, shuffl
     for segment in segments:
         sequence = sequence[~delivered_mask(len(sequence), segment, seed, epoch, shuffle)]
     return sequence
+
+
+def worker_counts_after(total: int, segments: list[Segment], seed: int, epoch: int, shuffle: bool,
+                        world: int, workers: int) -> list[int]:
+    """Samples each worker of any rank reads in the rest of the epoch (pads included, equal on
+    every rank): split.worker_counts over what ``segments`` left."""
+    return worker_counts(len(remaining(total, segments, seed, epoch, shuffle)), world, workers)
 
 
 def plan_after(shard_sizes: list[int], block_size: int, seed: int, epoch: int, shuffle: bool,

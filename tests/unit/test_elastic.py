@@ -86,7 +86,18 @@ def test_chain_of_changes_trains_every_record_exactly_once(data, shard_sizes, bl
     assert pads <= new_world - 1
     left = elastic.remaining(sum(shard_sizes), segments, seed, epoch, shuffle)
     assert per_rank[0] == split.per_rank(len(left), new_world)
+    sized = elastic.worker_counts_after(sum(shard_sizes), segments, seed, epoch, shuffle, new_world, new_workers)
+    assert sized == [sum(len(s) for s in plans[0, w]) for w in range(new_workers)]
     assert final_plans(setup, segments, new_world, new_workers) == plans  # deterministic
+    blocks = split.epoch_blocks(shard_sizes, block, seed, epoch, shuffle)
+    for plan in plans.values():
+        assert not any(mergeable(a, b, blocks) for a, b in zip(plan, plan[1:]))
+
+
+def mergeable(a, b, blocks):
+    """Two neighbouring slices that should have been one: contiguous, same pad flag, one block."""
+    same_block = any(k.shard == a.shard and k.start <= a.start and b.stop <= k.stop for k in blocks)
+    return a.shard == b.shard and a.stop == b.start and a.pad == b.pad and same_block
 
 
 @settings(max_examples=200, deadline=None)
