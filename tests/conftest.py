@@ -66,3 +66,14 @@ def build_set(tmp_path, n: int = 100, max_records: int = 7, fmt: str = "arrow", 
 @pytest.fixture
 def tiny_set(tmp_path):
     return build_set(tmp_path)
+
+
+SLOW_AREAS = ("dist", "s3")  # several processes or a server each: make test-slow (CI runs it too)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Multi-process (torchrun/gloo, Ray) and S3-server tests run in make test-slow, not the default suite."""
+    for item in items:
+        area = pathlib.Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        if area in SLOW_AREAS or item.get_closest_marker("dist") is not None:
+            item.add_marker(pytest.mark.slow)
