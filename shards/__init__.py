@@ -11,7 +11,19 @@ from shards.formats.ragged import Ragged
 from shards.formats.ragged import concat as concat_ragged
 from shards.manifest import SAMPLE_ID, Manifest, ManifestError, ShardInfo, index_url, load_manifest, sample_ids, shard_url
 from shards.reader import fetch_shard, read_batches, verify_shard
-from shards.storage import StorageError, is_remote, parse_storage_options, redact, retry_count
+from shards.storage import (
+    StorageError,
+    is_remote,
+    list_names,
+    parse_storage_options,
+    put_tree,
+    read_object,
+    redact,
+    retry_count,
+    write_bytes_atomic,
+)
+from shards.storage import join as join_url
+from shards.storage import remove as remove_url
 from shards.tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
 
 __all__ = [
@@ -35,14 +47,20 @@ __all__ = [
     "format_reader",
     "index_url",
     "is_remote",
+    "join_url",
+    "list_names",
     "load_manifest",
     "load_tokenizer",
     "parse_storage_options",
+    "put_tree",
     "read_batches",
+    "read_object",
     "redact",
+    "remove_url",
     "retry_count",
     "sample_ids",
     "shard_url",
     "special_ids",
     "verify_shard",
+    "write_bytes_atomic",
 ]

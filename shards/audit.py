@@ -1,6 +1,7 @@
 """``shards audit RUN_DIR``: prove from a run's audit logs that every sample was trained exactly once per epoch.
 
     shards audit runs/demo            # or: python -m tools.audit runs/demo
+    shards audit s3://bucket/run      # a run whose --out was a URL (its logs are parts per checkpoint)
 
 Reads ``RUN_DIR/audit/rank{R}.jsonl`` (written by ``pipeline.train.loop --audit``:
 a header, then one line per micro-batch with the trained sample ids and the
@@ -16,7 +17,6 @@ cannot be read.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from shards.manifest import SAMPLE_ID, load_manifest
-from shards.storage import parse_storage_options, redact
+from shards.storage import StorageError, is_remote, list_names, parse_storage_options, read_object, redact
 
 EXAMPLES = 5  # ids shown per failure kind
 
@@ -43,19 +43,28 @@ def sample_id(shard: int, record: int) -> str:
     return SAMPLE_ID % (shard, record)
 
 
-def read_log(path: str) -> RankLog:
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
-    if not lines:
-        raise ValueError(f"{path}: empty audit log; was the run started with --audit?")
-    try:
-        entries = [json.loads(line) for line in lines]
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON lines ({exc}); a run killed mid-write is cut back "
-                         f"by --resume, rerun with --resume to repair it") from exc
+def _lines(url: str, storage_options: dict | None) -> list[str]:
+    return [line for line in read_object(url, storage_options).decode("utf-8").split("\n") if line.strip()]
+
+
+def read_log(path: str, storage_options: dict | None = None, parts: list[str] = ()) -> RankLog:
+    """A rank's log: the file ``path``, or (remote runs) its ``parts`` in step order, each opening with the header."""
+    chunks = [(url, _lines(url, storage_options)) for url in (parts or [path])]
+    if not chunks[0][1]:
+        raise ValueError(f"{redact(path)}: empty audit log; was the run started with --audit?")
+    entries = []
+    for url, lines in chunks:
+        try:
+            got = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{redact(url)}: not valid JSON lines ({exc}); a run killed mid-write is cut back "
+                             f"by --resume, rerun with --resume to repair it") from exc
+        if entries and got and got[0] != entries[0]:
+            raise ValueError(f"{redact(url)}: its header differs from the first part's: parts of different runs")
+        entries += got if not entries else got[1:]
     header = entries[0]
     if header.get("audit") != 1:
-        raise ValueError(f"{path}: first line is not an audit header of version 1: {lines[0][:200]}")
+        raise ValueError(f"{redact(path)}: first line is not an audit header of version 1: {str(header)[:200]}")
     log = RankLog(header)
     for e in entries[1:]:
         log.ids[e["epoch"]].extend(e["ids"])
@@ -64,12 +73,24 @@ def read_log(path: str) -> RankLog:
     return log
 
 
-def read_logs(run_dir: str) -> dict[int, RankLog]:
-    paths = glob.glob(os.path.join(run_dir, "audit", "rank*.jsonl"))
-    if not paths:
-        raise FileNotFoundError(f"{run_dir}/audit/rank*.jsonl: no audit logs; train with --audit "
-                                f"and pass the run's --out folder")
-    logs = {int(re.search(r"rank(\d+)\.jsonl$", p).group(1)): read_log(p) for p in paths}
+def read_logs(run_dir: str, storage_options: dict | None = None) -> dict[int, RankLog]:
+    """rank -> its log, from ``RUN/audit/rank{R}.jsonl`` or ``rank{R}.part-{STEP}.jsonl`` (local path or URL)."""
+    folder = f"{run_dir.rstrip('/')}/audit" if is_remote(run_dir) else os.path.join(run_dir, "audit")
+    names = list_names(folder, storage_options)
+    singles = {int(m.group(1)): n for n in names if (m := re.fullmatch(r"rank(\d+)\.jsonl", n))}
+    parts: dict[int, list] = defaultdict(list)
+    for n in names:
+        if m := re.fullmatch(r"rank(\d+)\.part-(\d+)\.jsonl", n):
+            parts[int(m.group(1))].append((int(m.group(2)), f"{folder.rstrip('/')}/{n}"))
+    if not singles and not parts:
+        raise FileNotFoundError(f"{redact(folder)}/rank*.jsonl: no audit logs; train with --audit "
+                                f"and pass the run's --out folder or URL")
+    both = sorted(set(singles) & set(parts))
+    if both:
+        raise ValueError(f"{redact(folder)}: rank(s) {both} have both a rank file and parts: logs of two runs mixed")
+    logs = {r: read_log(f"{folder.rstrip('/')}/{n}", storage_options) for r, n in singles.items()}
+    logs.update({r: read_log(f"{redact(folder)}/rank{r}.part-*", storage_options, [u for _, u in sorted(p)])
+                 for r, p in parts.items()})
     return dict(sorted(logs.items()))
 
 
@@ -155,7 +176,7 @@ def reopenable(recorded: str) -> str:
 
 def audit(run_dir: str, storage_options: dict | None = None, train_url: str | None = None) -> Finding:
     out = Finding()
-    logs = read_logs(run_dir)
+    logs = read_logs(run_dir, storage_options)
     world, per_rank = check_ranks(logs, out)
     url = train_url or reopenable(next(iter(logs.values())).header["train"])
     manifest = load_manifest(url, storage_options)
@@ -169,7 +190,7 @@ def audit(run_dir: str, storage_options: dict | None = None, train_url: str | No
         out.fail(f"manifest {url} has {manifest.num_records} records, the run trained on "
                  f"{next(iter(logs.values())).header['num_records']}: shards were rebuilt after the run")
     steps = max((max(log.steps, default=0) for log in logs.values()), default=0)
-    out.say(f"audit {run_dir}: train set {url} ({len(expected)} samples in {len(manifest.shards)} shards), "
+    out.say(f"audit {redact(run_dir)}: train set {url} ({len(expected)} samples in {len(manifest.shards)} shards), "
             f"world size {world}, {per_rank} samples per rank per epoch, {steps} steps logged")
     epochs = sorted({e for log in logs.values() for e in log.ids} | {e for log in logs.values() for e in log.pads})
     for epoch in epochs:
@@ -183,13 +204,13 @@ def audit(run_dir: str, storage_options: dict | None = None, train_url: str | No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shards audit", description=__doc__.split("\n\n")[0])
-    p.add_argument("dir", help="the training run's --out folder")
+    p.add_argument("dir", help="the training run's --out folder or URL (s3://bucket/run)")
     p.add_argument("--train", help="train manifest URL (default: the one recorded in the logs)")
     p.add_argument("--storage-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     try:
         result = audit(args.dir, parse_storage_options(args.storage_option), args.train)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, StorageError) as exc:
         print(f"shards audit: error: {redact(exc)}", file=sys.stderr)
         return 2
     print("\n".join(result.lines))

@@ -163,8 +163,34 @@ def publish_file(local_path: str, url: str, storage_options: dict | None = None)
 
 def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:
     fs, path = filesystem(url, storage_options)
+    _invalidate(fs)  # another process may have written it since this one listed the folder
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
+
+
+def list_names(url: str, storage_options: dict | None = None) -> list[str]:
+    """Sorted names (not paths) of the entries right under folder ``url``; [] when there is none.
+
+    Listed afresh: other processes (ranks on other nodes) write there too."""
+    fs, path = filesystem(url, storage_options)
+    _invalidate(fs)
+    try:
+        entries = fs.ls(path, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    base = path.rstrip("/")
+    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries if str(e).rstrip("/") != base}
+    return sorted(names - {""})
+
+
+def put_tree(local_dir: str, url: str, storage_options: dict | None = None) -> list[str]:
+    """Copy every file under ``local_dir`` to the same relative names under ``url``; returns them."""
+    names = sorted(os.path.relpath(os.path.join(d, f), local_dir)
+                   for d, _, files in os.walk(local_dir) for f in files)
+    for name in names:
+        with open(os.path.join(local_dir, name), "rb") as f:
+            write_bytes_atomic(join(url, *name.split(os.sep)), f.read(), storage_options)
+    return names
 
 
 def makedirs(url: str, storage_options: dict | None = None) -> None:

@@ -44,7 +44,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                       help="train batches of similar token length, cut from each shuffle window (less padding); "
                            "not with --pack or a mixture; default: off, batches in shuffled order")
     data.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                      help="fsspec storage option for remote shard sets, repeatable (e.g. endpoint_url=...); "
+                      help="fsspec storage option for remote shard sets and --out, repeatable (e.g. endpoint_url=...); "
                            "default: none, credentials from the environment")
     model = p.add_argument_group("model")
     model.add_argument("--task", choices=models.TASKS, default="classify",
@@ -72,8 +72,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     opt.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                      help="bf16: autocast the forward pass to bfloat16 (weights and optimizer stay fp32)")
     run = p.add_argument_group("outputs and runs")
-    run.add_argument("--out", default="runs/train", metavar="DIR",
-                     help="run folder: metrics.json, train.png, model/, checkpoint/, audit/, tb/")
+    run.add_argument("--out", default="runs/train", metavar="DIR|URL",
+                     help="run folder, local or any fsspec URL (s3://bucket/run; credentials from the environment "
+                          "or --storage-option): metrics.json, train.png, model/, checkpoint/, audit/, tb/ (local only)")
     run.add_argument("--log-every", type=int, default=10, metavar="N",
                      help="steps between log lines (and TensorBoard points with --report-to tensorboard)")
     run.add_argument("--report-to", choices=REPORT_TO, default="none",
@@ -81,10 +82,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                           "(pip install shardstream[tensorboard])")
     run.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                      help="steps between checkpoints (0: at the end only)")
-    run.add_argument("--resume", nargs="?", const="yes", choices=("yes", "never"),
-                     help="continue from the newest checkpoint in OUT/checkpoint that verifies; 'never': start "
-                          "from step 0, deleting OUT/checkpoint's steps; default (no flag): refuse to start over "
-                          "existing checkpoints")
+    run.add_argument("--resume", nargs="?", const="yes", default="auto", choices=("auto", "yes", "never"),
+                     help="auto: continue from the newest checkpoint in OUT/checkpoint that verifies when there is "
+                          "one, else start from step 0 (what a torchrun --max-restarts restart needs); yes (the bare "
+                          "flag): the same, saying so when there is none; never: start from step 0, deleting "
+                          "OUT/checkpoint's steps")
     run.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
                      help="complete checkpoints kept (>= 2 leaves one to fall back to if the newest is damaged)")
     run.add_argument("--audit", action="store_true",
@@ -108,6 +110,9 @@ def parse_args(argv=None, description: str = "DDP training over shard streams") 
                 "a --train mixture")
     if args.audit and "," in args.train:
         p.error("--audit checks one shard set; a --train mixture repeats and cuts sets, so audit runs of one set")
+    if args.report_to == "tensorboard" and shards.is_remote(args.out):
+        p.error(f"--report-to tensorboard writes event files as they grow; give a local --out, not "
+                f"{shards.redact(args.out)}")
     args.lr = args.lr or DEFAULT_LR[args.task]
     try:
         args.storage_options = shards.parse_storage_options(args.storage_option)

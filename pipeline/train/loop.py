@@ -49,13 +49,13 @@ from pipeline.loader.make import make_loader
 from pipeline.mix import MixedStream, parse_mixture
 from pipeline.pack.stream import PackedStream
 from pipeline.stream import ShardStream, StreamConfig
-from pipeline.train import checkpoint, failure, metrics, model_folder, models, quiet, schedule
+from pipeline.train import checkpoint, failure, metrics, models, quiet, schedule
 from pipeline.train import config as train_options
 from pipeline.train.audit_log import AuditLog, absolute_url
 from pipeline.train.batches import Batches
 from pipeline.train.config import DEFAULT_LR  # noqa: F401  (the defaults' old home)
 from pipeline.train.evaluate import all_sum, autocast, evaluate
-from pipeline.train.resume import resume_point, run_settings
+from pipeline.train.resume import gather_or_raise, resume_point, run_settings
 from pipeline.train.tensorboard import Board, check_available, open_board
 from pipeline.world import World, from_env, intra_op_threads
 from shards import redact
@@ -221,7 +221,8 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
         checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
     filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
     batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
-    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start) if args.audit else None
+    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start,
+                     args.storage_options) if args.audit else None
     initial = before_training(args, parts.model, world, device, board, stream.label_names) if start == 0 else {}
     meter = metrics.Meter(world.world_size)
     net = parts.ddp or parts.model
@@ -287,19 +288,27 @@ def audit_header(args, ds: ShardStream, world: World) -> dict:
 
 def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
          settings: dict) -> None:
-    if audit:
-        audit.sync()  # the audit lines a checkpoint vouches for are on disk before it is
+    """Every rank writes its own part of step ``step``; rank 0 lists them all and commits (``checkpoint``).
+
+    Each phase ends in an all-gather, so a failure on any rank stops every rank with its one line."""
+    options = args.storage_options
     mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
-    ranks = all_gather(mine, world)
-    if world.rank == 0:
+    gather_or_raise(world, lambda: checkpoint.begin(args.out, step, options) if world.rank == 0 else None)
+
+    def my_part():
+        if audit:
+            audit.sync()  # the audit lines a checkpoint vouches for are stored before it is
+        return checkpoint.write_part(args.out, step, world.rank, mine, options) if world.rank else None
+    entries = gather_or_raise(world, my_part)
+
+    def commit():
         meta = {"epoch": batches.epoch, **settings, "train": redact(args.train),
                 "eval": redact(args.eval) if args.eval else None, "history": history,
                 "schedule": parts.schedule.meta(step)}  # what a resume with another --steps continues
-        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, ranks, meta,
-                               keep=args.keep_checkpoints)
-        log.info("checkpoint step %d -> %s", step, path)
-    if dist.is_initialized():
-        dist.barrier()  # nobody runs ahead of a checkpoint that may still fail to write
+        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, [mine], meta,
+                               keep=args.keep_checkpoints, parts=entries[1:], storage_options=options)
+        log.info("checkpoint step %d -> %s", step, redact(path))
+    gather_or_raise(world, lambda: commit() if world.rank == 0 else None)  # nobody runs ahead of a failed save
 
 
 def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World):
@@ -354,7 +363,8 @@ def run(args, world: World) -> int:
     board = None
     try:
         announce(world, device)
-        os.makedirs(args.out, exist_ok=True)
+        if not shards.is_remote(args.out):
+            os.makedirs(args.out, exist_ok=True)
         board = open_board(args.report_to, args.out, world.rank)
         result = train(args, world, device, board)
         summary = result.summary
@@ -364,29 +374,13 @@ def run(args, world: World) -> int:
             if board:
                 board.evaluation(args.steps, figures)
         if world.rank == 0:
-            write_outputs(args, result, summary, device)
+            metrics.write_outputs(args, result.parts.model, result.history, summary, device)
     finally:
         if board:
             board.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
-
-
-def write_outputs(args, result: Result, summary: dict, device) -> None:
-    """Rank 0: OUT/model (weights, config with label names, tokenizer), metrics.json, train.png."""
-    folder = model_folder.save(result.parts.model, args.tokenizer, os.path.join(args.out, "model"))
-    summary.update(task=args.task, model=redact(args.model), precision=args.precision, device=device.type,
-                   batch_size=args.batch_size, grad_accum=args.grad_accum, num_workers=args.num_workers)
-    metrics.write_json(os.path.join(args.out, "metrics.json"), summary)
-    if metrics.plot(os.path.join(args.out, "train.png"), result.history) == metrics.NO_MATPLOTLIB:
-        log.info("train.png skipped: matplotlib is not installed (pip install shardstream[plot])")
-    log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
-    log.info("model -> %s (weights, config with label names, tokenizer)", folder)
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":

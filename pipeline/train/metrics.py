@@ -11,10 +11,18 @@ near 1 means the data pipeline is.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import tempfile
 import time
+
+import shards
+from pipeline.train import model_folder
+
+log = logging.getLogger("pipeline.train.loop")
 
 
 class Meter:
@@ -130,3 +138,28 @@ def plot(path: str, history: list[dict]) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_outputs(args, model, history: list[dict], summary: dict, device) -> None:
+    """Rank 0: OUT/model (weights, config with label names, tokenizer), metrics.json, train.png.
+
+    For a remote OUT (any fsspec URL) they are made in a local temporary folder, then copied up."""
+    remote = shards.is_remote(args.out)
+    with tempfile.TemporaryDirectory(prefix="pipeline-train-out-") if remote else contextlib.nullcontext(args.out) \
+            as local:
+        model_folder.save(model, args.tokenizer, os.path.join(local, "model"))
+        summary.update(task=args.task, model=shards.redact(args.model), precision=args.precision,
+                       device=device.type, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       num_workers=args.num_workers)
+        write_json(os.path.join(local, "metrics.json"), summary)
+        if plot(os.path.join(local, "train.png"), history) == NO_MATPLOTLIB:
+            log.info("train.png skipped: matplotlib is not installed (pip install shardstream[plot])")
+        if remote:
+            shards.put_tree(local, args.out, args.storage_options)
+    log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
+    log.info("model -> %s (weights, config with label names, tokenizer)",
+             shards.redact(f"{args.out.rstrip('/')}/model"))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -3,10 +3,13 @@
     settings = run_settings(args, world, train_identity, eval_identity)
     ckpt = resume_point(args, world, device, settings)   # None: start from step 0
 
-``--resume`` continues the newest checkpoint that verifies (``checkpoint.choose``);
-without the flag a run refuses to start over existing checkpoints, and
-``--resume never`` starts over on purpose, deleting them first (saying so) so
-that the old run's higher step numbers cannot outlive the new run's.  Rank 0
+``--resume auto`` (the default) continues the newest checkpoint that verifies
+(``checkpoint.choose``) when OUT holds checkpoints and starts from step 0 when it
+holds none: so a group that ``torchrun --max-restarts N`` restarts after a
+failure continues by itself.  ``--resume`` (``yes``) does the same but says so
+when there is nothing to resume; ``--resume never`` starts over on purpose,
+deleting the checkpoints first (saying so) so that the old run's higher step
+numbers cannot outlive the new run's.  OUT may be any fsspec URL.  Rank 0
 decides and tells the other ranks, so every rank loads the same step or fails
 with the same line.  A checkpoint whose run settings differ from this run's,
 the training and eval sets' identities included, is refused naming old and new.
@@ -14,12 +17,14 @@ the training and eval sets' identities included, is refused naming old and new.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch.distributed as dist
 
 from pipeline.train import checkpoint
 from pipeline.train.checkpoint_files import CheckpointError
 from pipeline.world import World
+from shards import StorageError, redact
 
 log = logging.getLogger("pipeline.train.loop")
 
@@ -36,7 +41,7 @@ def resume_point(args, world: World, device, settings: dict) -> checkpoint.Check
     name = _agree(args, world)
     if name is None:
         return None
-    ckpt = checkpoint.load(args.out, name, device)
+    ckpt = checkpoint.load(args.out, name, device, args.storage_options)
     check_settings(ckpt, settings, args)
     return ckpt
 
@@ -47,7 +52,7 @@ def _agree(args, world: World) -> str | None:
     if world.rank == 0:
         try:
             decision["name"] = decide(args)
-        except (CheckpointError, OSError) as exc:  # the other ranks wait for the decision: tell them
+        except (CheckpointError, OSError, StorageError) as exc:  # the other ranks wait for the decision: tell them
             decision["error"] = str(exc)
     if world.world_size > 1 and dist.is_initialized():
         box = [decision]
@@ -60,23 +65,41 @@ def _agree(args, world: World) -> str | None:
 
 def decide(args) -> str | None:
     """Rank 0: which step folder to resume from under the --resume mode, None for step 0."""
-    root = checkpoint.checkpoint_root(args.out)
+    root, options = redact(checkpoint.checkpoint_root(args.out)), args.storage_options
     if args.resume == "never":
-        gone = checkpoint.clear(args.out)
+        gone = checkpoint.clear(args.out, options)
         if gone:
             log.warning("--resume never: deleted %d checkpoint(s) of an earlier run in %s (%s); starting "
                         "from step 0", len(gone), root, ", ".join(gone))
         return None
-    if args.resume is None:
-        if checkpoint.exists(args.out):
-            held = ", ".join(n for _, n in checkpoint.steps(root)) or "a `latest` pointer"
-            raise CheckpointError(f"{root} holds checkpoints of an earlier run ({held}); continue it with "
-                                  f"--resume, or start over with --resume never (deletes them) or a new --out")
+    if args.resume == "auto" and not checkpoint.exists(args.out, options):
         return None
-    name = checkpoint.choose(args.out)
+    name = checkpoint.choose(args.out, options)
     if name is None:
         log.warning("--resume: no checkpoint in %s yet; starting from step 0", root)
+    elif args.resume == "auto":
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        why = f"torchrun restart {restart}" if restart not in ("", "0") else f"{root} holds checkpoints"
+        log.warning("--resume auto (%s): continuing from %s", why, name)
     return name
+
+
+def gather_or_raise(world: World, action) -> list:
+    """Run ``action()`` on every rank and all-gather the results; if it failed on any rank, every rank
+    raises that rank's one line (so no rank waits forever in a collective the failed one never joins)."""
+    try:
+        mine = {"value": action(), "error": None}
+    except (CheckpointError, OSError, StorageError, ValueError) as exc:
+        mine = {"value": None, "error": f"rank {world.rank}: {redact(exc)}"}
+    box = [mine]
+    if world.world_size > 1 and dist.is_initialized():
+        box = [None] * world.world_size
+        dist.all_gather_object(box, mine)
+    failed = [b["error"] for b in box if b["error"]]
+    if failed:
+        raise CheckpointError(f"checkpoint save failed ({failed[0]}); the previous checkpoint stays the one to "
+                              f"resume from")
+    return [b["value"] for b in box]
 
 
 def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
@@ -84,15 +107,15 @@ def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
     changed = [_describe(k, ckpt.state.get(k), v, ckpt.state, args) for k, v in now.items()
                if ckpt.state.get(k) != v]
     if changed:
-        raise CheckpointError(f"{ckpt.path}: " + "; ".join(changed) + ". Resume with the same values (the "
-                              "batches depend on them) or start a new --out")
+        raise CheckpointError(f"{redact(ckpt.path)}: " + "; ".join(changed) + ". Resume with the same values (the "
+                              "batches depend on them), or start a new --out (or over: --resume never)")
     ranks = ckpt.state.get("ranks")
     if not isinstance(ranks, list) or len(ranks) != now["world_size"] or \
             not all(isinstance(r, dict) and {"loader", "rng", "epoch"} <= r.keys() for r in ranks):
-        raise CheckpointError(f"{ckpt.path}/state.json: needs one loader state per rank ({now['world_size']}); "
+        raise CheckpointError(f"{redact(ckpt.path)}/state.json: needs one loader state per rank ({now['world_size']}); "
                               f"the file is damaged: restore it or start over with --resume never")
     if not isinstance(ckpt.state.get("step"), int) or ckpt.step > args.steps:
-        raise CheckpointError(f"{ckpt.path}: the checkpoint is at step {ckpt.state.get('step')!r}, past --steps "
+        raise CheckpointError(f"{redact(ckpt.path)}: the checkpoint is at step {ckpt.state.get('step')!r}, past --steps "
                               f"{args.steps}; pass --steps >= that step to continue, or start a new --out")
 
 
