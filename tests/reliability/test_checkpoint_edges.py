@@ -2,7 +2,7 @@
 
 A damaged newest step falls back to the previous complete one (one line says so);
 when no step verifies, or `latest` is empty over damaged steps, the run refuses with
-one line naming the file and prunes nothing; a --train set of the same size but
+one line naming the file and prunes nothing (under --resume auto, the default, too); a --train set of the same size but
 other content is refused with and without --audit.  The fast tests call
 ``train.main`` in-process; the slow ones run ``python -m pipeline.train`` (and a
 2-process torchrun) as real processes and check what the terminal shows.
@@ -140,16 +140,18 @@ def test_no_step_verifies_refuses_naming_the_file_and_prunes_nothing(base, tmp_p
 
 
 # -- an empty `latest` ---------------------------------------------------------
-@pytest.mark.timeout(60)
-def test_empty_latest_without_resume_refuses_and_prunes_nothing(base, tmp_path, capsys):
+@pytest.mark.timeout(120)
+def test_empty_latest_without_flag_resumes_auto_from_the_newest_verified_step(base, tmp_path, capsys):
+    """--resume auto (the default): OUT holds checkpoints, so the run continues them (never starts over)."""
     out = copy_run(base, tmp_path)
     (out / "checkpoint" / "latest").write_text("")
-    before = snapshot(out)
     capsys.readouterr()
-    assert train.main(args(base, out, 2, "--checkpoint-every", "1")) == 2
-    line = error_line(capsys.readouterr().err)
-    assert "holds checkpoints of an earlier run (step-0000004, step-0000002)" in line and "--resume" in line
-    assert snapshot(out) == before
+    assert train.main(args(base, out, 6, "--checkpoint-every", "2", "--audit")) == 0
+    printed = capsys.readouterr().out
+    assert "--resume auto" in printed and "continuing from step-0000004" in printed
+    assert metrics(out)["resumed_from"] == 4
+    steps = [json.loads(line)["step"] for line in (out / "audit" / "rank0.jsonl").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.timeout(120)
@@ -212,7 +214,7 @@ def test_real_processes_fall_back_refuse_and_print_one_line(base, tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         line = error_line(proc.stderr)
         assert line.startswith("pipeline.train.loop: error: "), line
-        assert ("step-0000002/optim.pt" in line) if extra else ("holds checkpoints" in line)
+        assert "step-0000002/optim.pt" in line and "no complete checkpoint verifies" in line  # auto refuses too
         assert snapshot(out) == before
     out = copy_run(base, tmp_path / "b")
     proc = run_train(args(base, out, 6, "--resume", train_set=base["other"]))
