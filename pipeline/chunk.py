@@ -70,17 +70,20 @@ def format_ids(shard: np.ndarray, record: np.ndarray) -> list[str]:
 
 
 class SampleIds(Sequence):
-    """A batch's sample ids ("SSSSS:RRRRRR" strings), formatted when first read: the batch
-    crosses the worker pipe as two int arrays instead of a string per sample."""
+    """A batch's sample ids ("SSSSS:RRRRRR" strings; ``SOURCE/`` prefixed where ``source`` >= 0,
+    a mixture's), formatted when first read: the batch crosses the worker pipe as int arrays
+    instead of a string per sample."""
 
-    __slots__ = ("shard", "record", "_strings")
+    __slots__ = ("shard", "record", "source", "_strings")
 
-    def __init__(self, shard: np.ndarray, record: np.ndarray):
-        self.shard, self.record, self._strings = shard, record, None
+    def __init__(self, shard: np.ndarray, record: np.ndarray, source: np.ndarray | None = None):
+        self.shard, self.record, self.source, self._strings = shard, record, source, None
 
     def _all(self) -> list[str]:
         if self._strings is None:
             self._strings = format_ids(self.shard, self.record)
+            if self.source is not None and len(self.source) and (self.source >= 0).any():
+                self._strings = [s if k < 0 else f"{k}/{s}" for k, s in zip(self.source.tolist(), self._strings)]
         return self._strings
 
     def __len__(self) -> int:
@@ -101,7 +104,7 @@ class SampleIds(Sequence):
         return f"SampleIds({self._all()!r})"
 
     def __reduce__(self):
-        return SampleIds, (self.shard, self.record)
+        return SampleIds, (self.shard, self.record, self.source)
 
     def tolist(self) -> list[str]:
         return list(self._all())

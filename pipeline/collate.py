@@ -18,7 +18,9 @@ import torch
 
 from pipeline.chunk import SampleIds
 
-LONG_KEYS = ("input_ids", "attention_mask", "labels")  # LongTensors, whatever width travelled
+# LongTensors, whatever width travelled
+LONG_KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "doc_ids")
+IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def pad(items: list[dict], pad_id: int, multiple: int | None) -> tuple[np.ndarra
 
 
 def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
+    if "doc_ids" in batch and "attention_mask" not in batch:
+        batch = with_lm_targets(batch)
     out = {}
     for key, value in batch.items():
         if isinstance(value, np.ndarray):
@@ -87,3 +91,14 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
                 value = value.pin_memory()
         out[key] = value
     return out
+
+
+def with_lm_targets(batch: dict) -> dict:
+    """An LM block batch (pack/blocks.py) with ``attention_mask`` (1 on real tokens) and
+    ``labels`` (the ids, -100 on padding), derived from ``doc_ids`` (-1 on padding): they
+    are not sent over the worker pipe."""
+    real = batch["doc_ids"] >= 0
+    ids = batch["input_ids"].astype(np.int64)
+    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+    np.copyto(labels, ids, where=real)
+    return {**batch, "input_ids": ids, "labels": labels, "attention_mask": real.astype(np.int64)}

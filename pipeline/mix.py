@@ -21,8 +21,9 @@ Dict items gain ``"source"``: the index of the stream they came from (for loggin
 the realised mixture and for audits, since sample ids repeat across shard sets).
 
 Determinism and resume: draw k of an epoch is a fixed uniform number derived from
-(seed, epoch, worker, k) (numpy PCG64 in chunks of 4096), so the state is just each
-source's state, the draw count and which sources were cycled or dropped.  It also
+(seed, epoch, worker, k) (numpy PCG64 in chunks of 4096), so the position is just each
+source's position, the draw count and which sources were cycled or dropped (plain
+integers; the state around it is settings.py's one kind).  It also
 records the seed, stop rule, weights, worker layout and each source's data identity,
 and a mid-epoch state resumed under other values is refused (settings.py).
 
@@ -37,6 +38,7 @@ import bisect
 import logging
 import math
 from collections import Counter
+from itertools import islice
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -45,7 +47,6 @@ from torch.utils.data import IterableDataset
 from pipeline import settings, world
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 2  # 1: no worker, num_workers, identities (mid-epoch: refused, unverifiable)
 STOP_RULES = ("first_exhausted", "cycle", "drain")
 CHUNK = 4096  # uniform draws generated at once; resume regenerates one chunk and indexes into it
 _END = object()
@@ -192,58 +193,105 @@ class MixedStream(IterableDataset):
         for s in self.streams:
             s.set_epoch(self.epoch)
 
-    # -- state ---------------------------------------------------------------
-    def _reset(self, state: dict | None = None) -> None:
+    # -- positions and state (settings.py) --------------------------------------------------
+    def _reset(self, position: dict | None = None) -> None:
         n = len(self.streams)
-        self._draws = int(state["draws"]) if state else 0
-        self._passes = list(state["passes"]) if state else [0] * n
-        self._dropped = list(state["dropped"]) if state else [False] * n
-        # A source's own state is stale until it yields in this pass: store None until then.
-        self._started = [s is not None for s in state["sources"]] if state else [False] * n
+        self._draws = int(position["draws"]) if position else 0
+        self._items = int(position.get("items", 0)) if position else 0
+        self._passes = list(position["passes"]) if position else [0] * n
+        self._dropped = list(position["dropped"]) if position else [False] * n
+        sources = position["sources"] if position else [None] * n
+        # A source's own position is stale until it yields in this pass: None until then.
+        self._started = [s is not None for s in sources]
+        for stream, sub in zip(self.streams, sources):
+            if sub is not None:
+                stream.seek(sub)
 
-    def resume_settings(self) -> dict:
-        """What decides the draws and which source each comes from (see settings.py)."""
-        worker_id, workers = world.worker()
-        return {"seed": self.seed, "stop": self.stop, "weights": self.weights, "worker": worker_id,
-                "num_workers": workers, "identities": [_identity(s) for s in self.streams]}
+    def loader_settings(self) -> dict:
+        """What decides the draws and which source each comes from, and each source's order."""
+        return {"seed": self.seed, "stop": self.stop, "weights": self.weights,
+                "identities": [_identity(s) for s in self.streams],
+                "sources": [s.loader_settings() if hasattr(s, "loader_settings") else None for s in self.streams]}
 
-    def state_dict(self) -> dict:
-        sources = [s.state_dict() if started else None for s, started in zip(self.streams, self._started)]
+    def reset_stats(self) -> None:
+        self.stats = Counter()
+        for s in self.streams:
+            getattr(s, "reset_stats", lambda: None)()
+
+    def counters(self) -> dict:
         stats = Counter(self.stats)
         for s in self.streams:
-            stats.update(getattr(s, "stats", {}))
-        return {"version": STATE_VERSION, "epoch": self.epoch, **self.resume_settings(), "draws": self._draws,
-                "passes": list(self._passes), "dropped": list(self._dropped), "sources": sources,
-                "stats": dict(stats)}
+            found = getattr(s, "counters", None)
+            stats.update(found() if callable(found) else getattr(s, "stats", {}))
+        return dict(stats)
 
-    def load_state_dict(self, state: dict) -> None:
-        what = "mixed state"
-        settings.version(what, state, (1, STATE_VERSION), "MixedStream")
-        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
-        draws = settings.count(what, "draws", settings.entry(what, state, "draws"))
-        settings.check(what, state, self.resume_settings(), mid_epoch=draws > 0)
+    def position(self) -> dict:
+        """After the last item: draws and items so far, each source's pass count, whether it was
+        dropped, and its own position (None until it yields in this pass)."""
+        sources = [s.position() if started else None for s, started in zip(self.streams, self._started)]
+        return {"draws": self._draws, "items": self._items, "passes": list(self._passes),
+                "dropped": list(self._dropped), "sources": sources}
+
+    def seek(self, position: dict | None) -> None:
+        self._resume = dict(position) if position else None
+
+    def check_position(self, what: str, position: dict, worker_id: int = 0, workers: int = 1,
+                       batch_size: int = 1) -> None:
+        settings.count(what, "draws", position.get("draws"))
         n = len(self.streams)
         for key in ("passes", "dropped", "sources"):
-            value = settings.entry(what, state, key)
+            value = settings.entry(what, position, key)
             if not isinstance(value, list) or len(value) != n:
                 raise settings.ResumeError(f"{what}: {key} must list one entry per source ({n}), got {value!r}; "
                                            f"pass the state saved by this mixture")
-        for count in state["passes"]:
+        for count in position["passes"]:
             settings.count(what, "passes", count)
-        if not all(isinstance(d, bool) for d in state["dropped"]):
-            raise settings.ResumeError(f"{what}: dropped={state['dropped']!r} must be true/false per source; "
+        if not all(isinstance(d, bool) for d in position["dropped"]):
+            raise settings.ResumeError(f"{what}: dropped={position['dropped']!r} must be true/false per source; "
                                        f"pass the state saved by this mixture")
+
+    def state_dict(self) -> dict:
+        """The per-item iterator's state: a one-worker state of batch size 1 (settings.py)."""
+        worker_id, workers = world.worker()
+        now = {**self.loader_settings(), "batch_size": 1, "worker": worker_id, "num_workers": workers}
+        return settings.make_state(self.epoch, self._items, [{"batches": self._items, **self.position()}], 0, now,
+                                   self.counters())
+
+    def load_state_dict(self, state: dict) -> None:
+        what = "mixed state"
+        worker_id, workers = world.worker()
+        now = {**self.loader_settings(), "batch_size": 1, "worker": worker_id, "num_workers": workers}
+        epoch, items, positions, _ = settings.read_state(what, state, now)
+        if items:
+            self.check_position(what, positions[0])
         self.set_epoch(epoch)
-        for stream, sub in zip(self.streams, state["sources"]):
-            if sub is not None:
-                stream.load_state_dict(sub)
-        self._resume = dict(state)
+        self.seek({k: v for k, v in positions[0].items() if k != "batches"} if items else None)
 
     # -- iteration -------------------------------------------------------------
+    def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False, pad_id: int = 0,
+                pad_to_multiple_of: int | None = None) -> Iterator[tuple]:
+        """This worker's items in batches (the first source's collator: numpy, or tensors that
+        cross the pipe as numpy), each with the position after it."""
+        self.seek({k: v for k, v in position.items() if k != "batches"} if position and position["batches"] else None)
+        collate = self._batch_collator(pad_id, pad_to_multiple_of)
+        it = iter(self)
+        while got := list(islice(it, batch_size)):
+            yield (got if items else collate(got)), self.position()
+
+    def _batch_collator(self, pad_id: int, multiple: int | None):
+        first = self.streams[0]
+        if hasattr(first, "collator"):
+            return first.collator()
+        from pipeline.collate import Collator
+        return Collator(pad_id=pad_id, pad_to_multiple_of=multiple, as_numpy=True)
+
+    def batch_options(self, pad_id: int, pad_to_multiple_of: int | None) -> dict:
+        return {"pad_id": pad_id, "pad_to_multiple_of": pad_to_multiple_of}
+
     def __iter__(self) -> Iterator:
         # Not a generator itself, so that state_dict() is right before the first next().
-        state, self._resume = self._resume, None
-        self._reset(state)
+        position, self._resume = self._resume, None
+        self._reset(position)
         worker_id, _ = world.worker()
         return self._mix(Draws(self.seed, self.epoch, worker_id, self._draws))
 
@@ -266,6 +314,7 @@ class MixedStream(IterableDataset):
                 if item is _END:
                     continue  # source dropped: draw again
             self._started[i] = True
+            self._items += 1
             yield {**item, "source": i} if isinstance(item, dict) else item
 
     def _exhausted(self, i: int, iters: list):

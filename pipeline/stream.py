@@ -90,6 +90,7 @@ class ShardStream(IterableDataset):
         self.stats: Counter = Counter()
         self._consumed = 0
         self._resume: dict | None = None
+        self._seek: int | None = None
         self._cache = None
         self._skipped: set[int] = set()
         self._identity: str | None = None
@@ -208,6 +209,14 @@ class ShardStream(IterableDataset):
         settings.check(what, state["settings"], {"worker": worker_id, "num_workers": workers}, mid_epoch=True)
         return settings.count(what, "samples", state["workers"][0]["samples"], self.worker_samples(worker_id, workers))
 
+    def position(self) -> dict:
+        """After the last sample ``__iter__`` yielded: samples of this worker's epoch."""
+        return {"samples": self._consumed}
+
+    def seek(self, position: dict | None) -> None:
+        """The next iteration (this epoch, this worker) starts at ``position``."""
+        self._seek = None if not position else int(position["samples"])
+
     def refuse_own_state(self) -> None:
         """The loader resumes from its own state; refuse to drop a mid-epoch per-sample state
         loaded with ``load_state_dict`` without a word."""
@@ -231,7 +240,11 @@ class ShardStream(IterableDataset):
         most ``tokenize_batch`` samples, with text when ``keep_text``."""
         worker_id, workers = world.worker()
         self._per_sample_only()
+        if skip is None and self._seek is not None:
+            skip, self._seek = self._seek, None
         start = self._resume_offset(worker_id, workers) if skip is None else skip
+        settings.count(f"{self.where} worker {worker_id}/{workers}", "samples", start,
+                       self.worker_samples(worker_id, workers))
         self._begin(start)
         return self.chunks(worker_id, workers, start, self.config.keep_text)
 

@@ -76,7 +76,7 @@ class DocFormat:
             lo, body = lo[kept], body[kept]
         lengths = body + 1
         total = int(lengths.sum())
-        out = np.empty(total, dtype=_I64)
+        out = np.empty(total, dtype=np.int32)  # token ids fit int32; a third less to move than int64
         seps = np.cumsum(lengths) - 1
         is_body = np.ones(total, dtype=bool)
         is_body[seps] = False
@@ -115,20 +115,23 @@ class Docs:
     """Documents (or the unemitted tails of documents) waiting to be cut, in stream order.
 
     ``offsets``: tokens of each document emitted before this part (0: it starts here);
-    ``chunks``/``items``: where each came from (the chunk it was read in and its item
-    index there), which is what a resume state names."""
+    ``shard``/``record``/``source``: its name (source -1 outside a mixture), formatted only
+    when a batch's ids are read; ``chunks``/``items``: where each came from (the chunk it
+    was read in and its item index there), which is what a resume position names."""
 
     tokens: np.ndarray
     lengths: np.ndarray
     offsets: np.ndarray
-    sample_ids: list
+    shard: np.ndarray
+    record: np.ndarray
+    source: np.ndarray
     chunks: np.ndarray
     items: np.ndarray
 
     @staticmethod
     def empty() -> "Docs":
         z = np.zeros(0, dtype=_I64)
-        return Docs(z, z, z, [], z, z)
+        return Docs(np.zeros(0, np.int32), z, z, z, z, z, z, z)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -138,40 +141,54 @@ class Docs:
             return other
         if not len(other):
             return self
-        cat = np.concatenate
-        return Docs(cat([self.tokens, other.tokens]), cat([self.lengths, other.lengths]),
-                    cat([self.offsets, other.offsets]), self.sample_ids + other.sample_ids,
-                    cat([self.chunks, other.chunks]), cat([self.items, other.items]))
+        return Docs(*(np.concatenate([a, b]) for a, b in zip(self._fields(), other._fields())))
+
+    def _fields(self) -> tuple:
+        return (self.tokens, self.lengths, self.offsets, self.shard, self.record, self.source, self.chunks,
+                self.items)
+
+    def part(self, first: int, tokens_from: int, done: np.ndarray) -> "Docs":
+        """Documents ``first..`` with tokens from ``tokens_from`` on, ``done`` of each emitted."""
+        return Docs(self.tokens[tokens_from:], self.lengths[first:] - done, self.offsets[first:] + done,
+                    self.shard[first:], self.record[first:], self.source[first:], self.chunks[first:],
+                    self.items[first:])
 
     def skip_first(self, n: int) -> "Docs":
         """Without the first ``n`` tokens of the first document (emitted before a resume)."""
         if n <= 0 or not len(self):
             return self
         if n >= int(self.lengths[0]):
-            raise ValueError(f"resume offset {n} is past the end of document {self.sample_ids[0]} "
-                             f"({int(self.lengths[0])} tokens): the state belongs to other data")
-        lengths, offsets = self.lengths.copy(), self.offsets.copy()
-        lengths[0] -= n
-        offsets[0] += n
-        return Docs(self.tokens[n:], lengths, offsets, self.sample_ids, self.chunks, self.items)
+            raise ValueError(f"resume offset {n} is past the end of document {int(self.shard[0]):05d}:"
+                             f"{int(self.record[0]):06d} ({int(self.lengths[0])} tokens): the state belongs to "
+                             f"other data")
+        done = np.zeros(len(self), dtype=_I64)
+        done[0] = n
+        return self.part(0, n, done)
 
 
 # -- cutting ---------------------------------------------------------------------------
 class Cut(NamedTuple):
-    """The complete blocks of a chunk and what is left for the next one.
+    """The complete blocks of a chunk and what is left for the next one, as flat arrays.
 
-    ``arrays``: ARRAY_KEYS → int64 [n_blocks, seq_len]; per block: ``seqlens`` (runs,
-    padding included), ``num_tokens``, ``sample_ids``, ``starts``; ``cursors``: per
-    block, (document index in the input, tokens of it emitted) of the next token to
-    emit, document == len(input) when every input token is emitted; ``carry``: the
-    tokens not in a complete block."""
+    ``ids``/``positions``/``doc_ids``: int32 [n_blocks, seq_len] (doc_ids -1 on padding);
+    ``num_tokens``: real tokens per block; ``runs``: every block's runs (its pieces, then
+    its padding if any), block b's at ``run_bounds[b]:run_bounds[b + 1]``; pieces (a
+    document's part in one block), block b's at ``piece_bounds[b]:...``: ``piece_doc``
+    (index in the input) and ``piece_starts`` (the document starts there); ``cursors``:
+    per block (document index in the input, tokens of it emitted) of the next token to
+    emit, document == len(input) when every input token is out; ``carry``: the tokens not
+    in a complete block."""
 
-    arrays: dict
-    seqlens: list
-    num_tokens: list
-    sample_ids: list
-    starts: list
-    cursors: list
+    ids: np.ndarray
+    positions: np.ndarray
+    doc_ids: np.ndarray
+    num_tokens: np.ndarray
+    runs: np.ndarray
+    run_bounds: np.ndarray
+    piece_doc: np.ndarray
+    piece_starts: np.ndarray
+    piece_bounds: np.ndarray
+    cursors: tuple
     carry: Docs
 
 
@@ -209,48 +226,37 @@ def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: boo
     n_real = int(piece_len.sum())
     bounds = np.searchsorted(piece_block, np.arange(n_blocks + 1, dtype=_I64))  # block b: pieces bounds[b]:bounds[b+1]
     real_per_block = np.bincount(piece_block, weights=piece_len, minlength=n_blocks).astype(_I64)
-    arrays = _block_arrays(docs.tokens[:n_real], piece_start, piece_len, bounds, piece_block, real_per_block,
-                           n_blocks, S, pad_id)
+    ids, positions, doc_ids = _block_arrays(docs.tokens[:n_real], piece_start, piece_len, bounds, piece_block,
+                                            real_per_block, n_blocks, S, pad_id)
     starts = (piece_start == vs[piece_doc]) & (docs.offsets[piece_doc] == 0)
-    lens, real, cuts = piece_len.tolist(), real_per_block.tolist(), bounds.tolist()
-    names = [docs.sample_ids[d] for d in piece_doc.tolist()]
-    flags = starts.tolist()
-    seqlens, sample_ids, first_flags = [], [], []
-    for b in range(n_blocks):
-        a, z = cuts[b], cuts[b + 1]
-        seqlens.append(lens[a:z] + [S - real[b]] if real[b] < S else lens[a:z])
-        sample_ids.append(names[a:z])
-        first_flags.append(flags[a:z])
-    return Cut(arrays, seqlens, real, sample_ids, first_flags, _cursors(docs, vs, ends, n_blocks, S),
-               _carry(docs, vs, ends, limit, n_real))
+    padded = real_per_block < S  # a block's padding is one more run after its pieces
+    runs = np.insert(piece_len, bounds[1:][padded], (S - real_per_block)[padded])
+    run_bounds = bounds + np.concatenate([[0], np.cumsum(padded)])
+    return Cut(ids, positions, doc_ids, real_per_block, runs, run_bounds, piece_doc, starts, bounds,
+               _cursors(docs, vs, ends, n_blocks, S), _carry(docs, vs, ends, limit, n_real))
 
 
-def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_block, n_blocks, S, pad_id) -> dict:
+def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_block, n_blocks, S, pad_id) -> tuple:
     n_real = len(tokens)
     size = n_blocks * S
     run_lo = np.repeat(exclusive_cumsum(piece_len), piece_len)
-    within = np.arange(n_real, dtype=_I64) - run_lo  # index inside the piece
-    local = np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]  # piece index inside the block
-    dest = np.repeat(piece_start, piece_len) + within
-    contiguous = n_real == 0 or int(dest[-1]) == n_real - 1  # no gaps (dest strictly increases)
-    where = slice(0, n_real) if contiguous else dest
-    ids = np.full(size, pad_id, dtype=_I64)
+    within = np.arange(n_real, dtype=np.int32) - run_lo.astype(np.int32)  # index inside the piece
+    local = (np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]).astype(np.int32)  # piece in block
+    contiguous = n_real == 0 or int(piece_start[-1] + piece_len[-1]) == n_real  # no gaps before the last token
+    where = slice(0, n_real) if contiguous else np.repeat(piece_start, piece_len) + within
+    ids = np.full(size, pad_id, dtype=np.int32)
     ids[where] = tokens
-    labels = np.full(size, IGNORE_INDEX, dtype=_I64)
-    labels[where] = tokens
-    mask = np.zeros(size, dtype=_I64)
-    mask[where] = 1
-    doc_ids = np.full(size, -1, dtype=_I64)
+    doc_ids = np.full(size, -1, dtype=np.int32)
     doc_ids[where] = np.repeat(local, piece_len)
     # padding is trailing in its block and its own run from 0
-    positions = np.tile(np.arange(S, dtype=_I64), n_blocks) - np.repeat(real_per_block, S)
+    positions = (np.tile(np.arange(S, dtype=np.int32), n_blocks)
+                 - np.repeat(real_per_block.astype(np.int32), S))
     positions[where] = within
     shape = (n_blocks, S)
-    return {"input_ids": ids.reshape(shape), "labels": labels.reshape(shape), "position_ids": positions.reshape(shape),
-            "doc_ids": doc_ids.reshape(shape), "attention_mask": mask.reshape(shape)}
+    return ids.reshape(shape), positions.reshape(shape), doc_ids.reshape(shape)
 
 
-def _cursors(docs: Docs, vs, ends, n_blocks: int, S: int) -> list[tuple[int, int]]:
+def _cursors(docs: Docs, vs, ends, n_blocks: int, S: int) -> tuple[np.ndarray, np.ndarray]:
     """Per block: (document holding the next token, tokens of it emitted before that token)."""
     at = (np.arange(n_blocks, dtype=_I64) + 1) * S
     nxt = np.searchsorted(ends, at, "right")  # first document not finished by the block's end
@@ -259,16 +265,14 @@ def _cursors(docs: Docs, vs, ends, n_blocks: int, S: int) -> list[tuple[int, int
         emitted = docs.offsets[safe] + np.maximum(0, at - vs[safe])
     else:
         emitted = np.zeros(n_blocks, dtype=_I64)
-    return list(zip(nxt.tolist(), np.where(nxt < len(docs), emitted, 0).tolist()))
+    return nxt, np.where(nxt < len(docs), emitted, 0)
 
 
 def _carry(docs: Docs, vs, ends, limit: int, n_real: int) -> Docs:
     first = int(np.searchsorted(ends, limit, "right"))
     if first >= len(docs):
         return Docs.empty()
-    done = np.maximum(0, limit - vs[first:])
-    return Docs(docs.tokens[n_real:], docs.lengths[first:] - done, docs.offsets[first:] + done,
-                docs.sample_ids[first:], docs.chunks[first:], docs.items[first:])
+    return docs.part(first, n_real, np.maximum(0, limit - vs[first:]))
 
 
 def empty_block(seq_len: int, pad_id: int) -> dict:

@@ -1,12 +1,13 @@
 """Reading documents for PackedStream a chunk at a time: from items, or from columns.
 
-Both readers turn what the inner stream gives into ``Docs`` (pack_cut.py): every
-document of the chunk end to end with its length, name and position in the chunk.
-- ``ItemReader``: any stream whose ``__iter__`` yields dicts (MixedStream, test doubles);
-- ``ChunkReader``: a stream with ``iter_chunks()`` (ShardStream), whose columnar Chunks
+Both readers turn what the inner stream gives into ``Docs`` (cut.py): every
+document of the chunk end to end with its length, name and position in the chunk,
+and say the inner stream's position after a read (``position()``, plain integers).
+- ``ItemReader``: any stream whose ``__iter__`` yields dicts and that has
+  ``position()``/``seek(position)`` (MixedStream, test doubles);
+- ``ChunkReader``: a stream with ``read_chunks(skip)`` (ShardStream), whose columnar Chunks
   (flat ids + offsets) go to ``DocFormat.join_flat`` as they are: no per-document
-  dict or array.  It reads whole inner chunks, so the inner ``state_dict()`` taken
-  after a read is exact (ShardStream counts consumption by whole chunks).
+  dict, array or string.  Its position is ``{"samples": n}``: samples of the worker read.
 A read stops once it holds ``budget`` tokens (pads included) or ``CHUNK_ITEMS`` items.
 The item positions in ``Docs.items`` count from the start of the read plus ``first``
 (the items skipped to reach a resumed document), as a resume state names them.
@@ -19,7 +20,6 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.chunk import format_ids
 from pipeline.pack.cut import DocFormat, Docs
 from pipeline.settings import ResumeError
 
@@ -28,34 +28,45 @@ NEEDS_IDS = ("PackedStream needs token ids: give the inner ShardStream a tokeniz
              "build the shards with --tokenizer")
 
 
-def make_reader(stream, fmt: DocFormat, stats: Counter, skip: int):
-    """The columnar reader when ``stream`` has ``iter_chunks``, else the per-item one; ``skip``
-    items already dropped (they come before the resumed document)."""
-    cls = ChunkReader if callable(getattr(stream, "iter_chunks", None)) else ItemReader
-    return cls(stream, fmt, stats, skip)
+def make_reader(stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
+    """The columnar reader when ``stream`` has ``read_chunks``, else the per-item one, from the
+    inner position ``start`` and ``skip`` items after it (they come before the resumed document)."""
+    cls = ChunkReader if callable(getattr(stream, "read_chunks", None)) else ItemReader
+    return cls(stream, fmt, stats, start, skip)
 
 
-def _docs(fmt: DocFormat, stats: Counter, flat: np.ndarray, raw: np.ndarray, names, where: np.ndarray,
+def _docs(fmt: DocFormat, stats: Counter, flat: np.ndarray, raw: np.ndarray, names: tuple, where: np.ndarray,
           n_pads: int, chunk: int) -> Docs:
-    """Docs of the non-pad items (``flat`` ids, ``raw`` lengths): specials off, separator on."""
+    """Docs of the non-pad items (``flat`` ids, ``raw`` lengths, ``names`` = (shard, record,
+    source) arrays): specials off, separator on."""
     joined, lengths, kept = fmt.join_flat(flat, raw)
     n = len(lengths)
     if n < len(raw):  # documents with no tokens once the tokenizer's specials are off
         where = where[kept]
-        names = names(kept) if callable(names) else [s for s, k in zip(names, kept.tolist()) if k]
-    elif callable(names):
-        names = names(None)
+        names = tuple(a[kept] for a in names)
     stats["pad_documents"] += n_pads
     stats["empty_documents"] += len(raw) - n
     stats["documents"] += n
-    return Docs(joined, lengths, np.zeros(n, dtype=np.int64), names, np.full(n, chunk, dtype=np.int64), where)
+    z = np.zeros(n, dtype=np.int64)
+    return Docs(joined, lengths, z, *names, np.full(n, chunk, dtype=np.int64), where)
+
+
+def _parse_ids(items: list[dict]) -> tuple:
+    """(shard, record, source) arrays of dict items ("SSSSS:RRRRRR" ids; source -1 when none)."""
+    pairs = [it["sample_id"].rsplit(":", 1) for it in items]
+    shard = np.array([int(p[0].rsplit("/", 1)[-1]) for p in pairs], dtype=np.int64)
+    record = np.array([int(p[1]) for p in pairs], dtype=np.int64)
+    source = np.array([int(it.get("source", -1)) for it in items], dtype=np.int64)
+    return shard, record, source
 
 
 class ItemReader:
     """Documents from ``iter(stream)``: one dict per item."""
 
-    def __init__(self, stream, fmt: DocFormat, stats: Counter, skip: int):
-        self.fmt, self.stats = fmt, stats
+    def __init__(self, stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
+        self.fmt, self.stats, self.stream = fmt, stats, stream
+        if start is not None:
+            stream.seek(start)
         self.items = iter(stream)
         # re-read what the chunk had before the resumed document
         skipped = sum(1 for _ in islice(self.items, skip))
@@ -88,33 +99,26 @@ class ItemReader:
             raise ValueError(NEEDS_IDS) from None
         raw = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
         flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-        names = [it["sample_id"] for it in got]
-        return _docs(self.fmt, self.stats, flat, raw, names, where, n_items - len(got), chunk), n_items, exhausted
+        return _docs(self.fmt, self.stats, flat, raw, _parse_ids(got), where, n_items - len(got), chunk), \
+            n_items, exhausted
+
+    def position(self) -> dict:
+        return self.stream.position()
 
 
 class ChunkReader:
-    """Documents from ``stream.iter_chunks()``: whole columnar chunks per read."""
+    """Documents from ``stream.read_chunks(skip)``: whole columnar chunks per read."""
 
-    def __init__(self, stream, fmt: DocFormat, stats: Counter, skip: int):
+    def __init__(self, stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
         self.fmt, self.stats = fmt, stats
-        self.chunks: Iterator = stream.iter_chunks()
-        self.head = None  # the rest of the chunk the resumed document is in
-        left = skip
-        for chunk in self.chunks:
-            if left < len(chunk):
-                self.head = chunk.slice(left, len(chunk)) if left else chunk
-                left = 0
-                break
-            left -= len(chunk)
-        if left:
-            raise ResumeError(f"packed state: skip={skip} items, but the stream has only {skip - left} from the "
-                              f"saved position: the state belongs to other data")
+        self.samples = int((start or {}).get("samples", 0)) + skip
+        self.chunks: Iterator = stream.read_chunks(self.samples)
 
     def _next(self):
-        if self.head is not None:
-            head, self.head = self.head, None
-            return head
         return next(self.chunks, None)
+
+    def position(self) -> dict:
+        return {"samples": self.samples}
 
     def read(self, chunk: int, first: int, budget: int) -> tuple[Docs, int, bool]:
         got = []
@@ -137,15 +141,12 @@ class ChunkReader:
         raw = _cat([c.ids.lengths if c.ids is not None else np.zeros(len(c), np.int64) for c in got], np.int64)
         shard, record = _cat([c.shard for c in got], np.int64), _cat([c.record for c in got], np.int64)
         where = np.arange(first, first + n_items, dtype=np.int64)
+        self.samples += n_items
         if n_pads:  # rank-evening repeats and corrupt-shard placeholders carry no document
             if len(raw):
                 flat, raw = flat[np.repeat(keep, raw)], raw[keep]
             where, shard, record = where[keep], shard[keep], record[keep]
-
-        def names(kept):
-            s, r = (shard, record) if kept is None else (shard[kept], record[kept])
-            return format_ids(s, r)
-
+        names = (shard, record, np.full(len(shard), -1, np.int64))
         return _docs(self.fmt, self.stats, flat, raw, names, where, n_pads, chunk), n_items, exhausted
 
 

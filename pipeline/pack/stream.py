@@ -70,11 +70,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import shards
 from pipeline import settings
+from pipeline.pack.blocks import BlockSet, rechunk
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
 from pipeline.pack.read import make_reader
 
 __all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
-STATE_VERSION = 3           # 1: no "skip" (read as 0); 2: no settings but seq_len/split_documents
+START = {"inner": None, "skip": 0, "offset": 0, "blocks": 0}  # a worker's position before its first block
 CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at least 8 blocks)
 
 
@@ -82,14 +83,13 @@ CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at le
 class PackedStream(IterableDataset):
     """Blocks of ``seq_len`` tokens cut from a document stream; see the module docstring.
 
-    ``stream``: a ShardStream (or MixedStream, or anything with ``__iter__`` over dicts
-    with ``input_ids``/``sample_id``/``is_pad``, ``state_dict``/``load_state_dict`` and
-    ``set_epoch``; one with ``iter_chunks()`` is read a columnar Chunk at a time, and its
-    ``state_dict()`` must then be exact between chunks).  ``sep_id``/``pad_id`` default to the tokenizer's (``shards.special_ids``);
-    the tokenizer is ``tokenizer``, else ``stream.tokenizer``, else the one named in the
-    manifest of pre-tokenized shards when it is a local path with the same fingerprint.
-    ``chunk_tokens``: tokens read from ``stream`` and cut at once (default ``max(32768,
-    8 * seq_len)``); the worker holds ~40 bytes per token of a chunk.
+    ``stream``: a ShardStream (read as columnar Chunks, ``read_chunks``), or a MixedStream
+    or anything with ``__iter__`` over dicts with ``input_ids``/``sample_id``/``is_pad``,
+    ``position()``/``seek(position)`` and ``set_epoch``.  ``sep_id``/``pad_id`` default to the
+    tokenizer's (``shards.special_ids``); the tokenizer is ``tokenizer``, else ``stream.tokenizer``,
+    else the one named in the manifest of pre-tokenized shards when it is a local path with
+    the same fingerprint.  ``chunk_tokens``: tokens read from ``stream`` and cut at once
+    (default ``max(32768, 8 * seq_len)``); the worker holds ~40 bytes per token of a chunk.
     """
 
     def __init__(self, stream, seq_len: int, *, split_documents: bool = True, sep_id: int | None = None,
@@ -114,8 +114,12 @@ class PackedStream(IterableDataset):
                         "max_length": getattr(stream, "max_length", None),
                         "tokenizer": shards.fingerprint(self.tokenizer) if self.tokenizer is not None else None}
         self.stats: Counter = Counter()
-        self._resume: dict | None = None
-        self._snapshot: tuple[dict | None, int, int] = (None, 0, 0)  # (inner state, items to skip, tokens)
+        self._seek: dict | None = None
+        self._position: dict = dict(START)
+
+    @property
+    def where(self) -> str:
+        return getattr(self.stream, "where", "packed stream")
 
     def collator(self) -> "BlockCollator":
         return BlockCollator(self.seq_len, self.pad_id)
@@ -124,59 +128,87 @@ class PackedStream(IterableDataset):
         self.epoch = int(epoch)
         self.stream.set_epoch(self.epoch)
 
-    # -- state ---------------------------------------------------------------
-    def state_dict(self) -> dict:
-        inner, skip, offset = self._snapshot
-        stats = Counter(getattr(self.stream, "stats", {}))
-        stats.update(self.stats)
-        return {"version": STATE_VERSION, "epoch": self.epoch, **self.resume_settings(), "inner": inner,
-                "skip": skip, "offset": offset, "stats": dict(stats)}
-
-    def resume_settings(self) -> dict:
+    # -- positions and state (settings.py) --------------------------------------------------
+    def loader_settings(self) -> dict:
         """What decides the blocks from a position on: the inner stream's order and the tokens."""
-        inner = getattr(self.stream, "resume_settings", None)
+        inner = getattr(self.stream, "loader_settings", None)
         return {**(inner() if callable(inner) else {}), "seq_len": self.seq_len,
                 "split_documents": self.split_documents, **self._tokens}
 
+    def reset_stats(self) -> None:
+        self.stats = Counter()
+        reset = getattr(self.stream, "reset_stats", None)
+        if callable(reset):
+            reset()
+
+    def counters(self) -> dict:
+        inner = getattr(self.stream, "counters", None)
+        stats = Counter(inner() if callable(inner) else getattr(self.stream, "stats", {}))
+        stats.update(self.stats)
+        return dict(stats)
+
+    def check_position(self, what: str, position: dict, worker_id: int, workers: int, batch_size: int) -> None:
+        for key in ("skip", "offset", "blocks"):
+            settings.count(what, f"workers[{worker_id}].{key}", position.get(key, 0))
+        if position.get("blocks", 0) > position["batches"] * batch_size:
+            raise settings.ResumeError(f"{what}: worker {worker_id} has {position['blocks']} blocks in "
+                                       f"{position['batches']} batches of {batch_size}; the state is damaged")
+
+    def position(self) -> dict:
+        """The position after the last block ``__iter__`` yielded."""
+        return dict(self._position)
+
+    def seek(self, position: dict | None) -> None:
+        """The next iteration (this epoch) starts at ``position``."""
+        self._seek = dict(position) if position else None
+
+    def state_dict(self) -> dict:
+        """The per-block iterator's state: a one-worker state of batch size 1 (settings.py)."""
+        blocks = self._position["blocks"]
+        return settings.make_state(self.epoch, blocks, [{"batches": blocks, **self._position}], 0,
+                                   {**self.loader_settings(), "batch_size": 1}, self.counters())
+
     def load_state_dict(self, state: dict) -> None:
         what = "packed state"
-        settings.version(what, state, (1, 2, STATE_VERSION), "PackedStream")
-        epoch = settings.count(what, "epoch", settings.entry(what, state, "epoch"))
-        skip = settings.count(what, "skip", state.get("skip", 0))
-        offset = settings.count(what, "offset", settings.entry(what, state, "offset"))
-        mid = settings.entry(what, state, "inner") is not None or skip > 0 or offset > 0
-        settings.check(what, state, self.resume_settings(), mid_epoch=mid)  # older versions: refused mid-epoch
+        epoch, _, positions, _ = settings.read_state(what, state, {**self.loader_settings(), "batch_size": 1})
+        if positions:
+            self.check_position(what, positions[0], 0, 1, 1)
         self.set_epoch(epoch)
-        self._resume = dict(state)
+        self.seek({k: v for k, v in positions[0].items() if k != "batches"} if positions else None)
 
-    # -- iteration -------------------------------------------------------------
+    # -- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
-        # Not a generator itself: the snapshot must be right before the first next(),
-        # since StatefulDataLoader asks for state as soon as the iterator exists.
-        state, self._resume = self._resume, None
-        inner, skip, offset = (state["inner"], int(state.get("skip", 0)), int(state["offset"])) if state else \
-            (None, 0, 0)
-        if inner is not None:
-            self.stream.load_state_dict(inner)
-        self._snapshot = (inner, skip, offset)
-        return self._blocks(inner, skip, offset)
+        """One dict per block (see the module docstring), from the sets of the loader's path."""
+        position, self._seek = self._seek, None
+        for part in self._sets(position):
+            for block, after in zip(part.blocks(), part.after):
+                self._position = after
+                yield block
 
-    def _blocks(self, start_state: dict | None, skip: int, offset: int) -> Iterator[dict]:
-        """Read a chunk of items, cut every block it completes, carry the rest; repeat.
+    def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False) -> Iterator[tuple]:
+        """This worker's blocks as numpy batches (blocks.py; ``items``: lists of block dicts),
+        from ``position`` on, each with the position after it."""
+        for part in rechunk(self._sets(position), batch_size):
+            yield (part.blocks() if items else part.batch()), part.after[-1]
 
-        A resume state is (inner state at the start of the chunk a document was read
-        in, items to skip from there, tokens of the document already emitted): the
-        inner stream's state is taken once per chunk, not per document."""
-        reader = make_reader(self.stream, self.format, self.stats, skip)
-        states = {0: start_state}      # chunk number -> inner state before its first item
+    def _sets(self, position: dict | None) -> Iterator[BlockSet]:
+        """Read a chunk of documents, cut every block it completes, carry the rest; repeat.
+
+        A position is (inner position at the start of the chunk a document was read in,
+        items to skip from there, tokens of the document already emitted, blocks so far):
+        the inner position is taken once per chunk, not per document."""
+        position = {**START, **(position or {})}
+        inner, skip, offset, blocks = position["inner"], position["skip"], position["offset"], position["blocks"]
+        reader = make_reader(self.stream, self.format, self.stats, inner, skip)
+        states = {0: inner}            # chunk number -> inner position before its first item
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
             new, n_items, exhausted = reader.read(chunk, first, budget)
-            if exhausted:  # resume = re-read this chunk's items: a state taken after the end can
+            if exhausted:  # resume = re-read this chunk's items: a position taken after the end can
                 after = (states[chunk], first + n_items, 0)  # be stale (MixedStream's sources restart)
             else:
-                states[chunk + 1] = self.stream.state_dict()
+                states[chunk + 1] = reader.position()
                 after = (states[chunk + 1], 0, 0)
             if offset and len(new):    # the resumed document: its first tokens were emitted before
                 new, offset = new.skip_first(offset), 0
@@ -185,7 +217,10 @@ class PackedStream(IterableDataset):
                                            f"stream has none left: the state belongs to other data")
             docs = carry + new
             result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
-            yield from self._emit(result, docs, states, after)
+            part = self._block_set(result, docs, states, after, blocks)
+            blocks += len(part)
+            if len(part):
+                yield part
             carry = result.carry
             if exhausted:
                 return
@@ -194,23 +229,22 @@ class PackedStream(IterableDataset):
             chunk, first = chunk + 1, 0
             budget = min(2 * budget, self.chunk_tokens)
 
-    def _emit(self, result, docs: Docs, states: dict, after: tuple) -> Iterator[dict]:
-        arrays = result.arrays
-        ids, labels, positions, doc_ids, mask = (arrays[k] for k in ARRAY_KEYS)
-        n_docs = len(docs)
-        chunks, items = docs.chunks.tolist(), docs.items.tolist()
-        for b, (nxt, emitted) in enumerate(result.cursors):
-            if nxt < n_docs:  # the next token is in a document already read
-                self._snapshot = (states[chunks[nxt]], items[nxt], emitted)
-            else:             # every token read so far is out: resume after this chunk
-                self._snapshot = after
-            real = result.num_tokens[b]
-            self.stats["blocks"] += 1
-            self.stats["tokens"] += real
-            self.stats["pad_tokens"] += self.seq_len - real
-            yield {"input_ids": ids[b], "labels": labels[b], "position_ids": positions[b], "doc_ids": doc_ids[b],
-                   "attention_mask": mask[b], "seqlens": result.seqlens[b], "num_tokens": real, "is_pad": False,
-                   "starts": result.starts[b], "sample_ids": result.sample_ids[b]}
+    def _block_set(self, result, docs: Docs, states: dict, after: tuple, blocks: int) -> BlockSet:
+        n = len(result.num_tokens)
+        real = int(result.num_tokens.sum())
+        self.stats["blocks"] += n
+        self.stats["tokens"] += real
+        self.stats["pad_tokens"] += n * self.seq_len - real
+        nxt, emitted = result.cursors
+        chunks, items, n_docs = docs.chunks.tolist(), docs.items.tolist(), len(docs)
+        positions = []
+        for b, (d, e) in enumerate(zip(nxt.tolist(), emitted.tolist()), start=blocks + 1):
+            inner, skip, offset = (states[chunks[d]], items[d], e) if d < n_docs else after
+            positions.append({"inner": inner, "skip": skip, "offset": offset, "blocks": b})
+        piece = result.piece_doc
+        return BlockSet(result.ids, result.positions, result.doc_ids, result.num_tokens, result.runs,
+                        result.run_bounds, docs.shard[piece], docs.record[piece], docs.source[piece],
+                        result.piece_starts, result.piece_bounds, positions)
 
 
 def _resolve_tokenizer(stream, tokenizer):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 # -- the chunked packer against the reference ------------------------------------------
 class ItemStream(IterableDataset):
-    """In-memory items with ShardStream's protocol (state: items consumed)."""
+    """In-memory items with ShardStream's protocol (position: samples consumed)."""
 
     def __init__(self, items: list[dict]):
         self.items, self.epoch, self._consumed, self._resume = items, 0, 0, 0
@@ -28,13 +28,13 @@ class ItemStream(IterableDataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def state_dict(self):
-        return {"consumed": self._consumed, "epoch": self.epoch}
+    def position(self):
+        return {"samples": self._consumed}
 
-    def load_state_dict(self, state):
-        if state["consumed"] < 0:  # like MixedStream's, a state taken after the end is not a position
-            raise ValueError("ItemStream: state taken after the end of the pass")
-        self._resume, self.epoch = state["consumed"], state["epoch"]
+    def seek(self, position):
+        if position["samples"] < 0:  # like MixedStream's, a position taken after the end is not one
+            raise ValueError("ItemStream: position taken after the end of the pass")
+        self._resume = position["samples"]
 
     def __iter__(self):
         skip, self._resume = self._resume, 0
@@ -46,16 +46,15 @@ class ItemStream(IterableDataset):
 
 
 class ChunkStream(ItemStream):
-    """The same items also as columnar Chunks of the given sizes (ShardStream.iter_chunks'
-    protocol: the consumed count advances by whole chunks, before each is yielded)."""
+    """The same items also as columnar Chunks of the given sizes (ShardStream.read_chunks'
+    protocol: from sample ``skip`` on)."""
 
     def __init__(self, items: list[dict], sizes: list[int]):
         super().__init__(items)
         self.sizes = sizes
 
-    def iter_chunks(self):
-        pos, self._resume = self._resume, 0
-        self._consumed = pos
+    def read_chunks(self, skip):
+        pos = skip
         k = 0
         while pos < len(self.items):
             part = self.items[pos:pos + self.sizes[k % len(self.sizes)]]
@@ -63,9 +62,7 @@ class ChunkStream(ItemStream):
                           np.array([it["is_pad"] for it in part], dtype=bool),
                           ids=Ragged.from_lists([it["input_ids"] for it in part]))
             pos, k = pos + len(part), k + 1
-            self._consumed = pos
             yield chunk
-        self._consumed = -1
 
 
 FORMATS = [DocFormat(3), DocFormat(3, (1,), (2,)), DocFormat(3, (1, 4), (2,)), DocFormat(3, (), (2, 5))]
@@ -80,7 +77,7 @@ def items_strategy(draw):
         n = draw(st.integers(1, 12)) if draw(st.integers(0, 5)) else draw(st.integers(13, 70))
         body = list(range(100 + 1000 * i, 100 + 1000 * i + n))
         ids = {"doc": body, "specials": [1, 4, *body, 2, 5], "pad": body, "empty": [1, 2]}[kind]
-        items.append({"sample_id": f"d{i}", "is_pad": kind == "pad", "input_ids": np.asarray(ids, dtype=np.int32)})
+        items.append({"sample_id": f"00000:{i:06d}", "is_pad": kind == "pad", "input_ids": np.asarray(ids, dtype=np.int32)})
     return items
 
 
@@ -129,24 +126,23 @@ def test_chunked_packer_resumes_from_any_block(items, fmt, seq_len, split, chunk
     assert_same_blocks(list(resumed), blocks[k:])
 
 
-def test_older_state_versions_are_refused_mid_epoch_and_read_at_the_boundary():
-    items = [{"sample_id": f"d{i}", "is_pad": False, "input_ids": np.arange(10) + 100 * i} for i in range(6)]
-    full = list(packer(items, FORMATS[0], 8, True, None))
-    # version 1: the inner state just before the document holding the next token, and its tokens emitted
-    old = {"version": 1, "epoch": 0, "seq_len": 8, "split_documents": True, "inner": {"consumed": 2, "epoch": 0},
-           "offset": 2, "stats": {}}  # after block 2: 24 tokens = documents 0, 1 (11 each) + 2 of document 2
-    # it records neither the separator nor the tokenizer: mid-epoch that cannot be checked
-    with pytest.raises(ValueError, match="cannot resume mid-epoch: .*sep_id was not recorded, now 3"):
-        packer(items, FORMATS[0], 8, True, None).load_state_dict(old)
-    # with what it lacks, the version 1 layout (no "skip": read as 0) still resumes exactly
-    current = packer(items, FORMATS[0], 8, True, None)
+def test_a_packed_state_is_refused_mid_epoch_under_other_settings_and_read_at_the_boundary():
+    items = [{"sample_id": f"00000:{i:06d}", "is_pad": False, "input_ids": np.arange(10) + 100 * i}
+             for i in range(6)]
+    packed = packer(items, FORMATS[0], 8, True, None)
+    full, it = [], iter(packed)
+    full += [next(it), next(it), next(it)]
+    mid = json.loads(json.dumps(packed.state_dict()))
+    assert mid["kind"] == "pipeline.loader/2" and mid["workers"][0]["offset"] == 2  # 24 = 11 + 11 + 2 tokens
+    full += list(it)
+    with pytest.raises(ValueError, match="cannot resume mid-epoch: .*seq_len was 8, now 9"):
+        packer(items, FORMATS[0], 9, True, None).load_state_dict(mid)
     resumed = packer(items, FORMATS[0], 8, True, None)
-    resumed.load_state_dict({**old, **current.resume_settings()})
+    resumed.load_state_dict(mid)
     assert_same_blocks(list(resumed), full[3:])
-    # at an epoch boundary nothing can repeat: an older state is read
-    boundary = packer(items, FORMATS[0], 8, True, None)
-    boundary.load_state_dict({**old, "inner": None, "offset": 0})
-    assert_same_blocks(list(boundary), full)
+    boundary = packer(items, FORMATS[0], 9, True, None)  # nothing of the epoch out: any layout
+    boundary.load_state_dict(packer(items, FORMATS[0], 8, True, None).state_dict())
+    assert len(list(boundary)) == -(-66 // 9)
 
 
 @settings(max_examples=200, deadline=None)
@@ -156,7 +152,7 @@ def test_join_equals_per_document_tokens(docs, fmt):
     tokens, lengths, kept = fmt.join(arrays)
     each = [fmt.tokens(a) for a in arrays]
     assert kept.tolist() == [t is not None for t in each]
-    assert tokens.dtype == np.int64 and tokens.tolist() == [int(x) for t in each if t is not None for x in t]
+    assert tokens.dtype == np.int32 and tokens.tolist() == [int(x) for t in each if t is not None for x in t]
     assert lengths.tolist() == [len(t) for t in each if t is not None]
 
 
@@ -182,7 +178,7 @@ def test_columnar_reader_equals_reference_and_resumes_across_paths(items, sizes,
                                                                    chunk_tokens, data):
     items = columnar(items)
     packed = chunk_packer(items, sizes, fmt, seq_len, split, chunk_tokens)
-    assert isinstance(make_reader(packed.stream, fmt, packed.stats, 0), ChunkReader)
+    assert isinstance(make_reader(packed.stream, fmt, packed.stats, None, 0), ChunkReader)
     it = iter(packed)
     states, blocks = [json.loads(json.dumps(packed.state_dict()))], []
     for block in it:

@@ -1,4 +1,4 @@
-"""PackedStream's columnar read path (ShardStream.iter_chunks) against its per-item path on real
+"""PackedStream's columnar read path (ShardStream.read_chunks) against its per-item path on real
 shard sets: the same blocks, sample ids and stats, and states that resume either path."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ N = 61  # over 3 ranks: 21 per rank, rank 2 has 2 rank-evening pads
 
 
 class ItemsOnly(IterableDataset):
-    """A ShardStream seen through ``__iter__`` only (no ``iter_chunks``): the per-item path."""
+    """A ShardStream seen through ``__iter__`` only (no ``read_chunks``): the per-item path."""
 
     def __init__(self, stream: ShardStream):
         self.inner, self.tokenizer, self.manifest = stream, stream.tokenizer, stream.manifest
@@ -35,14 +35,20 @@ class ItemsOnly(IterableDataset):
     def set_epoch(self, epoch):
         self.inner.set_epoch(epoch)
 
-    def state_dict(self):
-        return self.inner.state_dict()
+    def position(self):
+        return self.inner.position()
 
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state)
+    def seek(self, position):
+        self.inner.seek(position)
 
-    def resume_settings(self):
-        return self.inner.resume_settings()
+    def loader_settings(self):
+        return self.inner.loader_settings()
+
+    def counters(self):
+        return self.inner.counters()
+
+    def reset_stats(self):
+        self.inner.reset_stats()
 
     def __iter__(self):
         return iter(self.inner)
@@ -79,8 +85,8 @@ def blocks_and_states(packed: PackedStream) -> tuple[list[dict], list[dict]]:
 def test_columnar_path_equals_per_item_path(sets, minilm, kind, rank, world_size, split, chunk_tokens):
     columnar = make(sets, minilm, kind, rank, world_size, split, chunk_tokens=chunk_tokens)
     per_item = make(sets, minilm, kind, rank, world_size, split, items_only=True, chunk_tokens=chunk_tokens)
-    assert isinstance(make_reader(columnar.stream, columnar.format, columnar.stats, 0), ChunkReader)
-    assert isinstance(make_reader(per_item.stream, per_item.format, per_item.stats, 0), ItemReader)
+    assert isinstance(make_reader(columnar.stream, columnar.format, columnar.stats, None, 0), ChunkReader)
+    assert isinstance(make_reader(per_item.stream, per_item.format, per_item.stats, None, 0), ItemReader)
     got, expect = list(columnar), list(per_item)
     assert len(got) >= 8
     assert_same_blocks(got, expect)

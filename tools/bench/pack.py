@@ -11,7 +11,7 @@ then times, each in this process (no DataLoader) and best of ``--repeats``:
 - ``packed``: PackedStream over the on-the-fly stream; ``packed_pretok``: over the
   pre-tokenized one: blocks/s and real (non-padding) tokens/s; ``packed_pretok_items``:
   the same read an item dict at a time (PackedStream's path for streams without
-  ``iter_chunks``, e.g. MixedStream), for comparison with the columnar path;
+  ``read_chunks``, e.g. MixedStream), for comparison with the columnar path;
 - ``*_loader``: ``classify``, ``packed`` and ``packed_pretok`` through make_loader with
   ``--workers`` workers and their collators (batches of ``--batch-size``).
 Prints one JSON line per measurement.  Figures depend on the machine's load.
@@ -135,14 +135,17 @@ class _ItemsOnly:
     def __iter__(self):
         return iter(self.stream)
 
-    def state_dict(self):
-        return self.stream.state_dict()
+    def position(self):
+        return self.stream.position()
+
+    def seek(self, position):
+        self.stream.seek(position)
 
 
 def _packed_loader(ds, args):
     from pipeline import make_loader
 
-    return make_loader(ds, args.batch_size, args.workers, collate_fn=ds.collator())
+    return make_loader(ds, args.batch_size, args.workers)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""``BlockSet``: consecutive LM blocks as flat arrays, cut into batches by slicing.
+
+A chunk's ``Cut`` (cut.py) becomes one BlockSet; batches are slices of it (and
+joins of a chunk's tail with the next chunk's head), so a batch costs a few numpy
+slices whatever its size: no per-block dict, no per-document string.  The
+document names travel as int arrays and are formatted only when read
+(``BlockIds``, ``chunk.SampleIds``).  Over the worker pipe the block arrays are
+int32 ``input_ids``/``position_ids``/``doc_ids``; ``collate.to_tensors`` widens them
+and derives ``labels`` and ``attention_mask`` from ``doc_ids`` in the main process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline.chunk import SampleIds
+from pipeline.pack.cut import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class BlockSet:
+    ids: np.ndarray            # int32 [n, seq_len]
+    positions: np.ndarray      # int32 [n, seq_len]
+    doc_ids: np.ndarray        # int32 [n, seq_len], -1 on padding
+    num_tokens: np.ndarray     # int64 [n]
+    runs: np.ndarray           # every block's runs (pieces, then padding), block b's at run_bounds[b]:[b+1]
+    run_bounds: np.ndarray
+    shard: np.ndarray          # per piece (a document's part in a block), block b's at piece_bounds[b]:[b+1]
+    record: np.ndarray
+    source: np.ndarray         # per piece: the mixture source of its document, -1 outside a mixture
+    starts: np.ndarray         # per piece: the document starts in this block
+    piece_bounds: np.ndarray
+    after: list                # per block: the position after it (see PackedStream)
+
+    def __len__(self) -> int:
+        return len(self.num_tokens)
+
+    def slice(self, lo: int, hi: int) -> "BlockSet":
+        if lo == 0 and hi >= len(self):
+            return self
+        r0, r1 = int(self.run_bounds[lo]), int(self.run_bounds[hi])
+        p0, p1 = int(self.piece_bounds[lo]), int(self.piece_bounds[hi])
+        return BlockSet(self.ids[lo:hi], self.positions[lo:hi], self.doc_ids[lo:hi], self.num_tokens[lo:hi],
+                        self.runs[r0:r1], self.run_bounds[lo:hi + 1] - r0, self.shard[p0:p1], self.record[p0:p1],
+                        self.source[p0:p1], self.starts[p0:p1], self.piece_bounds[lo:hi + 1] - p0,
+                        self.after[lo:hi])
+
+    def batch(self) -> dict:
+        """The numpy batch the loader sends (see the module docstring)."""
+        started = self.starts
+        cu = np.zeros(len(self.runs) + 1, dtype=np.int32)
+        np.cumsum(self.runs, out=cu[1:])
+        return {"input_ids": self.ids, "position_ids": self.positions, "doc_ids": self.doc_ids,
+                "is_pad": np.zeros(len(self), dtype=bool),
+                "sample_ids": BlockIds(self.shard, self.record, self.source, self.piece_bounds),
+                "started_ids": SampleIds(self.shard[started], self.record[started], self.source[started]),
+                "num_tokens": int(self.num_tokens.sum()), "cu_seqlens": cu,
+                "max_seqlen": int(self.runs.max()) if len(self.runs) else 0}
+
+    def blocks(self) -> list[dict]:
+        """One dict per block (the per-block API and custom collate functions)."""
+        mask = (self.doc_ids >= 0).astype(np.int64)
+        ids = self.ids.astype(np.int64)
+        labels = np.where(mask == 1, ids, IGNORE_INDEX)
+        names = BlockIds(self.shard, self.record, self.source, self.piece_bounds)
+        runs, rb, pb = self.runs.tolist(), self.run_bounds.tolist(), self.piece_bounds.tolist()
+        starts = self.starts.tolist()
+        return [{"input_ids": ids[b], "labels": labels[b], "position_ids": self.positions[b].astype(np.int64),
+                 "doc_ids": self.doc_ids[b].astype(np.int64), "attention_mask": mask[b],
+                 "seqlens": runs[rb[b]:rb[b + 1]], "num_tokens": int(self.num_tokens[b]), "is_pad": False,
+                 "starts": starts[pb[b]:pb[b + 1]], "sample_ids": names[b]} for b in range(len(self))]
+
+
+def concat(sets: list[BlockSet]) -> BlockSet:
+    if len(sets) == 1:
+        return sets[0]
+    cat = np.concatenate
+
+    def bounds(name: str) -> np.ndarray:
+        shift = np.cumsum([0] + [int(getattr(s, name)[-1]) for s in sets[:-1]])
+        return cat([getattr(sets[0], name)[:1]] + [getattr(s, name)[1:] + k for s, k in zip(sets, shift)])
+
+    return BlockSet(cat([s.ids for s in sets]), cat([s.positions for s in sets]), cat([s.doc_ids for s in sets]),
+                    cat([s.num_tokens for s in sets]), cat([s.runs for s in sets]), bounds("run_bounds"),
+                    cat([s.shard for s in sets]), cat([s.record for s in sets]), cat([s.source for s in sets]),
+                    cat([s.starts for s in sets]), bounds("piece_bounds"), [a for s in sets for a in s.after])
+
+
+def rechunk(sets: Iterable[BlockSet], size: int) -> Iterator[BlockSet]:
+    """The same blocks in sets of exactly ``size`` (the last may be shorter)."""
+    held: list[BlockSet] = []
+    count = 0
+    for part in sets:
+        while len(part):
+            take = min(size - count, len(part))
+            held.append(part.slice(0, take))
+            count += take
+            part = part.slice(take, len(part))
+            if count == size:
+                yield concat(held)
+                held, count = [], 0
+    if held:
+        yield concat(held)
+
+
+class BlockIds:
+    """Per block, the ids of its documents ("SSSSS:RRRRRR", ``SOURCE/`` prefixed in a
+    mixture), formatted when first read: they cross the pipe as int arrays."""
+
+    __slots__ = ("ids", "bounds", "_lists")
+
+    def __init__(self, shard: np.ndarray, record: np.ndarray, source: np.ndarray, bounds: np.ndarray):
+        self.ids, self.bounds, self._lists = SampleIds(shard, record, source), bounds, None
+
+    def _all(self) -> list[list[str]]:
+        if self._lists is None:
+            flat, cuts = self.ids.tolist(), self.bounds.tolist()
+            self._lists = [flat[a:z] for a, z in zip(cuts[:-1], cuts[1:])]
+        return self._lists
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        return self._all() == [list(x) for x in other] if isinstance(other, (list, tuple, BlockIds)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"BlockIds({self._all()!r})"
+
+    def __reduce__(self):
+        return BlockIds, (self.ids.shard, self.ids.record, self.ids.source, self.bounds)
+
+    def tolist(self) -> list[list[str]]:
+        return [list(x) for x in self._all()]
