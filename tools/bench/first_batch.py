@@ -1,0 +1,143 @@
+"""Time to the first batch: ``next(iter(make_loader(ShardStream(...), 64, W)))`` in fresh processes.
+
+    python -m tools.bench.first_batch --scale 3 --work /tmp/fb      # builds arrow + tar sets, then times
+    python -m tools.bench.first_batch --arrow DIR --tar DIR --reps 5 --workers 0 2
+
+Each case (format x workers, and webdataset's first batch from the same tar shards when
+webdataset is importable) runs ``--reps`` times, interleaved, each in a fresh process;
+the clock starts after the imports, before the stream is made (manifest, tokenizer,
+workers, first shard fetched and verified), as the benchmark's ``ttfb_s`` does.  The
+medians are printed as one JSON object.  The peer runs under ``.venv-bench``'s python
+when it exists (the benchmark's peer venv), else under this python when it has
+webdataset, else it is skipped with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+BATCH, MAX_LENGTH, SHARDS = 64, 128, 8
+MARK = "FIRST_BATCH "
+
+
+def child_ours(url: str, workers: int, tokenizer: str) -> float:
+    """Seconds from creating the stream to holding its first batch (imports excluded)."""
+    import pipeline  # noqa: F401  (imports outside the clock, as a training script has them)
+    from pipeline import ShardStream, make_loader
+
+    t0 = time.perf_counter()
+    ds = ShardStream(url, tokenizer=tokenizer, max_length=MAX_LENGTH, shuffle=True, seed=0)
+    batch = next(iter(make_loader(ds, BATCH, num_workers=workers)))
+    seconds = time.perf_counter() - t0
+    if len(batch["input_ids"]) != BATCH:
+        raise RuntimeError(f"first batch has {len(batch['input_ids'])} rows, expected {BATCH}")
+    return seconds
+
+
+def child_webdataset(url: str, workers: int, tokenizer: str) -> float:
+    """webdataset's first batch from the same tar shards, as tools.bench.peers streams them."""
+    import glob
+
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+
+    from tools.bench.common import SHUFFLE_BUFFER, PadCollate
+
+    urls = sorted(glob.glob(os.path.join(url, "*.tar")))
+    t0 = time.perf_counter()
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), seed=0, workersplitter=wds.split_by_worker,
+                         nodesplitter=wds.single_node_only, empty_check=False)
+          .shuffle(SHUFFLE_BUFFER).decode().to_tuple("txt", "cls"))
+    batch = next(iter(DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=PadCollate(tokenizer))))
+    seconds = time.perf_counter() - t0
+    if len(batch["input_ids"]) != BATCH:
+        raise RuntimeError(f"webdataset's first batch has {len(batch['input_ids'])} rows, expected {BATCH}")
+    return seconds
+
+
+CHILDREN = {"ours": child_ours, "webdataset": child_webdataset}
+
+
+def peer_python() -> tuple[str | None, str]:
+    """(python that can import webdataset, why) or (None, why not)."""
+    for python in (PEER_PYTHON, pathlib.Path(sys.executable)):
+        if python.exists() and subprocess.run([str(python), "-c", "import webdataset"],
+                                              capture_output=True).returncode == 0:
+            return str(python), f"webdataset from {python}"
+    return None, f"skipped: webdataset is not importable from {PEER_PYTHON} or {sys.executable}"
+
+
+def run_child(python: str, kind: str, url: str, workers: int, tokenizer: str) -> float:
+    cmd = [python, "-m", "tools.bench.first_batch", "--child", kind, "--url", url,
+           "--workers", str(workers), "--tokenizer", tokenizer]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    lines = [x for x in done.stdout.splitlines() if x.startswith(MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"first_batch child {kind} {url} workers={workers} failed (exit {done.returncode}): "
+                           f"{done.stderr.strip()[-2000:]}")
+    return float(lines[-1][len(MARK):])
+
+
+def build_sets(work: str, scale: float) -> dict[str, str]:
+    """The benchmark's corpus and 8-shard arrow and tar sets under ``work`` (reused when built)."""
+    from tools.bench.corpus import make_corpus
+    from tools.bench.ours import task_build_ours
+
+    corpus = make_corpus(work, scale)
+    per_shard = math.ceil(corpus.records / SHARDS)
+    sets = {}
+    for fmt in ("arrow", "tar"):
+        out = os.path.join(work, f"{fmt}-x{scale:g}")
+        if not os.path.isfile(os.path.join(out, "index.json")):
+            task_build_ours(corpus.path, out, fmt=fmt, max_records=per_shard)
+        sets[fmt] = out
+    return sets
+
+
+def measure(sets: dict[str, str], workers: list[int], reps: int, tokenizer: str, peer: bool = True) -> dict:
+    python, why = peer_python() if peer else (None, "skipped: --no-peer")
+    cases = [(f"{fmt}-w{w}", sys.executable, "ours", url, w) for fmt, url in sets.items() for w in workers]
+    if python is not None and "tar" in sets:
+        cases += [(f"webdataset-w{w}", python, "webdataset", sets["tar"], w) for w in workers]
+    times: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    for _ in range(reps):  # interleaved, so load on the shared machine falls on every case alike
+        for name, py, kind, url, w in cases:
+            times[name].append(run_child(py, kind, url, w, tokenizer))
+    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "runs_s": times, "peer": why,
+            "reps": reps, "sets": sets}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arrow"), p.add_argument("--tar")
+    p.add_argument("--scale", type=float, default=3.0, help="benchmark corpus scale when sets are built (default 3)")
+    p.add_argument("--work", default="/tmp/first-batch", help="folder for the built corpus and sets")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled MiniLM)")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.tokenizer is None:
+        from tools.bench.corpus import minilm_path
+        a.tokenizer = minilm_path()
+    if a.child:
+        print(f"{MARK}{CHILDREN[a.child](a.url, a.workers[0], a.tokenizer)!r}", flush=True)
+        return
+    sets = {k: v for k, v in (("arrow", a.arrow), ("tar", a.tar)) if v} or build_sets(a.work, a.scale)
+    print(json.dumps(measure(sets, a.workers, a.reps, a.tokenizer, not a.no_peer), indent=1))
+
+
+if __name__ == "__main__":
+    main()
