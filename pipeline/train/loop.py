@@ -78,8 +78,20 @@ def setup(world: World) -> torch.device:
         torch.cuda.set_device(device)
     if world.world_size > 1:
         dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.world_size,
-                                device_id=device if cuda else None)
+                                device_id=device if cuda else None, store=restart_store(world))
     return device
+
+
+def restart_store(world: World):
+    """After a ``torchrun --max-restarts`` restart, the rendezvous store under a prefix of its own.
+
+    torchrun can hand the restarted group the store the failed group used, which still holds the dead
+    ranks' addresses: a new rank reading one before its peer rewrites it connects to a closed port."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart in ("", "0"):
+        return None  # env:// as usual
+    store, _, _ = next(dist.rendezvous("env://", world.rank, world.world_size))
+    return dist.PrefixStore(f"pipeline.train/restart-{restart}", store)
 
 
 def announce(world: World, device) -> None:

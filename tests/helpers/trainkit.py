@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
 
+import psutil
 import torch
 
 from tests.conftest import ROOT, build_set, minilm_path
@@ -55,9 +58,64 @@ def train_args(train: str, evalset: str | None, model: str, out, steps: int = 6,
     return args + list(extra)
 
 
-def torchrun(nproc: int, args: list[str], **kw) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "pipeline.train", *args]
+def torchrun(nproc: int, args: list[str], launch: list[str] | None = None) -> list[str]:
+    """The torchrun command line; ``launch`` replaces ``--standalone`` (e.g. ``--nnodes 2 --node_rank 0 ...``)."""
+    return [sys.executable, "-m", "torch.distributed.run", *(launch or ["--standalone"]), "--nproc_per_node",
+            str(nproc), "-m", "pipeline.train", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def logged_step(run: pathlib.Path) -> int:
+    """The last step rank 0 logged in its local audit log (0 before the first)."""
+    path = pathlib.Path(run) / "audit" / "rank0.jsonl"
+    if not path.exists():
+        return 0
+    last = 0
+    for line in path.read_text().splitlines()[1:]:
+        try:
+            last = json.loads(line)["step"]
+        except json.JSONDecodeError:
+            break  # a line being written right now
+    return last
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun, its ranks (own sessions) and their loader workers, by pid."""
+    try:
+        victims = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # it already ended
+        victims = []
+    for pid in victims:
+        try:
+            psutil.Process(pid).send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    for pid in victims:  # the ranks are not torchrun's direct children: wait until they are gone
+        try:
+            psutil.Process(pid).wait(timeout=30)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def rank_process(proc: subprocess.Popen, rank: int) -> psutil.Process:
+    """The training process of ``rank`` under the torchrun ``proc`` (not a loader worker: that one's parent
+    is a rank, whose environment holds the same RANK)."""
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and child.parent().environ().get("RANK") is None:
+                found.append(child)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    if len(found) != 1:
+        raise AssertionError(f"expected one process of rank {rank} under torchrun, found {found}")
+    return found[0]
 
 
 def run_torchrun(nproc: int, args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""SIGKILL a 2-rank torchrun training run between checkpoints, three times, then --resume each time.
+"""SIGKILL a 2-rank torchrun training run between checkpoints, three times; each restart resumes (--resume auto).
 
 The continued run must train on exactly the batches of an uninterrupted run
 (audit logs equal, rank by rank, micro-batch by micro-batch: no lost sample, no
@@ -9,52 +9,28 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
 import subprocess
 import time
 
-import psutil
 import pytest
 
 from shards import audit
 from tests.conftest import ROOT, build_set
-from tests.helpers.trainkit import ENV, audit_lines, final_weights, run_torchrun, same_weights, tiny_bert, torchrun, train_args
+from tests.helpers.trainkit import (
+    ENV,
+    audit_lines,
+    final_weights,
+    kill_tree,
+    logged_step,
+    run_torchrun,
+    same_weights,
+    tiny_bert,
+    torchrun,
+    train_args,
+)
 
 STEPS, EVERY = 60, 10
 KILL_AT = (14, 33, 52)  # steps (per rank 0's audit log) after which the whole job is killed
-
-
-def logged_step(run: pathlib.Path) -> int:
-    """The last step rank 0 logged (0 before the first)."""
-    path = run / "audit" / "rank0.jsonl"
-    if not path.exists():
-        return 0
-    last = 0
-    for line in path.read_text().splitlines()[1:]:
-        try:
-            last = json.loads(line)["step"]
-        except json.JSONDecodeError:
-            break  # a line being written right now
-    return last
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL torchrun, its ranks (own sessions) and their loader workers, by pid."""
-    try:
-        victims = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:  # it already ended
-        victims = []
-    for pid in victims:
-        try:
-            psutil.Process(pid).send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=30)
-    for pid in victims:  # the ranks are not torchrun's direct children: wait until they are gone
-        try:
-            psutil.Process(pid).wait(timeout=30)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def run_until_killed(args: list[str], run: pathlib.Path, target: int) -> int:
@@ -94,8 +70,9 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(tmp_path,
     run_torchrun(2, train_args(train, None, model, ref, STEPS, 4, "classify", *extra), timeout=400)
 
     figures = []
-    for i, target in enumerate(KILL_AT):
-        args = train_args(train, None, model, run, STEPS, 4, "classify", *extra, *(["--resume"] if i else []))
+    for target in KILL_AT:
+        # the first run starts fresh; the later ones resume by default (--resume auto), the last says --resume
+        args = train_args(train, None, model, run, STEPS, 4, "classify", *extra)
         killed = run_until_killed(args, run, target)
         ckpt = latest_checkpoint(run)
         assert ckpt <= killed, (ckpt, killed)
