@@ -46,8 +46,10 @@ from shards.build.lock import (
     redacted,
     sigterm_raises,
 )
+from shards.build.prefetch import prefetch
 from shards.build.writer import Limits, Part, PartWriter, columns_of
 from shards.corpus import jsonl as corpus_jsonl
+from shards.corpus import txt_block
 from shards.corpus.inputs import expand_inputs
 from shards.corpus.labels import check_label_map, check_label_names, normalized_values
 from shards.corpus.read import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
@@ -169,7 +171,7 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
         os.makedirs(local_dir, exist_ok=True)
         columns, text_chars = _unit_columns(cfg, unit, labels, bad)
         label_counts = [0] * len(labels) if labels is not None else None
-        columns = _counting(columns, label_counts)
+        columns = _counting(prefetch(columns), label_counts)  # the reader runs a few blocks ahead on a thread
         tok = _tokenizer(cfg.tokenizer)
         fields = formats.fields_of(labels is not None, tok is not None)
         writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
@@ -215,6 +217,18 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
                 text_chars["n"] += col.text_chars
                 yield col
         return columns(), text_chars
+    fast = None
+    if kind == "txt" and cfg.spec.text_unit == "line" and cfg.spec.block_parse:
+        fast = txt_block.read_columns(unit, cfg.spec, bad, cfg.storage_options)
+    elif kind in ("csv", "tsv") and cfg.spec.block_parse:
+        from shards.corpus import csv_block  # imports pyarrow.csv: only for CSV inputs
+        fast = csv_block.read_columns(unit, cfg.spec, bad, labels, "\t" if kind == "tsv" else ",", cfg.storage_options)
+    if fast is not None:
+        def counted():
+            for col in fast:
+                text_chars["n"] += col.text_chars
+                yield col
+        return counted(), text_chars
     label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
     where = Where(unit, cfg.storage_options)
 

@@ -89,19 +89,23 @@ class LocalEngine:
         self.workers = workers
         self._pool = None
 
-    def _executor(self):
+    def _executor(self, tasks: int):
+        """The process pool, or None to run ``tasks`` here: one task gains nothing from another
+        process (its reader and writer already use two threads) and would pay its start-up."""
+        if tasks <= 1 and self._pool is None:
+            return None
         if self._pool is None and self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=die_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def scan_labels(self, cfg, units) -> list[set[str]]:
-        pool = self._executor()
+        pool = self._executor(len(units))
         args = ([cfg.spec] * len(units), [cfg.storage_options] * len(units))
         return list((pool.map if pool else map)(scan_labels, units, *args))
 
     def __call__(self, cfg, items, bar, run_unit) -> dict:
-        pool = self._executor()
+        pool = self._executor(len(items))
         results = {}
         if pool is None:
             for i, unit, labels, key in items:

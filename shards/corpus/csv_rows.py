@@ -105,33 +105,55 @@ def read_csv(unit: Unit, spec: CorpusSpec, bad: BadRecords, delimiter: str, comp
     dropped: dict[int, int] = {}
     limit = spec.max_record_bytes
     blocks = line_blocks(unit, limit, bad, where, compression, storage_options, dropped=dropped)
-    feed = _Feed(_lines(blocks, limit, bad, where, dropped), dropped, limit)
-    _raise_csv_field_limit(limit)
-    rows = csv.reader(feed, delimiter=delimiter, strict=True)
-    header = list(spec.columns) if spec.columns else None
+    rows = Rows(_lines(blocks, limit, bad, where, dropped), dropped, spec, bad, where, delimiter)
     while True:
+        record = rows.next_row()
+        if record is END:
+            return
+        if record is not None:
+            yield record
+
+
+END = object()  # Rows.next_row: no line left
+
+
+class Rows:
+    """The strict CSV reader, one row at a time over physical lines ``(bytes with break, number)``."""
+
+    def __init__(self, lines: Iterator[tuple[bytes, int]], dropped: dict[int, int], spec: CorpusSpec,
+                 bad: BadRecords, where, delimiter: str):
+        self.spec, self.bad, self.where = spec, bad, where
+        self.limit = spec.max_record_bytes
+        self.feed = _Feed(lines, dropped, self.limit)
+        _raise_csv_field_limit(self.limit)
+        self.rows = csv.reader(self.feed, delimiter=delimiter, strict=True)
+        self.header = list(spec.columns) if spec.columns else None
+
+    def next_row(self):
+        """The next row's record, None (a header, or a bad row, counted) or END."""
+        feed, bad, where = self.feed, self.bad, self.where
         feed.start_row()
         try:
-            row = next(rows)
+            row = next(self.rows)
         except StopIteration:
-            return
+            return END
         except _Cut:
-            _drain_too_long(feed, bad, where, limit, header is None)
-            continue
+            _drain_too_long(feed, bad, where, self.limit, self.header is None)
+            return None
         except csv.Error as exc:
-            _malformed(feed, bad, where, exc, header is None)
-            continue
+            _malformed(feed, bad, where, exc, self.header is None)
+            return None
         lines, start = len(feed.row), feed.row[0][0]
-        if header is None:
+        if self.header is None:
             if row and "".join(row).strip():
-                header = _checked_header(row, where, start)
+                self.header = _checked_header(row, where, start)
             elif lines:
                 bad.add(BLANK, where(start), lines=lines)  # blank lines before the header
-            continue
-        record = _record(row, header, spec, bad, where, start, lines)
+            return None
+        record = _record(row, self.header, self.spec, bad, where, start, lines)
         if record is not None:
             bad.continued += lines - 1
-            yield record
+        return record
 
 
 def _raise_csv_field_limit(limit: int) -> None:

@@ -75,6 +75,10 @@ def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = Non
     """
     if kind_of(unit.url, spec.input_format)[0] == "jsonl" and spec.block_parse:
         return corpus_jsonl.scan_labels(unit, spec, storage_options)
+    kind = kind_of(unit.url, spec.input_format)[0]
+    if kind in ("csv", "tsv") and spec.block_parse:
+        from shards.corpus import csv_block  # imports pyarrow.csv: only for CSV inputs
+        return csv_block.scan_labels(unit, spec, "\t" if kind == "tsv" else ",", storage_options)
     return {r.label for r in read_unit(unit, spec, BadRecords("skip"), storage_options)}
 
 

@@ -56,7 +56,7 @@ class CorpusSpec:
     columns: tuple[str, ...] | None = None  # CSV/TSV without a header row
     on_bad_record: str = "error"
     max_record_bytes: int = 8 << 20
-    block_parse: bool = True  # JSONL: pyarrow parses blocks of lines (False: line by line; same output)
+    block_parse: bool = True  # JSONL, CSV/TSV, txt lines: whole blocks column-wise (False: line by line; same output)
     text_unit: str = "line"  # txt: one record per line, per blank-line-separated paragraph, or per file
     input_format: str | None = None  # the reader for every input, whatever its extension (None: by extension)
 

@@ -1,0 +1,111 @@
+"""txt read one record per line, column-wise: a block of whole lines becomes an Arrow string
+array with a few numpy calls, giving exactly what the per-line path
+(:func:`shards.corpus.records.txt_records` over :func:`shards.corpus.decode.split_lines`) gives.
+
+Per line, in the per-line path's order: over ``--max-record-bytes`` is ``too_long``, only
+whitespace (``bytes.strip()``'s) is ``blank_line``, a NUL byte is ``nul_byte``, bytes that are not
+UTF-8 are ``invalid_utf8``; the rest is written as it is.  A block holding a CR (CRLF or lone CR
+line breaks), many invalid lines, or any bad line under ``--on-bad-record error`` (which must
+name the first one) is read by the per-line path itself.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from shards.build.writer import Columns
+from shards.corpus.decode import Where, line_blocks, split_lines
+from shards.corpus.records import txt_records
+from shards.corpus.spec import BLANK, BadRecords, CorpusSpec, Unit, kind_of
+
+BLOCK_BYTES = 8 << 20
+MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the block goes per line
+ASCII_SPACE = np.zeros(256, bool)
+ASCII_SPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() strips
+
+
+def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options: dict | None = None
+                 ) -> Iterator[Columns]:
+    """The unit's lines as Columns (one record per non-blank line), as the per-line path gives them."""
+    where = Where(unit, storage_options)
+    compression = kind_of(unit.url, spec.input_format)[1]
+    limit = spec.max_record_bytes
+    for block, first in line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES):
+        yield block_columns(block, first, limit, bad, where)
+
+
+def line_bounds(a: np.ndarray, ends_with_newline: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) offsets of each LF-ended line of a block (end: the LF, or the block's end)."""
+    newlines = np.flatnonzero(a == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    if ends_with_newline:
+        return starts[:-1], newlines
+    return starts, np.concatenate((newlines, [len(a)]))
+
+
+def per_line(block: bytes, first: int, limit: int, bad: BadRecords, where) -> Columns:
+    texts = [r.text for r in txt_records(split_lines(block, first, limit, bad, where), bad, where)]
+    return Columns(pa.array(texts, pa.string()), None, sum(map(len, texts)))
+
+
+def block_columns(block: bytes, first: int, limit: int, bad: BadRecords, where) -> Columns:
+    if not block or b"\r" in block:
+        return per_line(block, first, limit, bad, where)
+    a = np.frombuffer(block, np.uint8)
+    starts, ends = line_bounds(a, block.endswith(b"\n"))
+    too_long = (ends - starts) > limit
+    # per line: does it hold a byte other than whitespace (a NUL)? one pass over the bytes each
+    blank = ~np.logical_or.reduceat(~ASCII_SPACE[a], starts) & ~too_long
+    nul = np.zeros(len(starts), bool)
+    if b"\0" in block:
+        nul = np.logical_or.reduceat(a == 0, starts) & ~too_long & ~blank
+    invalid = np.zeros(len(starts), bool)
+    if not block.isascii() and not _mark_invalid(block, starts, invalid):
+        return per_line(block, first, limit, bad, where)
+    invalid &= ~too_long & ~blank & ~nul
+    if bad.policy == "error" and (too_long.any() or nul.any() or invalid.any()):
+        return per_line(block, first, limit, bad, where)  # raises naming the first bad line
+    for reason, mask in (("too_long", too_long), (BLANK, blank), ("nul_byte", nul), ("invalid_utf8", invalid)):
+        bad.add_many(reason, int(np.count_nonzero(mask)))
+    good = ~(too_long | blank | nul | invalid)
+    return _strings(block, good, starts, ends)
+
+
+def _mark_invalid(block: bytes, starts: np.ndarray, invalid: np.ndarray) -> bool:
+    """Mark the lines holding bytes that are not UTF-8; False if there are too many to locate."""
+    view, at = memoryview(block), 0
+    for _ in range(MAX_UTF8_ERRORS):
+        try:
+            str(view[at:], "utf-8")
+            return True
+        except UnicodeDecodeError as exc:
+            line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
+            invalid[line] = True
+            if line + 1 >= len(starts):
+                return True
+            at = int(starts[line + 1])
+    return False
+
+
+def _strings(block: bytes, keep: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Columns:
+    """Lines ``keep`` of a block of LF-ended lines as an Arrow string array: each run of kept
+    lines is one slice of the block with its line feeds removed (no per-line object)."""
+    offsets = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
+    np.cumsum((ends - starts)[keep], out=offsets[1:])
+    edges = np.flatnonzero(np.diff(keep.view(np.int8))) + 1
+    bounds = [0, *edges.tolist(), len(keep)]
+    data = b"".join(block[starts[lo]:ends[hi - 1]].replace(b"\n", b"")
+                    for lo, hi in zip(bounds, bounds[1:]) if keep[lo])
+    text = pa.Array.from_buffers(pa.string(), len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                               pa.py_buffer(data)])
+    return Columns(text, None, _characters(data))
+
+
+def _characters(data: bytes) -> int:
+    """UTF-8 characters in valid UTF-8 ``data`` (bytes that are not continuation bytes)."""
+    if data.isascii():
+        return len(data)
+    a = np.frombuffer(data, np.uint8)
+    return len(data) - int(np.count_nonzero((a & 0xC0) == 0x80))

@@ -1,0 +1,177 @@
+"""``shards build`` on one large file against the pyarrow floor, per input format (issue 17, target 1).
+
+    python -m tools.bench.build [--mb 110] [--reps 3] [--workers 1,2] [--formats jsonl,csv,txt]
+
+Generates ~``--mb`` MB JSONL, CSV and TXT files under ``--dir`` (SST-2 sentences and
+WikiText-2 lines repeated from ../shared/corpora, or generated sentences when absent), then
+times, interleaved, ``--reps`` times each and in a fresh process each:
+
+* the floor: ``pyarrow.json.read_json`` / ``pyarrow.csv.read_csv`` (txt: read_csv with one
+  column, no quoting) + an Arrow IPC file write, no checks, no manifest, no sha256;
+* the whole command a user runs: ``shards build INPUT --out OUT --format arrow|tar --workers N``.
+
+It prints medians in MB/s of input and each build's ratio to its format's floor.  Timings on a
+shared machine are noisy: only the ratios within one run mean something.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+CORPORA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora")
+SHARDS = [sys.executable, "-m", "shards"]
+
+
+def _sentences() -> list[tuple[str, int]]:
+    path = os.path.join(CORPORA, "sst2", "train.tsv")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        return [(s, int(label)) for s, label in rows]
+    words = "the film a story with great acting but dull plot , moving and funny not bad".split()
+    return [(" ".join(words[(i * k) % len(words)] for k in range(3, 3 + 5 + i % 20)), i % 2) for i in range(60000)]
+
+
+def _txt_lines() -> list[str]:
+    path = os.path.join(CORPORA, "wikitext-2", "test.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    return [s for s, _ in _sentences()] + [""]
+
+
+def _write_repeated(path: str, unit: str, mb: float) -> None:
+    """``unit`` (one pass over the source, as text) repeated to about ``mb`` MB."""
+    if os.path.exists(path) and abs(os.path.getsize(path) - mb * 1e6) < len(unit.encode()) * 1.01:
+        return
+    data = unit.encode("utf-8")
+    with open(path + ".tmp", "wb") as f:
+        for _ in range(max(1, round(mb * 1e6 / len(data)))):
+            f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def make_inputs(folder: str, mb: float, kinds: list[str]) -> dict[str, str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    if "jsonl" in kinds:
+        unit = "".join(json.dumps({"text": s, "label": y}) + "\n" for s, y in _sentences())
+        paths["jsonl"] = os.path.join(folder, "big.jsonl")
+        _write_repeated(paths["jsonl"], unit, mb)
+    if "csv" in kinds:
+        import io
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerows(_sentences())
+        paths["csv"] = os.path.join(folder, "big.csv")
+        body = buf.getvalue()
+        _write_repeated(paths["csv"] + ".body", body, mb)
+        if not os.path.exists(paths["csv"]) or os.path.getsize(paths["csv"]) != os.path.getsize(paths["csv"] + ".body") + 11:
+            with open(paths["csv"], "wb") as out, open(paths["csv"] + ".body", "rb") as src:
+                out.write(b"text,label\n")
+                shutil.copyfileobj(src, out, 1 << 22)
+    if "txt" in kinds:
+        paths["txt"] = os.path.join(folder, "big.txt")
+        _write_repeated(paths["txt"], "\n".join(_txt_lines()) + "\n", mb)
+    return paths
+
+
+def floor(kind: str, path: str, out: str) -> None:
+    """The pyarrow floor for one format: read the whole file, write one Arrow IPC file."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pj
+
+    if kind == "jsonl":
+        table = pj.read_json(path)
+    elif kind == "csv":
+        table = pcsv.read_csv(path)
+    else:
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(column_names=["text"]),
+                              parse_options=pcsv.ParseOptions(delimiter="\x01", quote_char=False,
+                                                              double_quote=False))
+    os.makedirs(out, exist_ok=True)
+    with pa.OSFile(os.path.join(out, "part-00000.arrow"), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1024)
+
+
+def build_command(kind: str, path: str, out: str, fmt: str, workers: int, labelled: bool) -> list[str]:
+    cmd = [*SHARDS, "build", path, "--out", out, "--format", fmt, "--workers", str(workers), "--no-progress"]
+    if labelled and kind != "txt":
+        cmd += ["--label-field", "label"]
+    return cmd
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def run(args) -> dict:
+    kinds = args.formats.split(",")
+    workers = [int(w) for w in args.workers.split(",")]
+    paths = make_inputs(args.dir, args.mb, kinds)
+    cases = []  # (kind, name, command)
+    for kind in kinds:
+        out = os.path.join(args.dir, f"out-{kind}")
+        cases.append((kind, "pyarrow floor", [sys.executable, "-m", "tools.bench.build", "--floor", kind,
+                                              paths[kind], out]))
+        for fmt in args.shard_formats.split(","):
+            for w in workers:
+                cases.append((kind, f"{fmt} w{w}", build_command(kind, paths[kind], out, fmt, w, not args.unlabelled)))
+    times: dict[tuple[str, str], list[float]] = {(k, n): [] for k, n, _ in cases}
+    for rep in range(args.reps):
+        for kind, name, cmd in cases:  # interleaved: every case once per repetition
+            shutil.rmtree(os.path.join(args.dir, f"out-{kind}"), ignore_errors=True)
+            times[(kind, name)].append(_timed(cmd))
+            print(f"  rep {rep + 1} {kind:5s} {name:14s} {times[(kind, name)][-1]:.2f} s", file=sys.stderr, flush=True)
+    report = {}
+    for kind in kinds:
+        size = os.path.getsize(paths[kind])
+        floor_s = statistics.median(times[(kind, "pyarrow floor")])
+        print(f"{kind}: {size / 1e6:.1f} MB, {paths[kind]}")
+        for (k, name), ts in times.items():
+            if k != kind:
+                continue
+            med = statistics.median(ts)
+            report[f"{kind} {name}"] = {"mb_per_s": size / 1e6 / med, "ratio": floor_s / med, "seconds": ts}
+            print(f"  {name:14s} {size / 1e6 / med:7.1f} MB/s  {floor_s / med:5.2f}x floor  "
+                  f"(median of {', '.join(f'{t:.2f}' for t in ts)} s)")
+    return report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb", type=float, default=110, help="size of each input file (default 110)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are reported (default 3)")
+    p.add_argument("--workers", default="1,2", help="--workers values to time (default 1,2)")
+    p.add_argument("--formats", default="jsonl,csv,txt", help="input formats (default jsonl,csv,txt)")
+    p.add_argument("--shard-formats", default="arrow,tar", help="shard formats (default arrow,tar)")
+    p.add_argument("--unlabelled", action="store_true", help="no --label-field for jsonl/csv")
+    p.add_argument("--dir", default="/tmp/shards-bench-build", help="inputs and outputs (default /tmp/shards-bench-build)")
+    p.add_argument("--json", help="write the figures here")
+    p.add_argument("--floor", nargs=3, metavar=("KIND", "INPUT", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.floor:
+        floor(*args.floor)
+        return
+    report = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
