@@ -198,6 +198,7 @@ class MixedStream(IterableDataset):
         n = len(self.streams)
         self._draws = int(position["draws"]) if position else 0
         self._items = int(position.get("items", 0)) if position else 0
+        self._ended = bool(position.get("ended", False)) if position else False
         self._passes = list(position["passes"]) if position else [0] * n
         self._dropped = list(position["dropped"]) if position else [False] * n
         sources = position["sources"] if position else [None] * n
@@ -209,9 +210,14 @@ class MixedStream(IterableDataset):
 
     def loader_settings(self) -> dict:
         """What decides the draws and which source each comes from, and each source's order."""
-        return {"seed": self.seed, "stop": self.stop, "weights": self.weights,
-                "identities": [_identity(s) for s in self.streams],
-                "sources": [s.loader_settings() if hasattr(s, "loader_settings") else None for s in self.streams]}
+        out = {"seed": self.seed, "stop": self.stop, "weights": self.weights,
+               "identities": [_identity(s) for s in self.streams]}
+        for i, source in enumerate(self.streams):  # flat, so that a message names the one that changed
+            found = getattr(source, "loader_settings", None)
+            for key, value in (found() if callable(found) else {}).items():
+                if key != "identity":  # in identities
+                    out[f"sources[{i}].{key}"] = value
+        return out
 
     def reset_stats(self) -> None:
         self.stats = Counter()
@@ -229,7 +235,7 @@ class MixedStream(IterableDataset):
         """After the last item: draws and items so far, each source's pass count, whether it was
         dropped, and its own position (None until it yields in this pass)."""
         sources = [s.position() if started else None for s, started in zip(self.streams, self._started)]
-        return {"draws": self._draws, "items": self._items, "passes": list(self._passes),
+        return {"draws": self._draws, "items": self._items, "ended": self._ended, "passes": list(self._passes),
                 "dropped": list(self._dropped), "sources": sources}
 
     def seek(self, position: dict | None) -> None:
@@ -296,11 +302,14 @@ class MixedStream(IterableDataset):
         return self._mix(Draws(self.seed, self.epoch, worker_id, self._draws))
 
     def _mix(self, draws: Draws) -> Iterator:
+        if self._ended:  # the stopping rule ended this epoch before the position was taken
+            return
         iters = [None if dropped else iter(s) for s, dropped in zip(self.streams, self._dropped)]
         table = None
         while True:
             live = tuple(not d for d in self._dropped)
             if not any(live):
+                self._ended = True
                 return
             if table is None or table.live != live:
                 table = _Table(self.weights, live)
@@ -310,6 +319,7 @@ class MixedStream(IterableDataset):
             if item is _END:
                 item = self._exhausted(i, iters)
                 if item is None:
+                    self._ended = True
                     return
                 if item is _END:
                     continue  # source dropped: draw again

@@ -53,9 +53,10 @@ def make_state(epoch: int, batches: int, workers: list, last: int, now: dict, st
             "settings": now, "stats": dict(stats)}
 
 
-def read_state(what: str, state, now: dict) -> tuple[int, int, list, int]:
+def read_state(what: str, state, now: dict, most: int | None = None) -> tuple[int, int, list, int]:
     """(epoch, batches, worker positions, last worker) of ``state``, checked against ``now``
-    (the settings that decide the batches); a one-line ResumeError for anything off."""
+    (the settings that decide the batches) and ``most`` batches per epoch when known; a
+    one-line ResumeError for anything off."""
     if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
         kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
         raise ResumeError(f"{what}: state of kind {kind!r}; this reads {STATE_KIND!r} "
@@ -64,6 +65,7 @@ def read_state(what: str, state, now: dict) -> tuple[int, int, list, int]:
     batches = count(what, "batches", entry(what, state, "batches"))
     saved = entry(what, state, "settings")
     check(what, saved, now, mid_epoch=batches > 0)
+    count(what, "batches", batches, most)  # same settings: the same epoch length
     workers = entry(what, state, "workers")
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
         raise ResumeError(f"{what}: workers={workers!r} must be a list of position dicts; pass the saved state")

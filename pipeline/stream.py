@@ -230,7 +230,10 @@ class ShardStream(IterableDataset):
     # -- the stream: one read path (chunks), and its thin wrappers ----------------------------
     def __iter__(self) -> Iterator[dict]:
         """One dict per sample, the samples of ``read_chunks``; ``state_dict()`` after any is exact."""
-        for chunk in self.read_chunks():
+        return self._items(self.read_chunks())  # not a generator itself: refusals come at iter()
+
+    def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
+        for chunk in chunks:
             for item in chunk.items():
                 self._consumed += 1
                 yield item

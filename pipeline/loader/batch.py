@@ -80,7 +80,9 @@ class _Messages(IterableDataset):
         self.stream.set_epoch(self.epoch)
         reset_stats(self.stream)  # this worker's counts for this epoch, sent with every message
         start = self.positions[worker_id]
-        batches = self.stream.batches(self.batch_size, start, items=self.collate_fn is not None, **self.batch_kw)
+        items = self.collate_fn is not None
+        batches = self.stream.batches(self.batch_size, start if start["batches"] else None, items=items,
+                                      **self.batch_kw)
         if self.lead[worker_id]:
             yield worker_id, [], [], counters(self.stream)
         size = self.group - start["batches"] % self.group
@@ -149,13 +151,13 @@ class BatchLoader:
 
     def load_state_dict(self, state: dict) -> None:
         what = f"loader state for {getattr(self.dataset, 'where', type(self.dataset).__name__)}"
-        epoch, batches, positions, _ = settings.read_state(what, state, self._settings())
+        counts = self._counts()
+        most = sum(counts) if counts is not None else None
+        epoch, batches, positions, _ = settings.read_state(what, state, self._settings(), most)
         workers = max(self.num_workers, 1)
         for worker_id, position in enumerate(positions):
-            self.dataset.check_position(what, position, worker_id, workers, self.batch_size)
-        counts = self._counts()
-        if counts is not None:
-            settings.count(what, "batches", batches, sum(counts))  # same settings: the same epoch length
+            if position["batches"]:  # a worker with none delivered starts at its beginning
+                self.dataset.check_position(what, position, worker_id, workers, self.batch_size)
         self._resume = dict(state)
         self.dataset.set_epoch(epoch)
         self._stats_done = Counter(state.get("stats", {}))
@@ -213,7 +215,8 @@ class BatchLoader:
     def _local(self):
         stream = self.dataset
         items = self.collate_fn is not None
-        for batch, position in stream.batches(self.batch_size, self._positions[0], items=items, **self.batch_kw):
+        start = self._positions[0] if self._positions[0]["batches"] else None
+        for batch, position in stream.batches(self.batch_size, start, items=items, **self.batch_kw):
             self._delivered_one(0, position)
             yield self._finish(batch if not items else self.collate_fn(batch))
         self._check_end()

@@ -106,9 +106,11 @@ def test_batch_loader_refuses_counters_out_of_range(sets, loader_state, batches)
 
 def test_batches_past_the_end_never_end_the_epoch_silently(sets, loader_state):
     workers, state = loader_state
+    done = make_loader(stream(sets["a"]), 4, num_workers=workers)
+    end = sum(1 for _ in done)
+    assert end == len(done)
     loader = make_loader(stream(sets["a"]), 4, num_workers=workers)
-    end = len(loader)
-    loader.load_state_dict({**state, "batches": end})  # the exact end is a position: nothing left
+    loader.load_state_dict(done.state_dict())  # the exact end is a position: nothing left
     assert list(loader) == []
     with pytest.raises(ValueError, match=f"batches={end + 1} is out of range \\(valid: 0..{end}\\)"):
         make_loader(stream(sets["a"]), 4, num_workers=workers).load_state_dict({**state, "batches": end + 1})
@@ -125,7 +127,8 @@ def test_an_epoch_boundary_state_loads_under_another_layout(sets, loader_state):
 
 def test_a_state_from_the_previous_version_is_refused_mid_epoch_only(sets, loader_state):
     workers, state = loader_state
-    old = {k: v for k, v in state.items() if k not in ("shuffle_buffer", "block_size", "identity")}
+    settings = {k: v for k, v in state["settings"].items() if k not in ("shuffle_buffer", "block_size", "identity")}
+    old = {**state, "settings": settings}
     loader = make_loader(stream(sets["a"]), 4, num_workers=workers)
     with pytest.raises(ValueError, match="shuffle_buffer was not recorded, now 10.*older version"):
         loader.load_state_dict(old)
@@ -134,6 +137,15 @@ def test_a_state_from_the_previous_version_is_refused_mid_epoch_only(sets, loade
 
 
 # -- ShardStream's own per-sample state --------------------------------------------------
+def with_settings(state: dict, **changed) -> dict:
+    return {**state, "settings": {**state["settings"], **changed}}
+
+
+def with_position(state: dict, **changed) -> dict:
+    """``state`` with worker 0's position changed (batches too when it is a count of samples)."""
+    return {**state, "workers": [{**state["workers"][0], **changed}, *state["workers"][1:]]}
+
+
 @pytest.fixture(scope="module")
 def sample_state(sets):
     ds = stream(sets["a"])
@@ -152,17 +164,20 @@ def test_shard_stream_refuses_other_data_workers_and_counters(sets, sample_state
     with pytest.raises(ValueError, match="identity was"):
         stream(sets["a_other"]).load_state_dict(sample_state)
     ds = stream(sets["a"])
-    ds.load_state_dict({**sample_state, "worker": 1, "num_workers": 2})  # saved by worker 1 of 2
+    ds.load_state_dict(with_settings(sample_state, worker=1, num_workers=2))  # saved by worker 1 of 2
     with pytest.raises(ValueError, match="worker was 1, now 0; num_workers was 2, now 1"):
         iter(ds)
     with pytest.raises(ValueError, match=r"worker=5 is out of range \(valid: 0..1\)"):
-        ds.load_state_dict({**sample_state, "worker": 5, "num_workers": 2})
+        ds.load_state_dict(with_settings(sample_state, worker=5, num_workers=2))
     for consumed in (-1, "7", 1.5):
-        with pytest.raises(ValueError, match="consumed=.* is out of range"):
-            stream(sets["a"]).load_state_dict({**sample_state, "consumed": consumed})
+        with pytest.raises(ValueError, match="batches=.* is out of range"):
+            stream(sets["a"]).load_state_dict({**sample_state, "batches": consumed})
+        with pytest.raises(ValueError, match="samples=.* is out of range"):
+            stream(sets["a"]).load_state_dict(with_position(sample_state, samples=consumed))
     past = stream(sets["a"])
-    past.load_state_dict({**sample_state, "consumed": N // 2 + 1})  # this rank has N/2 samples
-    with pytest.raises(ValueError, match=f"consumed={N // 2 + 1} is out of range \\(valid: 0..{N // 2}\\)"):
+    beyond = N // 2 + 1  # this rank has N/2 samples
+    past.load_state_dict({**with_position(sample_state, samples=beyond, batches=beyond), "batches": beyond})
+    with pytest.raises(ValueError, match=f"samples={beyond} is out of range \\(valid: 0..{N // 2}\\)"):
         iter(past)
 
 
@@ -193,7 +208,8 @@ def packed_state(sets, minilm):
     it = iter(ds)
     next(it), next(it), next(it)
     state = json.loads(json.dumps(ds.state_dict()))
-    assert state["inner"] is not None or state["skip"] or state["offset"], "not mid-epoch"
+    position = state["workers"][0]
+    assert state["batches"] == 3 and (position["inner"] is not None or position["skip"] or position["offset"])
     return state
 
 
@@ -215,9 +231,11 @@ def test_packed_stream_refuses_each_changed_setting(sets, minilm, packed_state, 
 def test_packed_stream_refuses_other_data_and_bad_counters(sets, minilm, packed_state):
     with pytest.raises(ValueError, match="identity was"):
         packed(sets["a_other"], minilm).load_state_dict(packed_state)
-    for key, value in (("skip", -1), ("offset", "2"), ("epoch", -3)):
-        with pytest.raises(ValueError, match=f"{key}=.* is out of range"):
-            packed(sets["a"], minilm).load_state_dict({**packed_state, key: value})
+    for key, value in (("skip", -1), ("offset", "2"), ("blocks", 9)):
+        with pytest.raises(ValueError, match=f"{key}=.* is out of range|has 9 blocks in 3 batches"):
+            packed(sets["a"], minilm).load_state_dict(with_position(packed_state, **{key: value}))
+    with pytest.raises(ValueError, match="epoch=-3 is out of range"):
+        packed(sets["a"], minilm).load_state_dict({**packed_state, "epoch": -3})
 
 
 def test_packed_loader_refuses_another_batch_size_or_worker_count(sets, minilm):
@@ -229,9 +247,9 @@ def test_packed_loader_refuses_another_batch_size_or_worker_count(sets, minilm):
         make_loader(packed(sets["a"], minilm), 3, num_workers=0).load_state_dict(state)
     with pytest.raises(ValueError, match="num_workers was 0, now 2"):
         make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict(state)
-    with pytest.raises(ValueError, match="_num_yielded=-1 is out of range"):
-        make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict({**state, "_num_yielded": -1})
-    older = {k: v for k, v in state.items() if k != "shardstream_settings"}  # saved by the previous version
+    with pytest.raises(ValueError, match="batches=-1 is out of range"):
+        make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict({**state, "batches": -1})
+    older = {**state, "settings": {k: v for k, v in state["settings"].items() if k != "batch_size"}}
     with pytest.raises(ValueError, match="batch_size was not recorded, now 2.*older version"):
         make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict(older)
 
@@ -246,7 +264,7 @@ def mixed_state(sets):
     m = mixture(sets)
     list(islice(iter(m), 9))
     state = json.loads(json.dumps(m.state_dict()))
-    assert all(s is not None for s in state["sources"]), "both sources started"
+    assert all(s is not None for s in state["workers"][0]["sources"]), "both sources started"
     return state
 
 
@@ -294,17 +312,20 @@ def test_packed_loader_with_workers_refuses_unknown_workers_and_bad_counters(set
     next(it), next(it)
     state = json.loads(json.dumps(loader.state_dict()))
     del it
-    snap = state["_snapshot"]
+    assert state["kind"] == "pipeline.loader/2" and len(state["workers"]) == 2
 
-    def load(**snapshot):
-        broken = {**state, "_snapshot": {**snap, **snapshot}}
-        make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict(broken)
+    def load(**change):
+        make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict({**state, **change})
 
-    extra = {**snap["_worker_snapshots"], "worker_7": snap["_worker_snapshots"]["worker_0"]}
-    with pytest.raises(ValueError, match=r"worker snapshots \['worker_0', 'worker_1', 'worker_7'\]"):
-        load(_worker_snapshots=extra)
-    with pytest.raises(ValueError, match=r"_last_yielded_worker_id=5 is out of range \(valid: 0..1\)"):
-        load(_last_yielded_worker_id=5)
-    with pytest.raises(ValueError, match="_snapshot_step=-2 is out of range"):
-        load(_snapshot_step=-2)
+    def at(**position):
+        return [{**state["workers"][0], **position}, state["workers"][1]]
+
+    with pytest.raises(ValueError, match=r"3 worker positions, this loader has 2"):
+        load(workers=state["workers"] + [state["workers"][0]])
+    with pytest.raises(ValueError, match=r"last=5 is out of range \(valid: 0..1\)"):
+        load(last=5)
+    with pytest.raises(ValueError, match=r"workers\[0\]\.offset=-2 is out of range"):
+        load(workers=at(offset=-2))
+    with pytest.raises(ValueError, match="not the sum of the workers' batches"):
+        load(workers=at(batches=state["workers"][0]["batches"] + 1))
     load()  # the state as saved loads

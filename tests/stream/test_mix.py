@@ -28,11 +28,11 @@ class ListStream(IterableDataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def state_dict(self):
-        return {"consumed": self._consumed, "epoch": self.epoch}
+    def position(self):
+        return {"samples": self._consumed}
 
-    def load_state_dict(self, state):
-        self._resume, self.epoch = state["consumed"], state["epoch"]
+    def seek(self, position):
+        self._resume = position["samples"]
 
     def __iter__(self):
         skip, self._resume = self._resume, 0
@@ -144,6 +144,11 @@ def test_resume_after_any_item_equals_uninterrupted(sizes, stop, seed, epoch, da
     assert first + list(fresh) == full
 
 
+def at(state: dict, **position) -> dict:
+    """``state`` with its worker position changed (a damaged state)."""
+    return {**state, "workers": [{**state["workers"][0], **position}]}
+
+
 def test_resume_refuses_a_different_mixture_mid_epoch():
     m = mixed([5, 5], [1, 1])
     it = iter(m)
@@ -155,11 +160,11 @@ def test_resume_refuses_a_different_mixture_mid_epoch():
     with pytest.raises(ValueError, match="seed was 0, now 1"):
         mixed([5, 5], [1, 1], seed=1).load_state_dict(state)
     with pytest.raises(ValueError, match="draws=-1 is out of range"):
-        mixed([5, 5], [1, 1]).load_state_dict({**state, "draws": -1})
+        mixed([5, 5], [1, 1]).load_state_dict(at(state, draws=-1))
     with pytest.raises(ValueError, match="weights was .*; identities was"):
         mixed([5, 5, 5], [1, 1, 1]).load_state_dict(state)
     with pytest.raises(ValueError, match="passes must list one entry per source"):
-        mixed([5, 5], [1, 1]).load_state_dict({**state, "passes": [0, 0, 0]})
+        mixed([5, 5], [1, 1]).load_state_dict(at(state, passes=[0, 0, 0]))
     # at an epoch boundary nothing was drawn: the new mixture starts the epoch afresh
     fresh = mixed([5, 5], [1, 2])
     fresh.load_state_dict(mixed([5, 5], [1, 1]).state_dict())
