@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from shards import formats, storage
+from shards.build import spill
 from shards.build.engines import EngineError, LocalEngine, Progress
 from shards.build.lock import (
     OutputLock,
@@ -206,23 +207,14 @@ def _counting(columns, counts: list[int] | None):
 def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
     """(generator of :class:`Columns` with label ids, counter of text chars read) for one unit.
 
-    JSONL goes through pyarrow's JSON reader (:mod:`shards.corpus.jsonl`), which
-    gives the same records, counts and errors as the per-record path below.
+    JSONL, CSV/TSV and txt lines are read column-wise (pyarrow's JSON and CSV readers, numpy
+    checks), which gives the same records, counts and errors as the per-record path below.
     """
     text_chars = Counter()
-    kind, _ = kind_of(unit.url, cfg.spec.input_format)
-    if kind == "jsonl" and cfg.spec.block_parse:
-        def columns():
-            for col in corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options):
-                text_chars["n"] += col.text_chars
-                yield col
-        return columns(), text_chars
-    fast = None
-    if kind == "txt" and cfg.spec.text_unit == "line" and cfg.spec.block_parse:
-        fast = txt_block.read_columns(unit, cfg.spec, bad, cfg.storage_options)
-    elif kind in ("csv", "tsv") and cfg.spec.block_parse:
-        from shards.corpus import csv_block  # imports pyarrow.csv: only for CSV inputs
-        fast = csv_block.read_columns(unit, cfg.spec, bad, labels, "\t" if kind == "tsv" else ",", cfg.storage_options)
+    # a unit whose label scan ran here was parsed once already: its records are read back
+    fast = spill.take(unit, cfg.spec, cfg.storage_options, bad, labels) if labels is not None else None
+    if fast is None and cfg.spec.block_parse:
+        fast = _column_reader(cfg, unit, labels, bad)
     if fast is not None:
         def counted():
             for col in fast:
@@ -244,6 +236,19 @@ def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: B
                         f"{raw.label!r} not in {labels} (--label-names or --label-map)")
 
     return columns_of(records(), labels is not None), text_chars
+
+
+def _column_reader(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
+    """The unit's column-wise reader (jsonl, csv/tsv, txt lines), or None for the per-record path."""
+    kind, _ = kind_of(unit.url, cfg.spec.input_format)
+    if kind == "jsonl":
+        return corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options)
+    if kind in ("csv", "tsv"):
+        from shards.corpus import csv_block  # imports pyarrow.csv: only for CSV inputs
+        return csv_block.read_columns(unit, cfg.spec, bad, labels, "\t" if kind == "tsv" else ",", cfg.storage_options)
+    if kind == "txt" and cfg.spec.text_unit == "line":
+        return txt_block.read_columns(unit, cfg.spec, bad, cfg.storage_options)
+    return None
 
 
 def _unit_bytes(unit: Unit, storage_options) -> int:
@@ -349,6 +354,7 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
             bar.close()
         if own_engine:
             engine.close(abort=failed)  # a failed unit stops the others now, not when they finish
+        spill.discard_all()
     missing = [i for i, *_ in todo if i not in ran]
     if missing:
         raise EngineError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")

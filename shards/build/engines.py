@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from shards.build import spill
 from shards.corpus.read import scan_labels
 
 
@@ -102,7 +103,8 @@ class LocalEngine:
     def scan_labels(self, cfg, units) -> list[set[str]]:
         pool = self._executor(len(units))
         args = ([cfg.spec] * len(units), [cfg.storage_options] * len(units))
-        return list((pool.map if pool else map)(scan_labels, units, *args))
+        # here, the scan keeps what it parsed for the write pass (shards.build.spill)
+        return list(pool.map(scan_labels, units, *args) if pool else map(spill.scan, units, *args))
 
     def __call__(self, cfg, items, bar, run_unit) -> dict:
         pool = self._executor(len(items))

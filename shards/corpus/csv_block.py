@@ -174,13 +174,14 @@ def scan_labels(unit: Unit, spec: CorpusSpec, delimiter: str, storage_options: d
     """The label values of the unit's good records (bad ones skipped whatever the policy)."""
     found: set[str] = set()
     for col in read_columns(unit, spec, BadRecords("skip"), None, delimiter, storage_options, for_scan=True):
-        found.update(col.label or ())
+        found.update(pc.unique(col.label).to_pylist())
     return found
 
 
 def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str] | None, delimiter: str,
                  storage_options: dict | None = None, for_scan: bool = False) -> Iterator[Columns]:
-    """The unit's records as Columns with label ids by ``labels`` (``for_scan``: label strings)."""
+    """The unit's records as Columns with label ids by ``labels`` (``for_scan``: an Arrow array of the
+    label strings, and unknown labels are not looked for)."""
     where = Where(unit, storage_options)
     compression = kind_of(unit.url, spec.input_format)[1]
     limit = spec.max_record_bytes
@@ -250,7 +251,7 @@ class _Pending:
             return
         labels = None
         if self.for_scan:
-            labels = self.label_ids
+            labels = pa.array(self.label_ids, pa.string())
         elif self.ids is not None:
             labels = np.array(self.label_ids, np.int64)
         yield Columns(pa.array(self.texts, pa.string()), labels, self.chars)
@@ -319,7 +320,7 @@ class _Parser:
             ids = pc.filter(ids, good) if ids is not None else None
         chars = pc.sum(pc.utf8_length(chars_of)).as_py() or 0
         if self.for_scan:
-            yield Columns(text, pc.unique(label).to_pylist() if label is not None else None, chars)
+            yield Columns(text, label, chars)
         else:
             labels = ids.to_numpy().astype(np.int64) if ids is not None else None
             yield Columns(text, labels, chars)

@@ -43,6 +43,15 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
         yield from reader.columns(block, first)
 
 
+def scan_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options: dict | None = None
+                 ) -> Iterator[Columns]:
+    """The unit's good records as Columns whose ``label`` is the Arrow array of their label strings
+    (the first pass of a labelled build, kept for the second: :mod:`shards.build.spill`)."""
+    reader = _Reader(unit, spec, bad, None, storage_options, scan=True)
+    for block, first in reader.blocks():
+        yield from reader.columns(block, first)
+
+
 def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> set[str]:
     """The label values of the unit's good records (bad ones skipped whatever the policy)."""
     reader = _Reader(unit, spec, BadRecords("skip"), None, storage_options)
@@ -54,8 +63,9 @@ def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = Non
 
 class _Reader:
     def __init__(self, unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str] | None,
-                 storage_options: dict | None):
+                 storage_options: dict | None, scan: bool = False):
         self.unit, self.spec, self.bad, self.labels = unit, spec, bad, labels
+        self.scan = scan  # label strings instead of ids
         self.storage_options = storage_options
         self.where = Where(unit, storage_options)
         self.checker = Checker(spec, labels)
@@ -90,7 +100,7 @@ class _Reader:
             for piece, line, has_cr in cr_runs(block, first):
                 yield from self._per_line(piece, line) if has_cr else self.columns(piece, line)
             return
-        checked = self.checker.check(block)
+        checked = self.checker.check(block, for_scan=self.scan)
         if checked is None:
             pieces = self._pieces(block, first)
             if len(pieces) == 1:
@@ -127,6 +137,9 @@ class _Reader:
             label_ids = pc.filter(label_ids, good) if label_ids is not None else None
         else:
             chars = pc.sum(pc.utf8_length(text)).as_py() or 0
+        if self.scan:
+            yield Columns(text, label_ids, chars)
+            return
         labels = label_ids.to_numpy().astype(np.int64) if label_ids is not None else None
         yield Columns(text, labels, chars)
 
@@ -162,15 +175,20 @@ class _Reader:
         texts, label_ids, chars = [], [], 0
         for raw in jsonl_records(lines, self.spec, self.bad, self.where):
             chars += len(raw.text)
-            if ids is not None:
+            if self.scan:
+                label_ids.append(raw.label)
+            elif ids is not None:
                 if raw.label not in ids:
                     self.bad.add("unknown_label", self.where(raw.line),
                                  f"{raw.label!r} not in {self.labels} (--label-names or --label-map)")
                     continue
                 label_ids.append(ids[raw.label])
             texts.append(raw.text)
-        yield Columns(pa.array(texts, pa.string()), np.array(label_ids, np.int64) if ids is not None else None,
-                      chars)
+        if self.scan:
+            labels = pa.array(label_ids, pa.string()) if self.spec.label_field is not None else None
+        else:
+            labels = np.array(label_ids, np.int64) if ids is not None else None
+        yield Columns(pa.array(texts, pa.string()), labels, chars)
 
 
 def cr_runs(block: bytes, first: int) -> list[tuple[bytes, int, bool]]:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-CORPORA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora")
+CORPORA = os.environ.get("SHARDS_CORPORA", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora"))
 SHARDS = [sys.executable, "-m", "shards"]
 
 
@@ -47,12 +47,13 @@ def _txt_lines() -> list[str]:
     return [s for s, _ in _sentences()] + [""]
 
 
-def _write_repeated(path: str, unit: str, mb: float) -> None:
-    """``unit`` (one pass over the source, as text) repeated to about ``mb`` MB."""
+def _write_repeated(path: str, unit: str, mb: float, header: bytes = b"") -> None:
+    """``header``, then ``unit`` (one pass over the source, as text) repeated to about ``mb`` MB."""
     if os.path.exists(path) and abs(os.path.getsize(path) - mb * 1e6) < len(unit.encode()) * 1.01:
         return
     data = unit.encode("utf-8")
     with open(path + ".tmp", "wb") as f:
+        f.write(header)
         for _ in range(max(1, round(mb * 1e6 / len(data)))):
             f.write(data)
     os.replace(path + ".tmp", path)
@@ -68,15 +69,9 @@ def make_inputs(folder: str, mb: float, kinds: list[str]) -> dict[str, str]:
     if "csv" in kinds:
         import io
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerows(_sentences())
+        csv.writer(buf, lineterminator="\n").writerows(_sentences())
         paths["csv"] = os.path.join(folder, "big.csv")
-        body = buf.getvalue()
-        _write_repeated(paths["csv"] + ".body", body, mb)
-        if not os.path.exists(paths["csv"]) or os.path.getsize(paths["csv"]) != os.path.getsize(paths["csv"] + ".body") + 11:
-            with open(paths["csv"], "wb") as out, open(paths["csv"] + ".body", "rb") as src:
-                out.write(b"text,label\n")
-                shutil.copyfileobj(src, out, 1 << 22)
+        _write_repeated(paths["csv"], buf.getvalue(), mb, header=b"text,label\n")
     if "txt" in kinds:
         paths["txt"] = os.path.join(folder, "big.txt")
         _write_repeated(paths["txt"], "\n".join(_txt_lines()) + "\n", mb)

@@ -1,0 +1,132 @@
+"""One parse per labelled JSONL/CSV unit: the label scan keeps what it read for the write pass.
+
+A labelled build needs every label value before it writes the first id, so it used to read
+(and parse) each input twice.  When the scan runs in the build's own process, it now writes
+the good records it parsed (text and label string) to a local Arrow IPC *spill* file, with
+its bad-record counts; the write pass of the same unit reads that back (memory-mapped, no
+parse) and maps the label strings to ids.  The records, counts and order are the reader's
+own, so the shards are byte-identical to a build that parses twice.
+
+A spill is used only when it can stand for the write pass exactly: under
+``--on-bad-record error`` a scan that met a bad record (which the write pass must raise,
+naming it) keeps no spill; a unit over :data:`MAX_SPILL_BYTES` is not spilled (the scan
+just collects labels, as before).  Spills live in the system temp folder and are removed
+when the build ends, whatever way it ends.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shards.build.writer import Columns
+from shards.corpus import jsonl as corpus_jsonl
+from shards.corpus.read import BLANK, BadRecords, CorpusSpec, Unit, kind_of, scan_labels
+from shards.storage import is_remote
+
+MAX_SPILL_BYTES = 2 << 30  # spilled text beyond this: give up the spill (the unit is parsed twice)
+SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
+
+
+@dataclass
+class Spill:
+    path: str
+    chars: list[int] = field(default_factory=list)  # text_chars of each spilled Columns, in order
+    bad: dict[str, int] = field(default_factory=dict)
+    continued: int = 0
+
+
+_SPILLS: dict[tuple, Spill] = {}  # (unit, spec) -> spill of this process's scans
+_DIR: list[str] = []
+_NUMBERS = itertools.count()
+
+
+def _key(unit: Unit, spec: CorpusSpec, storage_options) -> tuple:
+    return unit, spec, repr(sorted((storage_options or {}).items()))
+
+
+def _columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options) -> Iterator[Columns] | None:
+    kind, compression = kind_of(unit.url, spec.input_format)
+    if not spec.block_parse or spec.label_field is None or is_remote(unit.url):
+        return None
+    if compression is None and unit.end is None and os.path.getsize(unit.url) > MAX_SPILL_BYTES:
+        return None
+    if kind == "jsonl":
+        return corpus_jsonl.scan_columns(unit, spec, bad, storage_options)
+    if kind in ("csv", "tsv"):
+        from shards.corpus import csv_block
+        return csv_block.read_columns(unit, spec, bad, None, "\t" if kind == "tsv" else ",", storage_options,
+                                      for_scan=True)
+    return None
+
+
+def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> set[str]:
+    """The unit's label values (as :func:`shards.corpus.read.scan_labels`), spilling what it read."""
+    bad = BadRecords("skip")
+    columns = _columns(unit, spec, bad, storage_options)
+    if columns is None:
+        return scan_labels(unit, spec, storage_options)
+    if not _DIR:
+        _DIR.append(tempfile.mkdtemp(prefix="shards-spill-"))
+    spill = Spill(os.path.join(_DIR[0], f"{next(_NUMBERS)}.arrows"))
+    found: set[str] = set()
+    size, keep = 0, True
+    with pa.OSFile(spill.path, "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        for col in columns:
+            label = col.label.combine_chunks() if isinstance(col.label, pa.ChunkedArray) else col.label
+            text = col.text.combine_chunks() if isinstance(col.text, pa.ChunkedArray) else col.text
+            found.update(pc.unique(label).to_pylist())
+            if not keep:
+                continue
+            size += text.nbytes
+            keep = size <= MAX_SPILL_BYTES
+            if keep:
+                writer.write_batch(pa.RecordBatch.from_arrays([text, label], schema=SCHEMA))
+                spill.chars.append(col.text_chars)
+    spill.bad, spill.continued = dict(bad.counts), bad.continued
+    if keep:
+        _SPILLS[_key(unit, spec, storage_options)] = spill
+    else:
+        os.remove(spill.path)
+    return found
+
+
+def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels: list[str]
+         ) -> Iterator[Columns] | None:
+    """The write pass's Columns of a spilled unit (label ids by ``labels``), counting its bad
+    records into ``bad``; None when there is no spill that stands for it."""
+    spill = _SPILLS.pop(_key(unit, spec, storage_options), None)
+    if spill is None:
+        return None
+    if bad.policy == "error" and any(reason != BLANK for reason in spill.bad):
+        os.remove(spill.path)
+        return None  # the write pass reads again and stops at the first bad record, naming it
+    for reason, n in spill.bad.items():
+        bad.add_many(reason, n)
+    bad.continued += spill.continued
+    return _read(spill, pa.array(labels, pa.string()))
+
+
+def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
+    # not closed here: the writer may still hold slices of the last batches; the map goes with them
+    source = pa.memory_map(spill.path)
+    os.remove(spill.path)  # the map keeps the data; nothing is left behind whatever happens next
+    for batch, chars in zip(pa.ipc.open_stream(source), spill.chars):
+        ids = pc.index_in(batch.column(1), value_set=label_set)
+        if ids.null_count:
+            raise RuntimeError(f"spill {spill.path}: a label outside the scanned set (a bug)")
+        yield Columns(batch.column(0), ids.to_numpy().astype(np.int64), chars)
+
+
+def discard_all() -> None:
+    """Remove every spill of this process (the build is over)."""
+    _SPILLS.clear()
+    while _DIR:
+        shutil.rmtree(_DIR.pop(), ignore_errors=True)
