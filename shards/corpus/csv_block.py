@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.csv_rows import END, Rows, _lines
 from shards.corpus.decode import Where, line_blocks
@@ -186,7 +187,8 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
     compression = kind_of(unit.url, spec.input_format)[1]
     limit = spec.max_record_bytes
     dropped: dict[int, int] = {}
-    blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped)
+    # read and cut a block or two ahead, on a thread (``dropped`` only ever gains lines not reached yet)
+    blocks = prefetch(line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped), depth=2)
     source = _Source(blocks, limit, bad, where, dropped, delimiter, 0)
     rows = Rows(_strict_lines(source, limit, bad, where, dropped), dropped, spec, bad, where, delimiter)
     parser = _Parser(spec, labels, delimiter, for_scan)

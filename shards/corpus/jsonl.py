@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.decode import Where, count_lines, line_blocks, split_lines
 from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, bool_array
@@ -75,8 +76,9 @@ class _Reader:
         """(block of whole lines, number of its first line) for the lines the unit owns, as the
         per-line path reads them (:func:`corpus_open.line_blocks`: ranges, BOM, too_long, damage)."""
         compression = kind_of(self.unit.url, self.spec.input_format)[1]
-        return line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, compression,
-                           self.storage_options, BLOCK_BYTES)
+        # read and cut on a thread of its own, a block or two ahead of the parser
+        return prefetch(line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, compression,
+                                    self.storage_options, BLOCK_BYTES), depth=2)
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
         """The block cut at line ends into about RETRY_PIECES pieces of MIN_PIECE_BYTES or more

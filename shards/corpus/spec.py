@@ -17,6 +17,7 @@ the whole lines before the damage are read as usual.
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -92,6 +93,8 @@ class BadRecords:
         self.policy = policy
         self.counts: Counter = Counter()
         self.continued = 0  # lines continuing a written multi-line record (see the module docstring)
+        # a unit's block reader runs on a thread of its own (shards.build.prefetch): counts from both
+        self._lock = threading.Lock()
 
     def add(self, reason: str, where: str, detail: str = "", lines: int = 1) -> None:
         """Count one bad record spanning ``lines`` input lines (or raise under ``error``)."""
@@ -100,14 +103,16 @@ class BadRecords:
             # the ":line" after a presigned URL's query
             raise BadRecordError(f"{where}: {reason}{': ' + detail if detail else ''} "
                                  f"(pass --on-bad-record skip to skip and count such records)")
-        self.counts[reason] += lines
+        with self._lock:
+            self.counts[reason] += lines
 
     def add_many(self, reason: str, n: int) -> None:
         """Count ``n`` records skipped for one reason (found column-wise; skip policy only)."""
         if n and reason != BLANK and self.policy == "error":
             raise ValueError("add_many is for the skip policy; under error, report the first record with add()")
         if n:
-            self.counts[reason] += n
+            with self._lock:
+                self.counts[reason] += n
 
 
 def kind_of(url: str, input_format: str | None = None) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.decode import Where, line_blocks, split_lines
 from shards.corpus.records import txt_records
@@ -32,7 +33,8 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options:
     where = Where(unit, storage_options)
     compression = kind_of(unit.url, spec.input_format)[1]
     limit = spec.max_record_bytes
-    for block, first in line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES):
+    blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES)
+    for block, first in prefetch(blocks, depth=2):  # read and cut a block or two ahead, on a thread
         yield block_columns(block, first, limit, bad, where)
 
 

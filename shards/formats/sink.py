@@ -22,10 +22,11 @@ class HashingSink:
         self._file = open(path, "wb")
         self._hash = hashlib.sha256()
         self.num_bytes = 0
-        # background: hashing and the write(2) run on a thread (both release the GIL) while
-        # the caller lays out its next buffer; at most one write is in flight
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-sink") if background else None
-        self._pending: Future | None = None
+        # background: hashing and the write(2) run on two threads of their own (both release
+        # the GIL), side by side, while the caller lays out its next buffer; at most one buffer
+        # is in flight
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="shard-sink") if background else None
+        self._pending: list[Future] = []
 
     def write(self, data) -> int:
         """Write (and hash) ``data``.  In background mode it returns before the bytes are
@@ -36,14 +37,14 @@ class HashingSink:
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         self.num_bytes += view.nbytes
         if self._pool is None:
-            self._put(view)
+            self._hash.update(view)
+            self._write(view)
         else:
             self.wait()
-            self._pending = self._pool.submit(self._put, view)
+            self._pending = [self._pool.submit(self._hash.update, view), self._pool.submit(self._write, view)]
         return view.nbytes
 
-    def _put(self, view: memoryview) -> None:
-        self._hash.update(view)
+    def _write(self, view: memoryview) -> None:
         try:
             self._file.write(view)
         except OSError as exc:
@@ -57,9 +58,9 @@ class HashingSink:
 
     def wait(self) -> None:
         """Until the write in flight (background mode) is done; raises its error."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def tell(self) -> int:
         return self.num_bytes
