@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Iterator
 
@@ -282,15 +282,17 @@ class ShardStream(IterableDataset):
 
     def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
         """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
-        tokenized Chunks of at most ``tokenize_batch`` samples."""
+        tokenized Chunks of at most ``tokenize_batch`` samples (whole windows when the ids are
+        read, not made: nothing to batch for a tokenizer)."""
         window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
         first = skip // max(window, 1)
+        piece = self.config.tokenize_batch if self.tokenizer is not None and not self.pretokenized else window
         for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
             if self.shuffle:
                 chunk = chunk.take(window_order(len(chunk), self.seed, self.epoch, self.world.rank, worker_id, k))
             if k == first:
                 chunk = chunk.slice(skip - first * window, len(chunk))
-            for part in rechunk([chunk], self.config.tokenize_batch):
+            for part in rechunk([chunk], piece):
                 yield self._tokenized(part, keep_text)
         self._report_epoch()
 
@@ -369,17 +371,21 @@ class ShardStream(IterableDataset):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _shard_chunks(self, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
+        """The slices' records, read in one pass over the shard (a reader call per slice would walk
+        the shard's record batches again for each of a shuffled plan's many slices)."""
         url = shards.shard_url(self.url, self.manifest.shards[shard])
-        columns = self._columns(want_text)
+        lo, hi = min(s.start for s in slices), max(s.stop for s in slices)
+        parts = [from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
+                 for b in shards.read_batches(self.manifest, url, data, lo, hi, self._columns(want_text))]
+        whole = concat(parts) if parts else None
+        if whole is None or len(whole) != hi - lo:  # never fewer samples than planned: unequal steps
+            raise shards.CorruptShardError(
+                f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {0 if whole is None else len(whole)} of "
+                f"{hi - lo} (manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix "
+                f"index.json")
         for s in slices:
-            got = 0
-            for b in shards.read_batches(self.manifest, url, data, s.start, s.stop, columns):
-                got += len(b)
-                yield from_rows(shard, b.start, len(b), s.pad, b.text, b.label, b.ids)
-            if got != len(s):  # never fewer samples than planned: ranks would take unequal steps
-                raise shards.CorruptShardError(
-                    f"shard {shards.redact(url)}: records {s.start}..{s.stop - 1} gave {got} of {len(s)} "
-                    f"(manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
+            part = whole.slice(s.start - lo, s.stop - lo)
+            yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
 
     def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
         """Keep the step count: the skipped shard's records become flagged pads."""
