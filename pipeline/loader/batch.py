@@ -13,13 +13,10 @@ position)``: this worker's numpy batches, each with the worker's position after 
 made here, zero-copy from the numpy arrays.  A custom ``collate_fn`` gets the batch's
 items (dicts) in the worker instead and its result is passed on as it is.
 
-Order: torch asks the workers in turn and delivers in that order; a worker's
-messages end at multiples of ``group`` of its own batch index (or at its end), so the
-worker that delivered the last batch (``last``) is the one to ask next when its
-message is unfinished, else the one after it.  A resumed loader lets the workers
-before that one send one empty message first, which puts the round robin back in
-place: the delivered sequence continues the uninterrupted one exactly, whether or not
-the batch counts are known in advance (packed and mixed streams: they are not).
+Order (order.py): each worker's batches delivered and the worker that delivered the
+last one fix where torch's round robin continues, so the delivered sequence continues
+the uninterrupted one exactly, whether or not the batch counts are known in advance
+(packed and mixed streams: they are not).
 """
 from __future__ import annotations
 
@@ -32,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline import settings, world
 from pipeline.collate import to_tensors
+from pipeline.loader import order
 
 log = logging.getLogger(__name__)
 STATE_KIND = settings.STATE_KIND
@@ -42,15 +40,6 @@ SAMPLES_PER_MESSAGE = 2048
 
 def default_group(batch_size: int) -> int:
     return max(1, min(64, round(SAMPLES_PER_MESSAGE / max(batch_size, 1))))
-
-
-def next_worker(positions: list[dict], last: int, group: int, delivered: int) -> int:
-    """The worker torch asks next after ``delivered`` batches (see the module docstring)."""
-    if delivered == 0:
-        return 0
-    unfinished = positions[last]["batches"] % group != 0
-    nxt = last if unfinished else last + 1
-    return nxt if nxt < len(positions) else 0
 
 
 def reset_stats(stream) -> None:
@@ -85,8 +74,7 @@ class _Messages(IterableDataset):
                                       **self.batch_kw)
         if self.lead[worker_id]:
             yield worker_id, [], [], counters(self.stream)
-        size = self.group - start["batches"] % self.group
-        while True:
+        for size in order.message_sizes(start["batches"], self.group):
             got = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
             if not got:
                 return
@@ -94,7 +82,6 @@ class _Messages(IterableDataset):
             yield worker_id, made, [p for _, p in got], counters(self.stream)
             if len(got) < size:
                 return
-            size = self.group
 
 
 def _as_is(message):
@@ -228,8 +215,8 @@ class BatchLoader:
                                f"{sum(counts)} batches; report this bug")
 
     def _from_workers(self):
-        nxt = next_worker(self._positions, self._last, self.group, self._delivered)
-        lead = [w < nxt for w in range(self.num_workers)]
+        nxt = order.next_worker([p["batches"] for p in self._positions], self._last, self.group, self._delivered)
+        lead = order.leads(self.num_workers, nxt)
         messages = _Messages(self, [dict(p) for p in self._positions], lead)
         kwargs = {"prefetch_factor": self.prefetch_factor or 2, "multiprocessing_context": self.mp_context}
         loader = DataLoader(messages, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
