@@ -133,11 +133,6 @@ class ShardStream(IterableDataset):
                 "block_size": c.block_size, "group_by_length": c.group_by_length, "rank": self.world.rank,
                 "world_size": self.world.world_size, "identity": self.identity}
 
-    def resume_settings(self) -> dict:
-        """``order_settings`` and this process's worker: what a state taken here resumes under."""
-        worker_id, workers = world.worker()
-        return {**self.order_settings(), "worker": worker_id, "num_workers": workers}
-
     def worker_samples(self, worker_id: int, workers: int) -> int:
         """Samples worker ``worker_id`` of ``workers`` yields per epoch (pads included)."""
         return split.worker_counts(self.manifest.num_records, self.world.world_size, workers)[worker_id]

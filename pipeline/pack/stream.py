@@ -38,18 +38,19 @@ Conventions (each block is a dict of int64 arrays of length ``seq_len``):
   documents with no tokens are not packed; they are counted in ``stats``.
 
 Speed: documents are read a chunk at a time (up to ``chunk_tokens`` tokens) and cut
-with numpy (pack_cut.py).  From a ShardStream they are read as columnar Chunks
-(``iter_chunks``: flat ids + offsets, pack_read.py), so the only per-document Python
-is its sample id string; other streams (MixedStream) are read an item dict at a time.
-In a DataLoader worker the collator's batch travels as numpy and becomes tensors as
-it is unpickled in the main process (no shared-memory handshake per tensor).
+with numpy (cut.py).  From a ShardStream they are read as columnar Chunks
+(``read_chunks``: flat ids + offsets, read.py): no per-document Python at all, the
+names stay (shard, record) int arrays; other streams (MixedStream) are read an item
+dict at a time.  A chunk's blocks form a ``BlockSet`` (blocks.py) and batches are
+slices of it; ``make_loader`` sends many per pipe message as int32 arrays and makes
+the tensors (with ``labels``/``attention_mask`` derived) in the main process.
 
-State: blocks are cut in the DataLoader worker, so ``state_dict()`` is the worker's.
-What the next block starts with is always a position inside one document, kept as
-(the inner stream's state at the start of the chunk that document was read in,
-items to skip from there, tokens of the document already emitted): the inner state
-is taken once per chunk, the size is constant however long the document, and a
-resume re-reads about a chunk's items and skips them.
+Position (settings.py): what the next block starts with is always a position inside
+one document, kept as (the inner stream's position at the start of the chunk that
+document was read in, items to skip from there, tokens of the document already
+emitted, blocks so far), all integers: the inner position is taken once per chunk,
+the size is constant however long the document, and a resume re-reads about a
+chunk's items and skips them (none from a ShardStream: it starts at the document).
 
 Equal steps per rank: ranks get equal document counts, not equal token counts, so
 block counts differ by a few.  :func:`lockstep` all-reduces a "have a batch" flag

@@ -151,7 +151,7 @@ def test_sst2_every_id_once_for_world_sizes(tmp_path, corpora, fmt):
 
 
 def test_state_taken_right_after_iter_in_a_later_epoch_resumes_that_epoch(tmp_path):
-    # StatefulDataLoader snapshots state when the iterator is made; it must not carry the
+    # the loader takes its position when the iterator is made; it must not carry the
     # previous epoch's consumed count (which would skip the whole new epoch on resume).
     url = build_set(tmp_path, n=20, max_records=6)
     ds = ShardStream(url)
