@@ -79,7 +79,11 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
         batch = with_lm_targets(batch)
     out = {}
     for key, value in batch.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, torch.Tensor):  # a view of a worker message's shared memory (loader/message.py)
+            value = value.long() if key in LONG_KEYS and value.dtype != torch.int64 else value
+            if pin_memory:
+                value = value.pin_memory()
+        elif isinstance(value, np.ndarray):
             if key in LONG_KEYS and value.dtype != np.int64:
                 value = value.astype(np.int64)
             elif not value.flags.writeable:
