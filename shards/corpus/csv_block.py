@@ -15,7 +15,7 @@ record is read by the strict reader too, so the error names its first bad line.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -39,110 +39,133 @@ from shards.corpus.jsonl_check import (
     bool_array,
 )
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
-from shards.corpus.txt_block import ASCII_SPACE, line_bounds
+from shards.corpus.txt_block import line_bounds
 
 BLOCK_BYTES = 8 << 20
 MAX_UTF8_ERRORS = 16
 PARSE_BLOCK = 1 << 20
 
 
-def _line_pattern(delimiter: bytes) -> re.Pattern:
-    d = re.escape(delimiter)
-    field = rb'(?:[^"\n' + d + rb']*|"(?:[^"\n]|"")*")'
-    return re.compile(field + rb"(?:" + d + field + rb")*\n?")
+CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f]")  # control bytes other than a tab or a line feed
+
+
+def _meaningful(delimiter: str) -> np.ndarray:
+    """Per byte value: an ASCII byte that is not whitespace, a quote or the delimiter."""
+    table = np.zeros(256, bool)
+    table[:128] = True
+    table[list(b' \t\n\r\x0b\x0c"')] = False
+    table[ord(delimiter)] = False
+    return table
+
+
+MEANINGFUL = {ord(d): _meaningful(d) for d in ",\t"}
+MEANINGFUL_RE = {d: re.compile(rb'[^\x80-\xff\s"' + re.escape(d.encode()) + rb"]") for d in ",\t"}
+
+
+class Shape(NamedTuple):
+    """A block's LF-ended lines: bounds, which could be clean whatever the header, fields of each."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    clean: np.ndarray  # clean if the line has the header's number of fields
+    fields: np.ndarray
+
+
+def _mark_invalid(block: bytes, starts: np.ndarray, clean: np.ndarray) -> None:
+    view, at = memoryview(block), 0
+    for _ in range(MAX_UTF8_ERRORS):
+        try:
+            str(view[at:], "utf-8")
+            return
+        except UnicodeDecodeError as exc:
+            line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
+            clean[line] = False
+            if line + 1 >= len(starts):
+                return
+            at = int(starts[line + 1])
+    clean[np.searchsorted(starts, at, side="right") - 1:] = False
+
+
+def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
+    """The block's :class:`Shape` (None when it holds a CR: every line goes to the strict reader).
+
+    Runs on the block reader's thread: numpy passes over the bytes, each releasing the GIL.
+    """
+    if b"\r" in block:
+        return None
+    a = np.frombuffer(block, np.uint8)
+    starts, ends = line_bounds(a, block.endswith(b"\n"))
+    n, delim = len(starts), ord(delimiter)
+    lengths = ends - starts
+    clean = (lengths > 0) & (lengths <= limit)
+    if CONTROL.search(block):
+        clean &= ~np.logical_or.reduceat((a < 32) & (a != 10) & (a != 9), starts)
+    qpos, dpos = np.flatnonzero(a == 34), np.flatnonzero(a == delim)
+    dline = np.searchsorted(starts, dpos, side="right") - 1
+    if len(qpos):
+        qline = np.searchsorted(starts, qpos, side="right") - 1
+        q_before = np.searchsorted(qpos, starts)  # quotes before each line's start
+        opens = (np.arange(len(qpos)) - q_before[qline]) % 2 == 0  # outside quotes before this one
+        prev = a[np.maximum(qpos - 1, 0)]
+        nxt = a[np.minimum(qpos + 1, len(a) - 1)]
+        # an opening quote starts a field (or is the 2nd of a doubled ""), a closing one ends it (or is the 1st)
+        ok = np.where(opens, (qpos == starts[qline]) | (prev == delim) | (prev == 34),
+                      (qpos + 1 == ends[qline]) | (nxt == delim) | (nxt == 34))
+        clean &= np.bincount(qline, minlength=n) % 2 == 0
+        clean[qline[~ok]] = False
+        inside = (np.searchsorted(qpos, dpos) - q_before[dline]) % 2 == 1  # a quoted delimiter separates nothing
+        dline = dline[~inside]
+    fields = np.bincount(dline, minlength=n) + 1
+    # a row of only whitespace, quotes and delimiters may be blank (the strict reader decides): the
+    # first and last bytes settle nearly every line, a regex the rest
+    meaningful = MEANINGFUL[ord(delimiter)]
+    maybe_blank = ~meaningful[a[starts]] & ~meaningful[a[np.maximum(ends - 1, starts)]] & clean
+    pattern = MEANINGFUL_RE[delimiter]
+    for k in np.flatnonzero(maybe_blank).tolist():
+        if pattern.search(block, int(starts[k]), int(ends[k])) is None:
+            clean[k] = False
+    if not block.isascii():
+        _mark_invalid(block, starts, clean)
+    return Shape(starts, ends, clean, fields)
 
 
 class _Source:
     """Physical lines of the unit, block by block, with which of them are clean."""
 
-    def __init__(self, blocks, limit: int, bad: BadRecords, where, dropped: dict, delimiter: str, fields: int):
-        self.blocks, self.limit, self.bad, self.where, self.dropped = blocks, limit, bad, where, dropped
-        self.delim = ord(delimiter)
-        self.pattern = _line_pattern(delimiter.encode())
+    def __init__(self, blocks, fields: int):
+        self.blocks = blocks  # (block, number of its first line, Shape | None)
         self.fields = fields  # the header's; 0 while unknown (nothing is clean)
         self.block, self.first, self.i, self.n = b"", 1, 0, 0
         self.strict_lines: list[bytes] | None = None
-        self.starts = self.ends = self.run_end = np.zeros(0, np.int64)
+        self.shape: Shape | None = None
+        self.run_end = np.zeros(0, np.int64)
         self.ended = False
 
     def set_fields(self, fields: int) -> None:
-        """The header is known: find the clean lines of the block being read (from the next line on)."""
+        """The header is known: find the clean lines of the block being read."""
         self.fields = fields
-        if self.n and self.i < self.n and b"\r" not in self.block:
-            self._shape()
+        self._runs()
 
     def _load(self) -> bool:
         item = next(self.blocks, None)
         if item is None:
             self.ended = True
             return False
-        self.block, self.first = item
+        self.block, self.first, self.shape = item
         self.i = 0
-        if b"\r" in self.block or not self.fields:
-            self.strict_lines = self.block.splitlines(keepends=True)
-            self.n = len(self.strict_lines)
-            return True
-        self._shape()
+        self.strict_lines = self.block.splitlines(keepends=True) if self.shape is None else None
+        self.n = len(self.strict_lines) if self.shape is None else len(self.shape.starts)
+        self._runs()
         return True
 
-    def _shape(self) -> None:
-        self.strict_lines = None
-        a = np.frombuffer(self.block, np.uint8)
-        self.starts, self.ends = line_bounds(a, self.block.endswith(b"\n"))
-        self.n = len(self.starts)
-        clean = self._clean(a)
+    def _runs(self) -> None:
+        if self.shape is None:
+            return
+        clean = self.shape.clean & (self.shape.fields == self.fields)
         # run_end[i]: the first unclean line at or after i (n if none)
         idx = np.where(clean, self.n, np.arange(self.n))
         self.run_end = np.minimum.accumulate(idx[::-1])[::-1]
-
-    def _clean(self, a: np.ndarray) -> np.ndarray:
-        starts, ends, block = self.starts, self.ends, self.block  # noqa: F841
-        lengths = ends - starts
-        clean = (lengths > 0) & (lengths <= self.limit)
-        control = (a < 32) & (a != 10) & (a != 9)
-        if control.any():
-            clean &= ~np.logical_or.reduceat(control, starts)
-        quote = a == 34
-        is_delim = a == self.delim
-        qpos, dpos = np.flatnonzero(quote), np.flatnonzero(is_delim)
-        qline = np.searchsorted(starts, qpos, side="right") - 1
-        first_q = np.searchsorted(qline, qline, side="left")  # index of the line's first quote
-        opens = (np.arange(len(qpos)) - first_q) % 2 == 0  # outside quotes before this one
-        prev = a[np.maximum(qpos - 1, 0)]
-        nxt = a[np.minimum(qpos + 1, len(a) - 1)]
-        at_start = qpos == starts[qline]
-        at_end = qpos + 1 == ends[qline]
-        # an opening quote starts a field (or is the 2nd of a doubled ""), a closing one ends it (or is the 1st)
-        ok = np.where(opens, at_start | (prev == self.delim) | (prev == 34),
-                      at_end | (nxt == self.delim) | (nxt == 34))
-        quotes_in_line = np.bincount(qline, minlength=self.n)
-        clean &= quotes_in_line % 2 == 0
-        if not ok.all():
-            clean[qline[~ok]] = False
-        dline = np.searchsorted(starts, dpos, side="right") - 1
-        inside = (np.searchsorted(qpos, dpos) - np.searchsorted(qpos, starts[dline])) % 2 == 1
-        fields = np.bincount(dline[~inside], minlength=self.n) + 1
-        clean &= fields == self.fields
-        delim = is_delim
-        meaningful = (a < 128) & ~ASCII_SPACE[a] & ~quote & ~delim
-        clean &= np.logical_or.reduceat(meaningful, starts)
-        if not block.isascii():
-            self._mark_invalid(clean)
-        return clean
-
-    def _mark_invalid(self, clean: np.ndarray) -> None:
-        view, at = memoryview(self.block), 0
-        for _ in range(MAX_UTF8_ERRORS):
-            try:
-                str(view[at:], "utf-8")
-                return
-            except UnicodeDecodeError as exc:
-                line = int(np.searchsorted(self.starts, at + exc.start, side="right")) - 1
-                clean[line] = False
-                if line + 1 >= self.n:
-                    return
-                at = int(self.starts[line + 1])
-        clean[np.searchsorted(self.starts, at, side="right") - 1:] = False
+        self.starts, self.ends = self.shape.starts, self.shape.ends
 
     def next_line(self) -> tuple[bytes, int] | None:
         while self.i >= self.n:
@@ -187,9 +210,10 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
     compression = kind_of(unit.url, spec.input_format)[1]
     limit = spec.max_record_bytes
     dropped: dict[int, int] = {}
-    # read and cut a block or two ahead, on a thread (``dropped`` only ever gains lines not reached yet)
-    blocks = prefetch(line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped), depth=2)
-    source = _Source(blocks, limit, bad, where, dropped, delimiter, 0)
+    # read, cut and shaped a block or two ahead, on a thread (``dropped`` only ever gains lines not reached yet)
+    blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped)
+    source = _Source(prefetch(((block, first, block_shape(block, limit, delimiter)) for block, first in blocks),
+                              depth=2), 0)
     rows = Rows(_strict_lines(source, limit, bad, where, dropped), dropped, spec, bad, where, delimiter)
     parser = _Parser(spec, labels, delimiter, for_scan)
     pending = _Pending(labels, where, bad, for_scan)

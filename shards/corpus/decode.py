@@ -122,7 +122,10 @@ def read_all(url: str, compression: str | None, storage_options: dict | None) ->
 
 def count_lines(data: bytes) -> int:
     """Line breaks in ``data`` (``\\r\\n`` is one) — the number of lines it ends."""
-    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    lines = data.count(b"\n")
+    if b"\r" in data:  # most files have none: one pass over the bytes instead of three
+        lines += data.count(b"\r") - data.count(b"\r\n")
+    return lines
 
 
 def content_length(line: bytes) -> int:
