@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import zlib
 from typing import Iterator
 
@@ -31,6 +32,8 @@ def fetch_shard(url: str, info: ShardInfo, storage_options: dict | None = None,
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify={verify!r}; valid: {', '.join(VERIFY_MODES)}")
     try:
+        if cache is None and verify == "sha256" and not storage.is_remote(url):
+            return _fetch_local(url, info, storage_options, manifest)
         data = _fetch_cached(url, info, storage_options, verify, cache) if cache is not None else \
             _fetch_plain(url, info, storage_options, verify)
     except FileNotFoundError as exc:
@@ -38,6 +41,40 @@ def fetch_shard(url: str, info: ShardInfo, storage_options: dict | None = None,
                                 f"on_corrupt='skip'") from exc
     if verify != "none":
         check_contents(url, info, data, manifest)
+    return data
+
+
+class _Digest(threading.Thread):
+    """sha256 of bytes in a thread: hashlib releases the GIL, so it runs beside the content check."""
+
+    def __init__(self, data: bytes):
+        super().__init__(name="shard-sha256", daemon=True)
+        self.data, self.hexdigest = data, None
+
+    def run(self) -> None:
+        self.hexdigest = hashlib.sha256(self.data).hexdigest()
+
+
+def _fetch_local(url: str, info: ShardInfo, storage_options, manifest: Manifest | None) -> bytes:
+    """A local shard, hashed while its contents are checked (a 50 MB tar: ~60 ms each, on two
+    cores at once).  Nothing is used or remembered before both pass; a sha256 mismatch is
+    reported before a content problem, as when they ran one after the other."""
+    data = storage.read_object(url, storage_options)
+    _raise_mismatch(url, info, data, "size", None)
+    digest = _Digest(data)
+    digest.start()
+    try:
+        remember = check_contents(url, info, data, manifest, defer=True)
+    except CorruptShardError as exc:
+        problem, remember = exc, None
+    else:
+        problem = None
+    digest.join()
+    _raise_mismatch(url, info, data, "sha256", digest.hexdigest)
+    if problem is not None:
+        raise problem
+    if remember is not None:
+        remember()
     return data
 
 
@@ -89,18 +126,31 @@ def _content_key(info: ShardInfo, data) -> tuple:
     return (info, len(data), zlib.crc32(view[:4096]), zlib.crc32(view[-4096:]))
 
 
-def check_contents(url: str, info: ShardInfo, data, manifest: Manifest | None = None) -> None:
+def check_contents(url: str, info: ShardInfo, data, manifest: Manifest | None = None, defer: bool = False):
     """The shard holds ``info.num_records`` records, label ids index the manifest's
-    label_names and token ids are in range; else CorruptShardError naming the shard."""
+    label_names and token ids are in range; else CorruptShardError naming the shard.
+
+    ``defer``: the bytes are not verified yet, so nothing is remembered under the entry's
+    sha256; returns a function that remembers the results, to call once they are (or None)."""
     key = _content_key(info, data) + ((manifest.format, _label_count(manifest)) if manifest else (None,))
     if _CHECKED.get(key):
-        return
+        return None
     fmt = manifest.format if manifest is not None else formats.sniff(data)
     if fmt is None:
         raise CorruptShardError(f"shard {url}: neither an Arrow IPC file nor a tar (bad magic); "
                                 f"rebuild it or pass on_corrupt='skip'")
-    formats.get(fmt).check(data, url, info.num_records, _label_count(manifest), info.sha256)
-    _CHECKED.put(key, True)
+    module = formats.get(fmt)
+    built = module.check(data, url, info.num_records, _label_count(manifest), None if defer else info.sha256)
+
+    def remember() -> None:
+        if defer and hasattr(module, "remember"):
+            module.remember(data, info.sha256, built)
+        _CHECKED.put(key, True)
+
+    if not defer:
+        remember()
+        return None
+    return remember
 
 
 def _label_count(manifest: Manifest | None) -> int | None:

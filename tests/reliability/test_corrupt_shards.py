@@ -86,3 +86,53 @@ def test_skip_with_workers_reports_through_loader(tmp_path):
     n = sum(len(b["sample_id"]) for b in loader)
     assert n == 40
     assert loader_stats(loader)["skipped_samples"] == 6
+
+
+def _payload_flip(url: str) -> tuple[str, bytes, bytes]:
+    """Shard VICTIM of a tar set with one text byte changed: a well-formed tar, the wrong sha256."""
+    m = shards.load_manifest(url)
+    path = os.path.join(url, m.shards[VICTIM].path)
+    good = open(path, "rb").read()
+    at = good.index(b"record") if b"record" in good else 512
+    bad = good[:at] + bytes([good[at] ^ 0x20]) + good[at + 1:]
+    return path, good, bad
+
+
+def test_tar_hashed_beside_its_check_remembers_nothing_until_verified(tmp_path, monkeypatch):
+    """The sha256 runs beside the content check: bytes that pass the check but not the hash are
+    refused with the sha256 message, and no index or check result is kept for them, so the
+    good bytes fetched next are indexed from scratch."""
+    from shards import reader
+    from shards.formats import tar_read
+
+    url = build_set(tmp_path, n=40, max_records=6, fmt="tar")
+    m = shards.load_manifest(url)
+    info = m.shards[VICTIM]
+    path, good, bad = _payload_flip(url)
+    assert tar_read._fast_index(bad) is not None  # still a well-formed tar: only the hash can tell
+    monkeypatch.setattr(tar_read, "_INDEXES", shards.formats.Memo(16))
+    monkeypatch.setattr(reader, "_CHECKED", shards.formats.Memo(16))
+    built = []
+    real = tar_read._build_index
+    monkeypatch.setattr(tar_read, "_build_index", lambda data, u: built.append(data) or real(data, u))
+    open(path, "wb").write(bad)
+    with pytest.raises(shards.CorruptShardError, match="sha256 mismatch"):
+        shards.fetch_shard(shards.shard_url(url, info), info, manifest=m)
+    assert not tar_read._INDEXES._items and not reader._CHECKED._items
+    open(path, "wb").write(good)
+    data = shards.fetch_shard(shards.shard_url(url, info), info, manifest=m)
+    assert built == [bad, good] and len(tar_read._INDEXES._items) == 1
+    assert sum(len(b) for b in shards.read_batches(m, shards.shard_url(url, info), data)) == info.num_records
+    assert built == [bad, good]  # the verified index was kept: reading did not index again
+
+
+def test_sha256_mismatch_is_named_before_a_content_problem(tmp_path):
+    """A shard failing both the hash and the record count reports the hash, as in one thread."""
+    url = build_set(tmp_path, n=40, max_records=6, fmt="tar")
+    m = shards.load_manifest(url)
+    info = m.shards[VICTIM]
+    edited = shards.manifest.ShardInfo(info.path, info.num_records + 1, info.num_bytes, info.sha256)
+    path, _, bad = _payload_flip(url)
+    open(path, "wb").write(bad)
+    with pytest.raises(shards.CorruptShardError, match="sha256 mismatch"):
+        shards.fetch_shard(shards.shard_url(url, info), edited, manifest=m)

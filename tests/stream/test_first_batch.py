@@ -102,22 +102,39 @@ def test_odd_member_order_falls_back_and_still_reads(tmp_path):
     assert index.n == 2 and tar_read._labels(data, index, "s.tar").tolist() == [0, 1]
 
 
+def tar_set(tmp_path, texts) -> str:
+    """A one-shard tar set of ``texts`` with labels i % 2 (names a, b)."""
+    import hashlib
+
+    out = tmp_path / "set"
+    out.mkdir()
+    data = tar_bytes(tmp_path, texts, np.arange(len(texts)) % 2)
+    (out / "shard-00000.tar").write_bytes(data)
+    info = shards.manifest.ShardInfo("shard-00000.tar", len(texts), len(data), hashlib.sha256(data).hexdigest())
+    shards.manifest.write_manifest(str(out), shards.manifest.Manifest(
+        format="tar", num_records=len(texts), fields=["text", "label"], schema={"text": "string", "label": "int64"},
+        label_names=["a", "b"], shards=[info]))
+    return str(out)
+
+
 def test_first_batch_of_a_tar_set_never_walks_members(tmp_path, monkeypatch):
     """The stream's first record comes without the member-by-member walk, and all checks hold."""
     from pipeline import ShardStream
 
     texts = [f"sample number {i}" for i in range(40)]
-    out = tmp_path / "set"
-    out.mkdir()
-    data = tar_bytes(tmp_path, texts, np.arange(40) % 2)
-    (out / "shard-00000.tar").write_bytes(data)
-    import hashlib
-
-    info = shards.manifest.ShardInfo("shard-00000.tar", 40, len(data), hashlib.sha256(data).hexdigest())
-    shards.manifest.write_manifest(str(out), shards.manifest.Manifest(
-        format="tar", num_records=40, fields=["text", "label"], schema={"text": "string", "label": "int64"},
-        label_names=["a", "b"], shards=[info]))
+    url = tar_set(tmp_path, texts)
     monkeypatch.setattr(tar_read, "_INDEXES", shards.formats.Memo(16))
     monkeypatch.setattr(tar_read, "_general_index", lambda *a: pytest.fail("walked the members one by one"))
-    items = list(ShardStream(str(out)))
+    items = list(ShardStream(url))
     assert [i["text"] for i in items] == texts and [i["label"] for i in items] == [i % 2 for i in range(40)]
+
+
+def test_first_batch_tool_times_a_full_first_batch(tmp_path, minilm):
+    """tools.bench.first_batch's timed call: a positive time for a full batch; a short one is refused."""
+    from tools.bench import first_batch
+
+    assert first_batch.child_ours(tar_set(tmp_path, [f"review {i} was fine" for i in range(70)]), 0, minilm) > 0
+    short = tmp_path / "short"
+    short.mkdir()
+    with pytest.raises(RuntimeError, match="first batch has 30 rows, expected 64"):
+        first_batch.child_ours(tar_set(short, [f"review {i}" for i in range(30)]), 0, minilm)
