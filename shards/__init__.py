@@ -3,6 +3,7 @@
 Public read API used by ``pipeline``: :func:`load_manifest`, :func:`fetch_shard`,
 :func:`read_batches`, :func:`shard_url`.  This package never imports torch.
 """
+from shards import audit_schema  # the audit line format (writer: pipeline.train.audit_log; checker: shards.audit)
 from shards.cache import ShardCache
 from shards.corpus.read import BadRecordError, CorpusSpec
 from shards.formats import Batch, CorruptShardError
@@ -27,6 +28,7 @@ from shards.storage import remove as remove_url
 from shards.tokenizer import TokenizerError, encode_batch, encode_ragged, fingerprint, load_tokenizer, special_ids
 
 __all__ = [
+    "audit_schema",
     "BadRecordError",
     "Batch",
     "CorpusSpec",

@@ -1,16 +1,18 @@
 """The sample audit log each rank writes with ``--audit``: ``OUT/audit/rank{R}.jsonl``.
 
-Line 1 is a header (train manifest URL, rank, world size, seed, samples per
-rank per epoch); then one line per micro-batch:
-``{"step": 12, "epoch": 0, "ids": [...trained sample ids...], "pads": [...flagged pad ids...]}``.
-``shards audit OUT`` checks the files against the manifest.  On ``--resume``
-the file is cut back to the checkpoint's step first, so replayed steps are
-not counted twice.
+The line format is ``shards.audit_schema`` (one definition for this writer and the
+checker): a header, then one line per micro-batch, either the trained sample ids
+and the flagged pad ids, or for packed LM batches the document segments trained
+(``[doc, offset, count(, length)]``).  ``shards audit OUT`` checks the files
+against the manifest.  On ``--resume`` the file is cut back to the checkpoint's
+step first, so replayed steps are not counted twice; a resume under another
+topology (elastic: other world size, workers or batch size), or a rank that was
+absent for a while, appends a new header (a new *stretch*) before its lines.
 
 On an object store (``--out s3://bucket/run``) there is no append: the lines
 since the previous checkpoint are written as one part,
-``OUT/audit/rank{R}.part-{LAST_STEP:07d}.jsonl`` (the header line first, then
-the lines of the steps up to LAST_STEP), when the checkpoint is taken and at
+``OUT/audit/rank{R}.part-{LAST_STEP:07d}.jsonl`` (the stretch's header line first,
+then the lines of the steps up to LAST_STEP), when the checkpoint is taken and at
 the end; a resume deletes (or cuts) the parts past the checkpoint's step.
 ``shards audit`` reads both forms.
 """
@@ -19,11 +21,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 
-from shards import is_remote, join_url, list_names, read_object, remove_url, write_bytes_atomic
+from shards import (
+    audit_schema,
+    is_remote,
+    join_url,
+    list_names,
+    read_object,
+    remove_url,
+    write_bytes_atomic,
+)
 
-VERSION = 1
+VERSION = audit_schema.VERSION
 PART = re.compile(r"rank(\d+)\.part-(\d{7,})\.jsonl")
+SINGLE = re.compile(r"rank(\d+)\.jsonl")
+OPEN_LIMIT = 4096  # documents a packed writer remembers as possibly continuing (one per worker is the need)
 
 
 def audit_path(out_dir: str, rank: int) -> str:
@@ -36,29 +49,46 @@ def absolute_url(url: str) -> str:
 
 
 class AuditLog:
-    """Appends the sample ids of every micro-batch this rank trains on (remote: one part per checkpoint)."""
+    """Appends what every micro-batch this rank trains on holds (remote: one part per checkpoint)."""
 
     def __init__(self, out_dir: str, rank: int, header: dict, resume_step: int | None = None,
                  storage_options: dict | None = None):
-        header = {"audit": VERSION, "rank": rank, **header}
-        self._parts = Parts(out_dir, rank, header, resume_step or 0, storage_options) if is_remote(out_dir) else None
+        resume = resume_step or 0
+        fields = {k: v for k, v in header.items() if k not in ("audit", "rank", "first_step")}
+        self._segments = Segments() if "pack" in fields else None
+        self._parts = Parts(out_dir, rank, fields, resume, storage_options) if is_remote(out_dir) else None
         self._file = None
+        if self._segments is not None and resume:
+            self._segments.resume(all_lines(join_url(out_dir, "audit") if is_remote(out_dir) else
+                                            os.path.join(out_dir, "audit"), resume, storage_options))
         if self._parts is not None:
             return
         self.path = audit_path(out_dir, rank)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        kept = truncate(self.path, resume_step, header) if resume_step else None
-        if kept is None:
-            first = {**header, "first_step": (resume_step or 0) + 1}
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.write(json.dumps(first) + "\n")
+        kept = truncate(self.path, resume, fields) if resume else None
+        lines = continued(kept, rank, fields, resume)
+        write_lines(self.path, lines)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def record(self, step: int, epoch: int, sample_ids: list[str], is_pad) -> None:
         pads = [bool(p) for p in is_pad]
-        line = json.dumps({"step": step, "epoch": epoch,
-                           "ids": [s for s, p in zip(sample_ids, pads) if not p],
-                           "pads": [s for s, p in zip(sample_ids, pads) if p]})
+        self._write(audit_schema.sample_line(step, epoch, [s for s, p in zip(sample_ids, pads) if not p],
+                                             [s for s, p in zip(sample_ids, pads) if p]), step)
+
+    def record_batch(self, step: int, epoch: int, batch: dict) -> None:
+        """One micro-batch as the loop trains it: packed LM blocks (``doc_ids``) as document
+        segments, anything else as sample ids and pad ids."""
+        if "doc_ids" not in batch:
+            self.record(step, epoch, batch["sample_id"], batch["is_pad"])
+            return
+        if self._segments is None:
+            raise ValueError("audit log: a packed batch arrived but the audit header has no 'pack' entry; "
+                             "pass the packing settings in the header (pipeline.train.loop.audit_header)")
+        segs, filler = self._segments.of_batch(batch, epoch)
+        self._write(audit_schema.packed_line(step, epoch, segs, filler), step)
+
+    def _write(self, entry: dict, step: int) -> None:
+        line = audit_schema.dumps(entry)
         if self._parts is not None:
             self._parts.add(line, step)
             return
@@ -80,13 +110,175 @@ class AuditLog:
             self._file.close()
 
 
-class Parts:
-    """The remote form: lines held until ``flush`` writes them as the part named by their last step."""
+# -- packed batches → document segments ---------------------------------------------------
+class Segments:
+    """Turns packed LM batches into ``[doc, offset, count(, length)]`` segments.
 
-    def __init__(self, out_dir: str, rank: int, header: dict, resume_step: int, storage_options: dict | None):
+    A batch tells, per block, its documents (``sample_ids``), each one's tokens
+    (``doc_ids`` == its index in the block) and which documents start in the batch
+    (``started_ids``).  The offset of a continued document is what this rank has
+    seen of it (``_open``: a worker's stream continues its document in that worker's
+    next batch); a document ends where another one or padding follows it in its
+    block, and only then is its length known.  A document that ends exactly at a
+    block's end stays "open" without a length (the checker takes the length from
+    the data)."""
+
+    def __init__(self):
+        self._open: OrderedDict[str, int] = OrderedDict()
+        self._epoch: int | None = None
+
+    def resume(self, lines: list[dict]) -> None:
+        self._open = OrderedDict(audit_schema.open_documents(lines))
+        self._epoch = max((x["epoch"] for x in lines), default=None)
+
+    def of_batch(self, batch: dict, epoch: int) -> tuple[list[list], bool]:
+        if epoch != self._epoch:
+            self._open.clear()
+            self._epoch = epoch
+        names = [list(b) for b in batch["sample_ids"]]
+        if not any(names):
+            return [], bool(all(bool(p) for p in batch["is_pad"]))
+        started = set(batch.get("started_ids", ()))
+        doc_ids = batch["doc_ids"]
+        doc_ids = doc_ids.numpy() if hasattr(doc_ids, "numpy") else doc_ids
+        segs, seen = [], set()
+        for row, docs in zip(doc_ids, names):
+            counts = _piece_lengths(row, len(docs))
+            padded = bool((row < 0).any())
+            for k, (doc, count) in enumerate(zip(docs, counts)):
+                offset = 0 if doc in started and doc not in seen else self._open.pop(doc, None)
+                seen.add(doc)
+                ends = k < len(docs) - 1 or padded
+                segs.append(self._segment(doc, offset, count, ends))
+        return segs, False
+
+    def _segment(self, doc: str, offset: int | None, count: int, ends: bool) -> list:
+        if offset is None:
+            return [doc, None, count]
+        if ends:
+            return [doc, offset, count, offset + count]
+        self._open[doc] = offset + count
+        while len(self._open) > OPEN_LIMIT:
+            self._open.popitem(last=False)
+        return [doc, offset, count]
+
+
+def _piece_lengths(row, pieces: int) -> list[int]:
+    counts = [0] * pieces
+    for value in row.tolist():
+        if value >= 0:
+            counts[value] += 1
+    return counts
+
+
+def all_lines(folder: str, step: int, options: dict | None) -> list[dict]:
+    """Every rank's counted lines up to ``step``, in step order (what a resumed packed writer replays)."""
+    logs: dict[int, list] = {}
+    for name in sorted(list_names(folder, options)):
+        m = SINGLE.fullmatch(name) or PART.fullmatch(name)
+        if not m:
+            continue
+        text = read_object(join_url(folder, name), options).decode("utf-8", errors="replace")
+        entries = [e for e in (_maybe(t) for t in text.split("\n") if t.strip()) if isinstance(e, dict)]
+        secs = logs.setdefault(int(m.group(1)), [])
+        for entry in entries:
+            if audit_schema.is_header(entry):
+                secs.append((entry, []))
+            elif secs and "step" in entry and entry["step"] <= step:
+                secs[-1][1].append(entry)
+    lines = [x for secs in audit_schema.counted(logs).values() for _, xs in secs for x in xs]
+    return sorted(lines, key=lambda x: x["step"])
+
+
+def _maybe(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+# -- the file after a resume ----------------------------------------------------------------
+def continued(kept: list[str] | None, rank: int, fields: dict, resume: int) -> list[str]:
+    """The log's lines for a run (re)starting after step ``resume``: the kept lines, plus a new
+    header when this is a new stretch (another topology, or this rank was absent for a while)."""
+    new = audit_schema.header_line(rank, fields, resume + 1)
+    if not kept:
+        return [audit_schema.dumps(new)]
+    entries = [json.loads(t) for t in kept]
+    last_header = next(e for e in reversed(entries) if audit_schema.is_header(e))
+    last_step = entries[-1]["step"] if not audit_schema.is_header(entries[-1]) else None
+    if audit_schema.same_stretch(last_header, new) and last_step == resume:
+        return kept
+    if last_step is None and last_header.get("first_step") == resume + 1:
+        kept = kept[:-1]  # a stretch that logged nothing before it was resumed again: replace its header
+    return kept + [audit_schema.dumps(new)]
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def truncate(path: str, step: int, fields: dict) -> list[str] | None:
+    """The headers and the lines of steps <= ``step`` of the file, None if there is none.
+
+    A torn last line (the process was killed mid-write) is dropped with the
+    other lines past the checkpoint.
+    """
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    _same_run(path, _entry(path, 1, lines[0], header=True), fields)
+    kept = [lines[0]]
+    last = max((i for i, text in enumerate(lines) if text.strip()), default=0)
+    for number, text in enumerate(lines[1:], start=2):
+        if not text.strip():
+            continue
+        if number - 1 == last and _maybe(text) is None:
+            continue  # the torn last line of a killed write; its step is past the checkpoint
+        entry = _entry(path, number, text)
+        if audit_schema.is_header(entry):
+            _same_run(path, entry, fields)
+            kept.append(text)
+        elif entry["step"] <= step:
+            kept.append(text)
+    return kept
+
+
+def _same_run(path: str, old: dict, fields: dict) -> None:
+    for key in ("train", "seed"):
+        if old.get(key) != fields.get(key):
+            raise ValueError(f"{path}: audit log was written with {key}={old.get(key)!r}, this run has "
+                             f"{fields.get(key)!r}; resume with the same settings or use a new --out")
+
+
+def _entry(path: str, number: int, text: str, header: bool = False) -> dict:
+    """Line ``number`` as a header or a micro-batch line; a damaged one is named."""
+    entry = _maybe(text)
+    where = f"{path}:{number}"
+    if header or audit_schema.is_header(entry):
+        try:
+            return audit_schema.check_header(entry, where)
+        except ValueError:
+            raise ValueError(f"{where}: not an audit line (damaged or edited); restore the file, or "
+                             f"start the run over with --resume never") from None
+    return audit_schema.check_line(entry, where)
+
+
+# -- the remote form --------------------------------------------------------------------------
+class Parts:
+    """Lines held until ``flush`` writes them as the part named by their last step."""
+
+    def __init__(self, out_dir: str, rank: int, fields: dict, resume_step: int, storage_options: dict | None):
         self.folder, self.rank, self.options = join_url(out_dir, "audit"), rank, storage_options
-        first = truncate_parts(self.folder, rank, resume_step, header, storage_options)
-        self.header = {**header, "first_step": resume_step + 1 if first is None else first}
+        kept = truncate_parts(self.folder, rank, resume_step, fields, storage_options) if resume_step else []
+        lines = continued(kept, rank, fields, resume_step)
+        self.header = json.loads(next(t for t in reversed(lines) if audit_schema.is_header(json.loads(t))))
         self.lines: list[str] = []
         self.last = resume_step
 
@@ -105,83 +297,27 @@ def part_url(folder: str, rank: int, last_step: int) -> str:
 
 
 def write_part(folder: str, rank: int, last_step: int, header: dict, lines: list[str], options) -> None:
-    text = "\n".join([json.dumps(header), *lines]) + "\n"
+    text = "\n".join([audit_schema.dumps(header), *lines]) + "\n"
     write_bytes_atomic(part_url(folder, rank, last_step), text.encode(), options)
 
 
-def truncate_parts(folder: str, rank: int, step: int, header: dict, options: dict | None) -> int | None:
+def truncate_parts(folder: str, rank: int, step: int, fields: dict, options: dict | None) -> list[str]:
     """Remote: delete this rank's lines of steps > ``step`` (whole parts, or cut one); returns the
-    ``first_step`` of the parts kept, None when none is left."""
-    first = None
+    lines kept, each part's header first."""
+    kept_all: list[str] = []
     parts = sorted((int(m.group(2)), n) for n in list_names(folder, options)
                    if (m := PART.fullmatch(n)) and int(m.group(1)) == rank)
     for last, name in parts:
         url = join_url(folder, name)
         lines = [t for t in read_object(url, options).decode("utf-8", errors="replace").split("\n") if t.strip()]
-        old = _entry(url, 1, lines[0] if lines else "", "audit")
-        _same_run(url, old, header)
+        old = _entry(url, 1, lines[0] if lines else "", header=True)
+        _same_run(url, old, fields)
         kept = lines[1:] if last <= step else [t for i, t in enumerate(lines[1:], start=2)
-                                                if _parses(t) and _entry(url, i, t, "step")["step"] <= step]
+                                                if _maybe(t) is not None and _entry(url, i, t)["step"] <= step]
         if last > step:
             remove_url(url, options)
             if kept:
                 write_part(folder, rank, json.loads(kept[-1])["step"], old, kept, options)
-        if kept and first is None:
-            first = old.get("first_step", 1)
-    return first
-
-
-def truncate(path: str, step: int, header: dict) -> int | None:
-    """Keep the header and the lines of steps <= ``step``; returns the lines kept, None if no file.
-
-    A torn last line (the process was killed mid-write) is dropped with the
-    other lines past the checkpoint.
-    """
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
-    _same_run(path, _entry(path, 1, lines[0], "audit"), header)
-    kept = [lines[0]]
-    last = max((i for i, text in enumerate(lines) if text.strip()), default=0)
-    for number, text in enumerate(lines[1:], start=2):
-        if not text.strip():
-            continue
-        if number - 1 == last and not _parses(text):
-            continue  # the torn last line of a killed write; its step is past the checkpoint
-        if _entry(path, number, text, "step")["step"] <= step:
-            kept.append(text)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(kept) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return len(kept) - 1
-
-
-def _same_run(path: str, old: dict, header: dict) -> None:
-    for key in ("train", "world_size", "seed"):
-        if old.get(key) != header.get(key):
-            raise ValueError(f"{path}: audit log was written with {key}={old.get(key)!r}, this run has "
-                             f"{header.get(key)!r}; resume with the same settings or use a new --out")
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _entry(path: str, number: int, text: str, key: str) -> dict:
-    """Line ``number`` as a JSON object with an integer ``key`` ("audit" for the header)."""
-    try:
-        entry = json.loads(text)
-    except json.JSONDecodeError as exc:
-        entry = exc
-    if not isinstance(entry, dict) or not isinstance(entry.get(key), int):
-        raise ValueError(f"{path}:{number}: not an audit line (damaged or edited); restore the file, or "
-                         f"start the run over with --resume never")
-    return entry
+        if kept:
+            kept_all += [lines[0], *kept]
+    return kept_all

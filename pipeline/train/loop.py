@@ -246,7 +246,7 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
             batch = batches.next()
             meter.waited(t)
             if audit:
-                audit.record(step, batches.epoch, batch["sample_id"], batch["is_pad"])
+                audit.record_batch(step, batches.epoch, batch)  # sample ids, or packed document segments
             last = micro == args.grad_accum - 1
             sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
             with sync:
@@ -292,10 +292,15 @@ def before_training(args, model, world: World, device, board: Board | None, labe
 def audit_header(args, ds: ShardStream, world: World) -> dict:
     """The run the audit log belongs to; the URL without credentials (``shards audit`` takes those
     from its ``--storage-option``s), the identity so the audit refuses other data under that URL."""
-    return {"train": redact(absolute_url(args.train)), "identity": ds.manifest.identity,
-            "world_size": world.world_size, "seed": args.seed,
-            "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
-            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
+    header = {"train": redact(absolute_url(args.train)), "identity": ds.manifest.identity,
+              "world_size": world.world_size, "seed": args.seed,
+              "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
+              "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
+    if args.pack:  # the separator and stripped specials: the audit derives each document's token count
+        fmt = PackedStream(ds, args.pack).format
+        header["pack"] = {"seq_len": args.pack, "sep_id": fmt.sep_id, "prefix": list(fmt.prefix),
+                          "suffix": list(fmt.suffix)}
+    return header
 
 
 def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
