@@ -102,7 +102,6 @@ def with_lm_targets(batch: dict) -> dict:
     ``labels`` (the ids, -100 on padding), derived from ``doc_ids`` (-1 on padding): they
     are not sent over the worker pipe."""
     real = batch["doc_ids"] >= 0
-    ids = batch["input_ids"].astype(np.int64)
-    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
-    np.copyto(labels, ids, where=real)
-    return {**batch, "input_ids": ids, "labels": labels, "attention_mask": real.astype(np.int64)}
+    ids = batch["input_ids"].astype(np.int64, copy=False)
+    return {**batch, "input_ids": ids, "labels": np.where(real, ids, IGNORE_INDEX),
+            "attention_mask": real.astype(np.int64)}

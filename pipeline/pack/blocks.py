@@ -4,9 +4,9 @@ A chunk's ``Cut`` (cut.py) becomes one BlockSet; batches are slices of it (and
 joins of a chunk's tail with the next chunk's head), so a batch costs a few numpy
 slices whatever its size: no per-block dict, no per-document string.  The
 document names travel as int arrays and are formatted only when read
-(``BlockIds``, ``chunk.SampleIds``).  Over the worker pipe the block arrays are
-int32 ``input_ids``/``position_ids``/``doc_ids``; ``collate.to_tensors`` widens them
-and derives ``labels`` and ``attention_mask`` from ``doc_ids`` in the main process.
+(``BlockIds``, ``chunk.SampleIds``).  ``collate.with_lm_targets`` derives ``labels``
+and ``attention_mask`` from ``doc_ids`` (in the worker; loader/message.py then puts
+the message's arrays in shared memory).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pipeline.pack.cut import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class BlockSet:
-    ids: np.ndarray            # int32 [n, seq_len]
-    positions: np.ndarray      # int32 [n, seq_len]
-    doc_ids: np.ndarray        # int32 [n, seq_len], -1 on padding
+    ids: np.ndarray            # int64 [n, seq_len]
+    positions: np.ndarray      # int64 [n, seq_len]
+    doc_ids: np.ndarray        # int64 [n, seq_len], -1 on padding
     num_tokens: np.ndarray     # int64 [n]
     runs: np.ndarray           # every block's runs (pieces, then padding), block b's at run_bounds[b]:[b+1]
     run_bounds: np.ndarray
@@ -32,7 +32,7 @@ class BlockSet:
     source: np.ndarray         # per piece: the mixture source of its document, -1 outside a mixture
     starts: np.ndarray         # per piece: the document starts in this block
     piece_bounds: np.ndarray
-    after: list                # per block: the position after it (see PackedStream)
+    after: "Positions"         # per block: the position after it (see PackedStream)
 
     def __len__(self) -> int:
         return len(self.num_tokens)
@@ -45,7 +45,7 @@ class BlockSet:
         return BlockSet(self.ids[lo:hi], self.positions[lo:hi], self.doc_ids[lo:hi], self.num_tokens[lo:hi],
                         self.runs[r0:r1], self.run_bounds[lo:hi + 1] - r0, self.shard[p0:p1], self.record[p0:p1],
                         self.source[p0:p1], self.starts[p0:p1], self.piece_bounds[lo:hi + 1] - p0,
-                        self.after[lo:hi])
+                        self.after.slice(lo, hi))
 
     def batch(self) -> dict:
         """The numpy batch the loader sends (see the module docstring)."""
@@ -62,13 +62,13 @@ class BlockSet:
     def blocks(self) -> list[dict]:
         """One dict per block (the per-block API and custom collate functions)."""
         mask = (self.doc_ids >= 0).astype(np.int64)
-        ids = self.ids.astype(np.int64)
+        ids = self.ids
         labels = np.where(mask == 1, ids, IGNORE_INDEX)
         names = BlockIds(self.shard, self.record, self.source, self.piece_bounds)
         runs, rb, pb = self.runs.tolist(), self.run_bounds.tolist(), self.piece_bounds.tolist()
         starts = self.starts.tolist()
-        return [{"input_ids": ids[b], "labels": labels[b], "position_ids": self.positions[b].astype(np.int64),
-                 "doc_ids": self.doc_ids[b].astype(np.int64), "attention_mask": mask[b],
+        return [{"input_ids": ids[b], "labels": labels[b], "position_ids": self.positions[b],
+                 "doc_ids": self.doc_ids[b], "attention_mask": mask[b],
                  "seqlens": runs[rb[b]:rb[b + 1]], "num_tokens": int(self.num_tokens[b]), "is_pad": False,
                  "starts": starts[pb[b]:pb[b + 1]], "sample_ids": names[b]} for b in range(len(self))]
 
@@ -85,7 +85,37 @@ def concat(sets: list[BlockSet]) -> BlockSet:
     return BlockSet(cat([s.ids for s in sets]), cat([s.positions for s in sets]), cat([s.doc_ids for s in sets]),
                     cat([s.num_tokens for s in sets]), cat([s.runs for s in sets]), bounds("run_bounds"),
                     cat([s.shard for s in sets]), cat([s.record for s in sets]), cat([s.source for s in sets]),
-                    cat([s.starts for s in sets]), bounds("piece_bounds"), [a for s in sets for a in s.after])
+                    cat([s.starts for s in sets]), bounds("piece_bounds"), Positions.concat([s.after for s in sets]))
+
+
+class Positions:
+    """Per block, the position after it as integer arrays (``inners[which]``: the inner
+    stream's position it counts from); a dict is made only for the blocks asked for."""
+
+    __slots__ = ("inners", "which", "skip", "offset", "blocks")
+
+    def __init__(self, inners: list, which: np.ndarray, skip: np.ndarray, offset: np.ndarray, blocks: np.ndarray):
+        self.inners, self.which, self.skip, self.offset, self.blocks = inners, which, skip, offset, blocks
+
+    def __len__(self) -> int:
+        return len(self.which)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"inner": self.inners[int(self.which[i])], "skip": int(self.skip[i]), "offset": int(self.offset[i]),
+                "blocks": int(self.blocks[i])}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def slice(self, lo: int, hi: int) -> "Positions":
+        return Positions(self.inners, self.which[lo:hi], self.skip[lo:hi], self.offset[lo:hi], self.blocks[lo:hi])
+
+    @staticmethod
+    def concat(parts: list["Positions"]) -> "Positions":
+        shift = np.cumsum([0] + [len(p.inners) for p in parts[:-1]])
+        cat = np.concatenate
+        return Positions([x for p in parts for x in p.inners], cat([p.which + k for p, k in zip(parts, shift)]),
+                         cat([p.skip for p in parts]), cat([p.offset for p in parts]), cat([p.blocks for p in parts]))
 
 
 def rechunk(sets: Iterable[BlockSet], size: int) -> Iterator[BlockSet]:

@@ -170,7 +170,7 @@ class Docs:
 class Cut(NamedTuple):
     """The complete blocks of a chunk and what is left for the next one, as flat arrays.
 
-    ``ids``/``positions``/``doc_ids``: int32 [n_blocks, seq_len] (doc_ids -1 on padding);
+    ``ids``/``positions``/``doc_ids``: int64 [n_blocks, seq_len] (doc_ids -1 on padding);
     ``num_tokens``: real tokens per block; ``runs``: every block's runs (its pieces, then
     its padding if any), block b's at ``run_bounds[b]:run_bounds[b + 1]``; pieces (a
     document's part in one block), block b's at ``piece_bounds[b]:...``: ``piece_doc``
@@ -240,17 +240,17 @@ def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_
     n_real = len(tokens)
     size = n_blocks * S
     run_lo = np.repeat(exclusive_cumsum(piece_len), piece_len)
-    within = np.arange(n_real, dtype=np.int32) - run_lo.astype(np.int32)  # index inside the piece
-    local = (np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]).astype(np.int32)  # piece in block
+    within = np.arange(n_real, dtype=_I64) - run_lo  # index inside the piece
+    local = np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]  # piece index inside the block
     contiguous = n_real == 0 or int(piece_start[-1] + piece_len[-1]) == n_real  # no gaps before the last token
     where = slice(0, n_real) if contiguous else np.repeat(piece_start, piece_len) + within
-    ids = np.full(size, pad_id, dtype=np.int32)
+    # int64 from the start: the batch's tensors are LongTensors (the worker writes them once)
+    ids = np.full(size, pad_id, dtype=_I64)
     ids[where] = tokens
-    doc_ids = np.full(size, -1, dtype=np.int32)
+    doc_ids = np.full(size, -1, dtype=_I64)
     doc_ids[where] = np.repeat(local, piece_len)
     # padding is trailing in its block and its own run from 0
-    positions = (np.tile(np.arange(S, dtype=np.int32), n_blocks)
-                 - np.repeat(real_per_block.astype(np.int32), S))
+    positions = np.tile(np.arange(S, dtype=_I64), n_blocks) - np.repeat(real_per_block, S)
     positions[where] = within
     shape = (n_blocks, S)
     return ids.reshape(shape), positions.reshape(shape), doc_ids.reshape(shape)

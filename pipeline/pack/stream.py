@@ -71,7 +71,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import shards
 from pipeline import settings
-from pipeline.pack.blocks import BlockSet, rechunk
+from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
 from pipeline.pack.read import make_reader
 
@@ -237,11 +237,14 @@ class PackedStream(IterableDataset):
         self.stats["tokens"] += real
         self.stats["pad_tokens"] += n * self.seq_len - real
         nxt, emitted = result.cursors
-        chunks, items, n_docs = docs.chunks.tolist(), docs.items.tolist(), len(docs)
-        positions = []
-        for b, (d, e) in enumerate(zip(nxt.tolist(), emitted.tolist()), start=blocks + 1):
-            inner, skip, offset = (states[chunks[d]], items[d], e) if d < n_docs else after
-            positions.append({"inner": inner, "skip": skip, "offset": offset, "blocks": b})
+        read = nxt < len(docs)  # the next token is in a document already read, else: after this chunk
+        safe = np.minimum(nxt, max(len(docs) - 1, 0))
+        first = int(docs.chunks.min()) if len(docs) else 0
+        chunk_of = docs.chunks[safe] - first if len(docs) else np.zeros(n, np.int64)
+        inners = [states.get(c) for c in range(first, first + int(chunk_of.max(initial=0)) + 1)] + [after[0]]
+        positions = Positions(inners, np.where(read, chunk_of, len(inners) - 1),
+                              np.where(read, docs.items[safe] if len(docs) else 0, after[1]),
+                              np.where(read, emitted, after[2]), np.arange(blocks + 1, blocks + n + 1))
         piece = result.piece_doc
         return BlockSet(result.ids, result.positions, result.doc_ids, result.num_tokens, result.runs,
                         result.run_bounds, docs.shard[piece], docs.record[piece], docs.source[piece],
