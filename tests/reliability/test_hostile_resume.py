@@ -1,9 +1,6 @@
-"""Hostile review of checkpoints/audit on URLs (pipeline/train, shards/audit.py) and of the elastic
-resume core (pipeline/elastic.py).  Plain tests are regression guards (the behaviour is right);
-``xfail(strict=True)`` tests each demonstrate a hole still open (the reason names where and the fix).
-
-All in-process: memory:// or tmp_path, no torchrun, no S3 server.  The elastic plans are compared
-with an independent brute-force simulation of the segment chain (lists and sets, no numpy)."""
+"""Hostile review of checkpoints/audit on URLs (pipeline/train, shards/audit.py) and of pipeline/elastic.py,
+in-process (memory:// or tmp_path).  Plain tests guard right behaviour; each ``xfail(strict=True)`` shows an
+open hole (its reason: where, and the fix).  Elastic plans are compared with a brute-force reference."""
 from __future__ import annotations
 
 import json
@@ -56,19 +53,19 @@ def step_file(out: str, step: int, name: str = "") -> str:
     return checkpoint.locate(out, "checkpoint", checkpoint.step_name(step), *([name] if name else []))
 
 
-def put(path: str, data: bytes) -> None:
-    with fsspec.open(path, "wb") as f:
-        f.write(data)
+def put(url: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(path, data)
 
 
-def cat(path: str) -> bytes:
-    with fsspec.open(path, "rb") as f:
-        return f.read()
+def cat(url: str) -> bytes:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.cat_file(path)
 
 
-def rm(path: str) -> None:
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.rm(p, recursive=True)
+def rm(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)
 
 
 @pytest.fixture(params=["memory", "local"])
@@ -225,34 +222,30 @@ def audited(run: str, train_set: str) -> audit.Finding:
     return audit.audit(run, train_url=train_set)
 
 
+def two_epochs(kept=(2, 4, 6, 8)) -> str:
+    """A run whose parts each hold steps last-1 and last, for each last in ``kept``."""
+    run = mem_url()
+    for last in kept:
+        write_audit_part(run, [last - 1, last])
+    return run
+
+
 def test_two_clean_epochs_in_parts_pass(train_set):
-    run = mem_url()
-    for last in (2, 4, 6, 8):
-        write_audit_part(run, [last - 1, last])
-    assert audited(run, train_set).ok
+    assert audited(two_epochs(), train_set).ok
 
 
-@pytest.mark.xfail(strict=True, reason="shards/audit.py: steps are never checked to run without gaps; a part lost "
-                   "on every rank inside the last (partial) epoch passes as 'partial' ('8 steps logged', 6 there); "
-                   "fix: fail on a step gap (steps must run first_step..last)")
-def test_a_lost_part_inside_the_last_epoch_fails_the_audit(train_set):
-    run = mem_url()
-    for last in (2, 4, 8):  # steps 5-6 of epoch 1 lost, 7-8 there
-        write_audit_part(run, [last - 1, last])
-    assert not audited(run, train_set).ok
+GAP = pytest.mark.xfail(strict=True, reason="shards/audit.py: steps are never checked to run without gaps; a part "
+                        "lost on every rank inside the last (partial) epoch passes as 'partial' ('8 steps logged', "
+                        "6 there); fix: fail on a step gap (steps must run first_step..last)")
 
 
-def test_a_lost_part_inside_a_finished_epoch_fails_the_audit(train_set):
-    run = mem_url()
-    for last in (2, 6, 8):  # steps 3-4 of epoch 0 lost
-        write_audit_part(run, [last - 1, last])
-    assert not audited(run, train_set).ok
+@pytest.mark.parametrize("kept", [(2, 6, 8), pytest.param((2, 4, 8), marks=GAP)], ids=["epoch0-gap", "last-epoch-gap"])
+def test_a_lost_part_fails_the_audit(train_set, kept):
+    assert not audited(two_epochs(kept), train_set).ok  # one part (two steps) missing on the only rank
 
 
 def test_overlapping_parts_fail_as_duplicates(train_set):
-    run = mem_url()
-    for last in (2, 4, 6, 8):
-        write_audit_part(run, [last - 1, last])
+    run = two_epochs()
     write_audit_part(run, [3], name_step=3)  # step 3 logged twice
     found = audited(run, train_set)
     assert not found.ok and any("more than once" in line for line in found.lines)
@@ -270,16 +263,11 @@ def test_a_part_of_another_run_is_refused(train_set):
     assert not found.ok and any("seed=7" in line for line in found.lines)
 
 
-def test_a_torn_line_in_a_part_is_one_line_naming_the_part(train_set):
+@pytest.mark.parametrize("bad", ["torn", "no epoch"])
+def test_a_damaged_line_in_a_part_is_one_line_naming_the_part(train_set, bad):
     run = mem_url()
-    write_audit_part(run, [1, 2], lines=[step_line(1), step_line(2)[:20]])
-    with pytest.raises(ValueError, match=r"rank0\.part-0000002\.jsonl: not valid JSON lines"):
-        audited(run, train_set)
-
-
-def test_a_line_without_epoch_is_one_line_naming_file_and_line(train_set):
-    run = mem_url()
-    write_audit_part(run, [1, 2], lines=[step_line(1), json.dumps({"step": 2, "ids": [], "pads": []})])
+    line = step_line(2)[:20] if bad == "torn" else json.dumps({"step": 2, "ids": [], "pads": []})
+    write_audit_part(run, [1, 2], lines=[step_line(1), line])
     with pytest.raises(ValueError, match=r"rank0\.part-0000002\.jsonl"):
         audited(run, train_set)
 
@@ -401,9 +389,8 @@ def test_elastic_chain_matches_a_brute_force_reference(data, sizes, block, seed,
     assert sized == [len(final[0, w]) for w in range(workers)]
 
 
-@pytest.mark.parametrize("done,why", [(-2, "negative"), (3, "not a whole batch"), (12, "past the part"),
-                                      (2**70, "huge")])
-def test_impossible_counts_are_one_line_naming_rank_and_worker(done, why):
+@pytest.mark.parametrize("done", [-2, 3, 12, 2**70], ids=["negative", "not-whole-batch", "past-the-part", "huge"])
+def test_impossible_counts_are_one_line_naming_rank_and_worker(done):
     segment = Segment(2, 1, 2, 4, [[2], [done]])  # 10 records: 5 per rank
     with pytest.raises(ValueError, match=rf"rank 1 worker 0 delivered {done}; valid: a multiple of 2 up to 5"):
         elastic.remaining(10, [segment], 0, 0, True)
@@ -425,21 +412,18 @@ def test_bad_topology_fields_name_the_field(field, value):
         Segment.from_json(entry)
 
 
-@pytest.mark.xfail(strict=True, reason="elastic.Segment.__post_init__ runs int() over delivered: 4.7, '4', True, a "
-                   "row given as the string '12' or a dict are silently turned into counts (a wrong plan); fix: "
-                   "accept only int rows of lists, ValueError naming Segment.delivered")
-@pytest.mark.parametrize("delivered", [[[4.7]], [["4"]], [[True]], ["12"], {"0": [0]}])
-def test_delivered_of_the_wrong_type_is_refused(delivered):
-    workers = 2 if delivered == ["12"] else 1
-    with pytest.raises(ValueError, match="delivered"):
-        Segment.from_json({"world": 1, "workers": workers, "batch_size": 1, "window": 4, "delivered": delivered})
+def entry_with(delivered, workers: int = 1) -> dict:
+    return {"world": 1, "workers": workers, "batch_size": 1, "window": 4, "delivered": delivered}
 
 
-@pytest.mark.xfail(strict=True, reason="elastic.Segment.from_json: a non-dict entry (None, a string) raises "
-                   "TypeError, not the one-line ValueError; fix: check isinstance(entry, dict) first")
-@pytest.mark.parametrize("entry", [None, "world workers batch_size window delivered", 7])
-def test_a_segment_entry_that_is_not_an_object_is_a_value_error(entry):
-    with pytest.raises(ValueError, match="elastic segment"):
+@pytest.mark.xfail(strict=True, reason="elastic.Segment.__post_init__ int()s delivered: 4.7, '4', True, a row given "
+                   "as the string '12' or a dict silently become counts (a wrong plan); from_json(None or a string) "
+                   "raises TypeError; fix: int rows of lists and a dict entry only, ValueError naming the field")
+@pytest.mark.parametrize("entry", [entry_with([[4.7]]), entry_with([["4"]]), entry_with([[True]]),
+                                   entry_with(["12"], workers=2), entry_with({"0": [0]}), None, 7,
+                                   "world workers batch_size window delivered"])
+def test_a_segment_entry_of_the_wrong_json_types_is_a_value_error(entry):
+    with pytest.raises(ValueError, match="elastic segment|delivered"):
         Segment.from_json(entry)
 
 
