@@ -278,15 +278,15 @@ def _tile(doc: str, found: list, data_length: int | None, problems: dict) -> tup
         problems["with lengths that disagree"].append(f"{doc} logged {sorted(logged)}{data}")
     length = data_length if data_length is not None else (min(logged) if logged else None)
     ordered = sorted((s[1], s[2]) for s in found)
-    end, covered = 0, 0
+    end, covered, before_seg = 0, 0, None
     for offset, count in ordered:
         if offset < end:
-            kind = "duplicated" if (offset, count) in ordered[:ordered.index((offset, count))] else "overlapping"
+            kind = "duplicated" if (offset, count) == before_seg else "overlapping"
             problems[kind].append(f"{doc} tokens [{offset}, {offset + count}) again (before: up to {end})")
         elif offset > end:
             problems["gap"].append(f"{doc} tokens [{end}, {offset}) never trained")
         covered += max(0, offset + count - max(end, offset))
-        end = max(end, offset + count)
+        end, before_seg = max(end, offset + count), (offset, count)
     if length is not None and end > length:
         problems["past its end"].append(f"{doc} trained up to token {end} of {length}")
     elif length is not None and end < length:
