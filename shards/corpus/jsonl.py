@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.decode import Where, count_lines, line_blocks, split_lines
-from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, bool_array
+from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, Lines, bool_array, line_shape
 from shards.corpus.records import jsonl_records
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
 
@@ -40,8 +40,8 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
                  storage_options: dict | None = None) -> Iterator[Columns]:
     """The unit's records as Columns (label ids by ``labels``), as the per-line path gives them."""
     reader = _Reader(unit, spec, bad, labels, storage_options)
-    for block, first in reader.blocks():
-        yield from reader.columns(block, first)
+    for block, first, lines in reader.blocks():
+        yield from reader.columns(block, first, lines)
 
 
 def scan_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options: dict | None = None
@@ -49,16 +49,16 @@ def scan_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options:
     """The unit's good records as Columns whose ``label`` is the Arrow array of their label strings
     (the first pass of a labelled build, kept for the second: :mod:`shards.build.spill`)."""
     reader = _Reader(unit, spec, bad, None, storage_options, scan=True)
-    for block, first in reader.blocks():
-        yield from reader.columns(block, first)
+    for block, first, lines in reader.blocks():
+        yield from reader.columns(block, first, lines)
 
 
 def scan_labels(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> set[str]:
     """The label values of the unit's good records (bad ones skipped whatever the policy)."""
     reader = _Reader(unit, spec, BadRecords("skip"), None, storage_options)
     found: set[str] = set()
-    for block, first in reader.blocks():
-        found |= reader.block_labels(block, first)
+    for block, first, lines in reader.blocks():
+        found |= reader.block_labels(block, first, lines)
     return found
 
 
@@ -76,9 +76,11 @@ class _Reader:
         """(block of whole lines, number of its first line) for the lines the unit owns, as the
         per-line path reads them (:func:`corpus_open.line_blocks`: ranges, BOM, too_long, damage)."""
         compression = kind_of(self.unit.url, self.spec.input_format)[1]
-        # read and cut on a thread of its own, a block or two ahead of the parser
-        return prefetch(line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, compression,
-                                    self.storage_options, BLOCK_BYTES), depth=2)
+        limit = self.spec.max_record_bytes
+        blocks = line_blocks(self.unit, limit, self.bad, self.where, compression, self.storage_options, BLOCK_BYTES)
+        # read, cut and shaped (numpy, GIL released) on a thread of its own, a block or two ahead of the parser
+        return prefetch(((block, first, line_shape(block, limit) if b"\r" not in block else None)
+                         for block, first in blocks), depth=2)
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
         """The block cut at line ends into about RETRY_PIECES pieces of MIN_PIECE_BYTES or more
@@ -97,12 +99,12 @@ class _Reader:
         return pieces
 
     # -- one block ---------------------------------------------------------------------
-    def columns(self, block: bytes, first: int) -> Iterator[Columns]:
+    def columns(self, block: bytes, first: int, lines: Lines | None = None) -> Iterator[Columns]:
         if b"\r" in block:  # CRLF or lone-CR line breaks: those lines are numbered by the per-line path
             for piece, line, has_cr in cr_runs(block, first):
                 yield from self._per_line(piece, line) if has_cr else self.columns(piece, line)
             return
-        checked = self.checker.check(block, for_scan=self.scan)
+        checked = self.checker.check(block, for_scan=self.scan, lines=lines)
         if checked is None:
             pieces = self._pieces(block, first)
             if len(pieces) == 1:
@@ -145,11 +147,11 @@ class _Reader:
         labels = label_ids.to_numpy().astype(np.int64) if label_ids is not None else None
         yield Columns(text, labels, chars)
 
-    def block_labels(self, block: bytes, first: int) -> set[str]:
+    def block_labels(self, block: bytes, first: int, lines: Lines | None = None) -> set[str]:
         if b"\r" in block:
             return set().union(*(self._per_line_labels(piece, line) if has_cr else self.block_labels(piece, line)
                                  for piece, line, has_cr in cr_runs(block, first)))
-        checked = self.checker.check(block, for_scan=True)
+        checked = self.checker.check(block, for_scan=True, lines=lines)
         if checked is None:
             pieces = self._pieces(block, first)
             if len(pieces) > 1:

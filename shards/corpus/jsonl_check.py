@@ -126,13 +126,13 @@ class Checker:
         names = (*spec.text_fields, *([spec.label_field] if spec.label_field is not None else []))
         self.keys = [json.dumps(n, ensure_ascii=False).encode() for n in dict.fromkeys(names)]
 
-    def check(self, block: bytes, for_scan: bool = False) -> Checked | None:
+    def check(self, block: bytes, for_scan: bool = False, lines: Lines | None = None) -> Checked | None:
         """The block's clean lines checked, or None if pyarrow does not read them one row per line.
 
         When pyarrow refuses them, the lines it refuses for a known cause (a lone surrogate escape,
         a field the build reads named twice) are left to the per-line path and the rest parsed again.
         """
-        lines = line_shape(block, self.spec.max_record_bytes)
+        lines = line_shape(block, self.spec.max_record_bytes) if lines is None else lines  # given: found ahead
         checked = self._check(block, lines, for_scan)
         if checked is None:
             refused = refused_lines(block, lines, self.keys) & ~lines.suspect
