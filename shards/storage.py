@@ -80,8 +80,9 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 # userinfo of any URL (``scheme://user:token@host``) and query values that carry secrets
 # (presigned S3 ``X-Amz-Signature``/``-Credential``/``-Security-Token``, Azure ``sig``, ``token=``)
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
-_SECRET_QUERY = re.compile(r"(?i)([?&][^=&\s'\"]*(?:signature|credential|token|secret|password|passwd|key|sig)"
+# userinfo runs to the LAST '@' before the path (a password may hold '@'; RFC 3986 authority)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"]+@")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&\s'\"]*(?:signature|credential|token|secret|password|passwd|pwd|auth|key|sig)"
                            r"[^=&\s'\"]*=)[^&#\s'\"]+")
 
 

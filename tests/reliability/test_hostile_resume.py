@@ -186,8 +186,6 @@ def test_the_audit_header_and_checkpoint_meta_hold_no_credential(url):
     assert "SECRETXYZ" not in header_for(url) and "SECRETXYZ" not in shards.redact(url)
 
 
-@pytest.mark.xfail(strict=True, reason="shards.redact (_USERINFO stops at the first '@'): a password holding '@' "
-                   "leaks its tail into the audit header and state.json 'train'; fix: userinfo up to the last '@'")
 def test_a_password_with_an_at_sign_is_not_written():
     assert "XYZ" not in header_for("https://alice:s3cr@tXYZ@host/train")
 
