@@ -61,11 +61,12 @@ def same_stretch(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "first_step"} == {k: v for k, v in b.items() if k != "first_step"}
 
 
-def check_header(entry, where: str) -> dict:
+def check_header(entry, where: str, required: tuple[str, ...] = ("world_size", "samples_per_rank", "rank")) -> dict:
+    """A header line; ``required``: its integer fields the reader needs (the checker needs all three)."""
     if not is_header(entry) or entry.get("audit") != VERSION:
         raise ValueError(f"{where}: not an audit header of version {VERSION}: {str(entry)[:200]}; "
                          f"was the run started with --audit?")
-    for key in ("world_size", "samples_per_rank", "rank"):
+    for key in required:
         if not isinstance(entry.get(key), int) or entry[key] < 0:
             raise ValueError(f"{where}: audit header has {key}={entry.get(key)!r}, expected an integer >= 0; "
                              f"the log was damaged or edited")

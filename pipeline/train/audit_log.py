@@ -263,7 +263,7 @@ def _entry(path: str, number: int, text: str, header: bool = False) -> dict:
     where = f"{path}:{number}"
     if header or audit_schema.is_header(entry):
         try:
-            return audit_schema.check_header(entry, where)
+            return audit_schema.check_header(entry, where, required=("world_size",))
         except ValueError:
             raise ValueError(f"{where}: not an audit line (damaged or edited); restore the file, or "
                              f"start the run over with --resume never") from None
@@ -276,7 +276,7 @@ class Parts:
 
     def __init__(self, out_dir: str, rank: int, fields: dict, resume_step: int, storage_options: dict | None):
         self.folder, self.rank, self.options = join_url(out_dir, "audit"), rank, storage_options
-        kept = truncate_parts(self.folder, rank, resume_step, fields, storage_options) if resume_step else []
+        kept = truncate_parts(self.folder, rank, resume_step, fields, storage_options)  # step 0: all deleted
         lines = continued(kept, rank, fields, resume_step)
         self.header = json.loads(next(t for t in reversed(lines) if audit_schema.is_header(json.loads(t))))
         self.lines: list[str] = []
