@@ -103,8 +103,6 @@ def parse_args(argv=None, description: str = "DDP training over shard streams") 
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if args.pack is not None and (args.task != "lm" or args.pack < 2):
         p.error(f"--pack {args.pack}: needs --task lm and a block length >= 2 (typical: 512-4096)")
-    if args.pack is not None and args.audit:
-        p.error("--audit counts whole samples; packed blocks split documents, so use it without --pack")
     if args.group_by_length and (args.pack is not None or "," in args.train):
         p.error("--group-by-length cuts padded batches from one shard set; use it without --pack and without "
                 "a --train mixture")

@@ -18,10 +18,8 @@ import pytest
 from pipeline.loader.make import make_loader
 from pipeline.pack.stream import PackedStream
 from pipeline.stream import ShardStream, StreamConfig
-from pipeline.train import config as train_options
 from pipeline.train import loop
 from pipeline.train.audit_log import AuditLog
-from pipeline.world import from_env
 from shards import audit, load_manifest
 from tests.conftest import ROOT, build_set, minilm_path
 from tests.helpers.trainkit import ENV, tiny_gpt2, train_args
@@ -76,12 +74,8 @@ def test_packed_stream_segments_tile_every_document(sets, tmp_path, capsys, kind
 
 
 def train_packed(argv: list[str]) -> int:
-    """``python -m pipeline.train ... --pack 32 --audit`` in this process.  pipeline/train/config.py still
-    refuses --audit with --pack, so the option is set after parsing (the loop itself supports it)."""
-    args = loop.parse_args([a for a in argv if a != "--audit"])
-    args.audit = True
-    train_options.resolve_defaults(args)
-    return loop.run(args, from_env())
+    """``python -m pipeline.train ... --pack 32 --audit`` in this process."""
+    return loop.main(argv)
 
 
 def lm_args(sets, kind: str, out, steps: int, *extra: str) -> list[str]:
@@ -131,12 +125,9 @@ def test_resume_mid_document_continues_the_segments(sets, tmp_path, capsys):
 
 
 def test_cli_accepts_pack_with_audit():
-    """The real command line; skipped until pipeline/train/config.py drops its --pack/--audit refusal."""
-    try:
-        args = loop.parse_args(["--train", "x", "--steps", "1", "--batch-size", "1", "--task", "lm",
-                                "--pack", "32", "--audit"])
-    except SystemExit:
-        pytest.skip("pipeline/train/config.py still refuses --audit with --pack (change requested)")
+    """The real command line takes --audit with --pack (the audit checks token segments)."""
+    args = loop.parse_args(["--train", "x", "--steps", "1", "--batch-size", "1", "--task", "lm",
+                            "--pack", "32", "--audit"])
     assert args.audit and args.pack == 32
 
 
@@ -219,11 +210,8 @@ def test_stored_token_counts_are_the_expected_lengths(sets, packed_run):
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_two_process_packed_run_passes(sets, tmp_path, capsys):
-    script = tmp_path / "train_packed.py"  # the in-process bypass of the --pack/--audit refusal, under torchrun
-    script.write_text("import sys\nsys.path.insert(0, %r)\nfrom tests.train.test_audit_lm import train_packed\n"
-                      "sys.exit(train_packed(sys.argv[1:]))\n" % str(ROOT))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.train",
            *lm_args(sets, "pretok", out, 8, "--num-workers", "2")]
     proc = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
