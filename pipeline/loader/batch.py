@@ -10,7 +10,7 @@ position)``: this worker's numpy batches, each with the worker's position after 
 (plain integers, see settings.py).  Workers send ``group`` batches per pipe message
 (default ~2048 samples' worth), so both processes pay torch's per-request cost
 (queues, wake-ups, pickling: ~0.5 ms) once per message, not per batch; tensors are
-made here, zero-copy (views of a message's shared-memory arrays, message.py).  A custom ``collate_fn`` gets the batch's
+made here from the numpy arrays (widened from the narrow dtypes they travel in, message.py).  A custom ``collate_fn`` gets the batch's
 items (dicts) in the worker instead and its result is passed on as it is.
 
 Order (order.py): each worker's batches delivered and the worker that delivered the
@@ -28,7 +28,7 @@ from itertools import islice
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline import settings, world
-from pipeline.collate import to_tensors, with_lm_targets
+from pipeline.collate import to_tensors
 from pipeline.loader import message, order
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ SAMPLES_PER_MESSAGE = 2048
 
 def default_group(batch_size: int) -> int:
     return max(1, min(64, round(SAMPLES_PER_MESSAGE / max(batch_size, 1))))
-
-
-def finish_in_worker(batch: dict) -> dict:
-    """LM blocks get their labels and mask here, in the worker (the main process only slices)."""
-    return with_lm_targets(batch) if "doc_ids" in batch and "attention_mask" not in batch else batch
 
 
 def reset_stats(stream) -> None:
@@ -78,15 +73,15 @@ class _Messages(IterableDataset):
         batches = self.stream.batches(self.batch_size, start if start["batches"] else None, items=items,
                                       **self.batch_kw)
         if self.lead[worker_id]:
-            yield worker_id, ({}, {}, []), [], counters(self.stream)
+            yield worker_id, [], [], counters(self.stream)
         for size in order.message_sizes(start["batches"], self.group):
             got = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
             if not got:
                 return
-            if self.collate_fn is None:  # ours: big arrays in shared memory (message.py)
-                made = message.pack([finish_in_worker(b) for b, _ in got])
+            if self.collate_fn is None:  # ours: big arrays narrowed for the pipe (message.py)
+                made = message.pack([b for b, _ in got])
             else:
-                made = ({}, {}, [self.collate_fn(b) for b, _ in got])
+                made = [self.collate_fn(b) for b, _ in got]
             yield worker_id, made, [p for _, p in got], counters(self.stream)
             if len(got) < size:
                 return
@@ -241,7 +236,7 @@ class BatchLoader:
     def _deliver(self, it):
         for worker_id, made, positions, stats in it:
             self._stats_now[worker_id] = stats
-            for batch, position in zip(message.unpack(*made), positions):
+            for batch, position in zip(made, positions):
                 self._delivered_one(worker_id, position)
                 yield self._finish(batch)
         self._check_end()

@@ -1,48 +1,35 @@
-"""A worker message: its batches' big arrays in shared memory, one tensor per field.
+"""A worker message: its batches with the big integer arrays in the narrowest dtype.
 
-A message of ``group`` batches is pickled through the worker's pipe.  Its small
-fields (sample ids, ``is_pad``, ``cu_seqlens``) pickle cheaply, but the 2-D arrays
-(``input_ids`` and, for LM blocks, labels, positions, document ids, mask) are most of
-the bytes, and a pipe moves every byte three times (pickle, write, read).  Here each
-such field of the whole message is written once into one shared-memory tensor in the
-worker; the main process gets a handle (one file descriptor per field per message,
-not per batch) and hands out each batch as a zero-copy view of it.
+A message of ``group`` batches is pickled through the worker's pipe, and a pipe moves
+every byte three times (pickle, write, read).  The 2-D integer arrays (``input_ids``
+and, for LM blocks, position and document ids) are most of the bytes, and their
+values fit 16 bits in the common case (vocabularies under 65536, blocks under 32768
+tokens): they travel narrowed (int64 → uint16/int16/int32, by their range), and
+``collate.to_tensors`` widens them to LongTensors in the main process, where an LM
+batch's ``labels`` and ``attention_mask`` are also derived (pack/blocks.py).  Shared
+memory per message was measured slower here: a fresh segment's page faults cost more
+than the pipe's copies of the narrowed bytes.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+_NARROW = (np.uint8, np.int8, np.uint16, np.int16, np.int32)
 
 
-def _stackable(batches: list[dict], key: str) -> bool:
-    first = batches[0][key]
-    return all(isinstance(b.get(key), np.ndarray) and b[key].shape[1:] == first.shape[1:]
-               and b[key].dtype == first.dtype for b in batches)
+def narrow(values: np.ndarray) -> np.ndarray:
+    """``values`` (integers) in the narrowest dtype that holds them all."""
+    if values.dtype != np.int64 or not values.size:
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in _NARROW:
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return values.astype(dtype)
+    return values
 
 
-def pack(batches: list[dict]) -> tuple[dict, dict, list[dict]]:
-    """(shared tensors by field, rows per batch by field, the batches without those fields)."""
-    if not batches:
-        return {}, {}, []
-    keys = [k for k, v in batches[0].items() if isinstance(v, np.ndarray) and v.ndim >= 2 and _stackable(batches, k)]
-    shared, rows = {}, {}
-    for key in keys:
-        parts = [b[key] for b in batches]
-        first = parts[0]
-        dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
-        tensor = torch.empty((sum(len(p) for p in parts), *first.shape[1:]), dtype=dtype).share_memory_()
-        np.concatenate(parts, out=tensor.numpy())
-        shared[key], rows[key] = tensor, [len(p) for p in parts]
-    rest = [{k: v for k, v in b.items() if k not in shared} for b in batches]
-    return shared, rows, rest
-
-
-def unpack(shared: dict, rows: dict, rest: list[dict]) -> list[dict]:
-    """The message's batches again, their shared fields as views."""
-    out = [dict(b) for b in rest]
-    for key, tensor in shared.items():
-        lo = 0
-        for batch, n in zip(out, rows[key]):
-            batch[key] = tensor[lo:lo + n]
-            lo += n
-    return out
+def pack(batches: list[dict]) -> list[dict]:
+    """The batches with their 2-D integer arrays narrowed (see the module docstring)."""
+    return [{k: narrow(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v for k, v in b.items()}
+            for b in batches]

@@ -4,9 +4,9 @@ A chunk's ``Cut`` (cut.py) becomes one BlockSet; batches are slices of it (and
 joins of a chunk's tail with the next chunk's head), so a batch costs a few numpy
 slices whatever its size: no per-block dict, no per-document string.  The
 document names travel as int arrays and are formatted only when read
-(``BlockIds``, ``chunk.SampleIds``).  ``collate.with_lm_targets`` derives ``labels``
-and ``attention_mask`` from ``doc_ids`` (in the worker; loader/message.py then puts
-the message's arrays in shared memory).
+(``BlockIds``, ``chunk.SampleIds``).  ``collate.to_tensors`` derives ``labels`` and
+``attention_mask`` from ``doc_ids`` in the main process, so they never cross the
+worker pipe (where the ids travel narrowed, loader/message.py).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pipeline.pack.cut import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class BlockSet:
-    ids: np.ndarray            # int64 [n, seq_len]
-    positions: np.ndarray      # int64 [n, seq_len]
-    doc_ids: np.ndarray        # int64 [n, seq_len], -1 on padding
+    ids: np.ndarray            # [n, seq_len], uint16 or int64 (PackedStream: what the vocabulary needs)
+    positions: np.ndarray      # [n, seq_len], int16 or int64
+    doc_ids: np.ndarray        # [n, seq_len], int16 or int64, -1 on padding
     num_tokens: np.ndarray     # int64 [n]
     runs: np.ndarray           # every block's runs (pieces, then padding), block b's at run_bounds[b]:[b+1]
     run_bounds: np.ndarray
@@ -62,13 +62,13 @@ class BlockSet:
     def blocks(self) -> list[dict]:
         """One dict per block (the per-block API and custom collate functions)."""
         mask = (self.doc_ids >= 0).astype(np.int64)
-        ids = self.ids
+        ids = self.ids.astype(np.int64)
         labels = np.where(mask == 1, ids, IGNORE_INDEX)
         names = BlockIds(self.shard, self.record, self.source, self.piece_bounds)
         runs, rb, pb = self.runs.tolist(), self.run_bounds.tolist(), self.piece_bounds.tolist()
         starts = self.starts.tolist()
-        return [{"input_ids": ids[b], "labels": labels[b], "position_ids": self.positions[b],
-                 "doc_ids": self.doc_ids[b], "attention_mask": mask[b],
+        return [{"input_ids": ids[b], "labels": labels[b], "position_ids": self.positions[b].astype(np.int64),
+                 "doc_ids": self.doc_ids[b].astype(np.int64), "attention_mask": mask[b],
                  "seqlens": runs[rb[b]:rb[b + 1]], "num_tokens": int(self.num_tokens[b]), "is_pad": False,
                  "starts": starts[pb[b]:pb[b + 1]], "sample_ids": names[b]} for b in range(len(self))]
 

@@ -170,7 +170,7 @@ class Docs:
 class Cut(NamedTuple):
     """The complete blocks of a chunk and what is left for the next one, as flat arrays.
 
-    ``ids``/``positions``/``doc_ids``: int64 [n_blocks, seq_len] (doc_ids -1 on padding);
+    ``ids``/``positions``/``doc_ids``: [n_blocks, seq_len] of ``dtypes`` (doc_ids -1 on padding);
     ``num_tokens``: real tokens per block; ``runs``: every block's runs (its pieces, then
     its padding if any), block b's at ``run_bounds[b]:run_bounds[b + 1]``; pieces (a
     document's part in one block), block b's at ``piece_bounds[b]:...``: ``piece_doc``
@@ -205,8 +205,10 @@ def virtual_starts(lengths: np.ndarray, seq_len: int, split_documents: bool) -> 
     return np.array(starts, dtype=_I64)
 
 
-def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: bool) -> Cut:
-    """The blocks ``docs`` complete (``final``: all of them, the last one padded)."""
+def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: bool,
+        dtypes: tuple = (_I64, _I64)) -> Cut:
+    """The blocks ``docs`` complete (``final``: all of them, the last one padded); ``dtypes``:
+    of the ids and of the positions/doc ids (narrow ones travel the worker pipe cheaper)."""
     S = seq_len
     vs = virtual_starts(docs.lengths, S, split_documents)
     ends = vs + docs.lengths
@@ -227,7 +229,7 @@ def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: boo
     bounds = np.searchsorted(piece_block, np.arange(n_blocks + 1, dtype=_I64))  # block b: pieces bounds[b]:bounds[b+1]
     real_per_block = np.bincount(piece_block, weights=piece_len, minlength=n_blocks).astype(_I64)
     ids, positions, doc_ids = _block_arrays(docs.tokens[:n_real], piece_start, piece_len, bounds, piece_block,
-                                            real_per_block, n_blocks, S, pad_id)
+                                            real_per_block, n_blocks, S, pad_id, dtypes)
     starts = (piece_start == vs[piece_doc]) & (docs.offsets[piece_doc] == 0)
     padded = real_per_block < S  # a block's padding is one more run after its pieces
     runs = np.insert(piece_len, bounds[1:][padded], (S - real_per_block)[padded])
@@ -236,21 +238,22 @@ def cut(docs: Docs, seq_len: int, split_documents: bool, pad_id: int, final: boo
                _cursors(docs, vs, ends, n_blocks, S), _carry(docs, vs, ends, limit, n_real))
 
 
-def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_block, n_blocks, S, pad_id) -> tuple:
+def _block_arrays(tokens, piece_start, piece_len, bounds, piece_block, real_per_block, n_blocks, S, pad_id,
+                  dtypes) -> tuple:
     n_real = len(tokens)
     size = n_blocks * S
+    ids_dtype, small = dtypes
     run_lo = np.repeat(exclusive_cumsum(piece_len), piece_len)
-    within = np.arange(n_real, dtype=_I64) - run_lo  # index inside the piece
-    local = np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]  # piece index inside the block
+    within = (np.arange(n_real, dtype=_I64) - run_lo).astype(small, copy=False)  # index in the piece: < S
+    local = (np.arange(len(piece_len), dtype=_I64) - bounds[piece_block]).astype(small)  # piece index in block
     contiguous = n_real == 0 or int(piece_start[-1] + piece_len[-1]) == n_real  # no gaps before the last token
     where = slice(0, n_real) if contiguous else np.repeat(piece_start, piece_len) + within
-    # int64 from the start: the batch's tensors are LongTensors (the worker writes them once)
-    ids = np.full(size, pad_id, dtype=_I64)
+    ids = np.full(size, pad_id, dtype=ids_dtype)
     ids[where] = tokens
-    doc_ids = np.full(size, -1, dtype=_I64)
+    doc_ids = np.full(size, -1, dtype=small)
     doc_ids[where] = np.repeat(local, piece_len)
     # padding is trailing in its block and its own run from 0
-    positions = np.tile(np.arange(S, dtype=_I64), n_blocks) - np.repeat(real_per_block, S)
+    positions = np.tile(np.arange(S, dtype=small), n_blocks) - np.repeat(real_per_block.astype(small), S)
     positions[where] = within
     shape = (n_blocks, S)
     return ids.reshape(shape), positions.reshape(shape), doc_ids.reshape(shape)

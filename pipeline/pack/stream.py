@@ -115,6 +115,7 @@ class PackedStream(IterableDataset):
                         "max_length": getattr(stream, "max_length", None),
                         "tokenizer": shards.fingerprint(self.tokenizer) if self.tokenizer is not None else None}
         self.stats: Counter = Counter()
+        self._dtypes = _block_dtypes(self.tokenizer, self.seq_len, (self.pad_id, self.format.sep_id))
         self._seek: dict | None = None
         self._position: dict = dict(START)
 
@@ -217,7 +218,7 @@ class PackedStream(IterableDataset):
                 raise settings.ResumeError(f"packed state: offset={offset} tokens into a document, but the "
                                            f"stream has none left: the state belongs to other data")
             docs = carry + new
-            result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted)
+            result = cut(docs, self.seq_len, self.split_documents, self.pad_id, final=exhausted, dtypes=self._dtypes)
             part = self._block_set(result, docs, states, after, blocks)
             blocks += len(part)
             if len(part):
@@ -249,6 +250,15 @@ class PackedStream(IterableDataset):
         return BlockSet(result.ids, result.positions, result.doc_ids, result.num_tokens, result.runs,
                         result.run_bounds, docs.shard[piece], docs.record[piece], docs.source[piece],
                         result.piece_starts, result.piece_bounds, positions)
+
+
+def _block_dtypes(tokenizer, seq_len: int, specials: tuple[int, ...]) -> tuple:
+    """(ids, positions/doc ids) dtypes of the blocks: 16 bits where every value fits (a
+    vocabulary known to be under 65536, blocks under 32768 tokens), else 32 / 64; the
+    loader widens them to LongTensors in the main process (they cross the pipe narrow)."""
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True) if tokenizer is not None else None
+    fits16 = vocab is not None and max(vocab - 1, *specials) < 1 << 16 and min(specials) >= 0
+    return (np.uint16 if fits16 else np.int64), (np.int16 if seq_len < 1 << 15 else np.int64)
 
 
 def _resolve_tokenizer(stream, tokenizer):
