@@ -179,15 +179,15 @@ def shard_index(data, url: str, key: str | None = None) -> _Index:
 
 
 # -- the vectorised index ------------------------------------------------------------------------
-# A member-by-member walk in Python costs ~0.35 s per 50k-member shard, all of it before the first
-# record.  ``_fast_index`` does the same checks as ``members`` + ``_build_index`` with numpy over
-# every header at once (only the hop from header to header stays in Python, a list lookup each),
-# but accepts only the plain layout writers produce: canonical octal fields, ASCII names of
-# [A-Za-z0-9_.-] with a dot, no ustar prefix, every sample's members in the first sample's order.
-# Anything else returns None and the general path runs, which accepts it or names the problem.
+# The walk costs ~0.35 s per 50k-member shard, all before the first record.  ``_fast_index`` does
+# its checks with numpy over every header at once (the header chain is checked as a whole; walked
+# in Python only when a payload holds "ustar" where a header's magic would be), and accepts only the
+# plain layout writers produce: canonical octal fields, [A-Za-z0-9_.-] names with a dot, no ustar
+# prefix, every sample's members in the first sample's order.  Else None: the walk decides.
 _NAME_CHARS = np.zeros(256, bool)
 _NAME_CHARS[np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", np.uint8)] = True
 _USTA = int.from_bytes(b"usta", "little")
+
 
 def _octal_fields(fields: np.ndarray) -> np.ndarray:
     """Each row's octal field as int64: leading digits, then only NUL/space; -1 for any other form."""
