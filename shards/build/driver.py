@@ -30,8 +30,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from shards import formats, storage
 from shards.build import spill
 from shards.build.engines import EngineError, LocalEngine, Progress
@@ -48,12 +46,11 @@ from shards.build.lock import (
     sigterm_raises,
 )
 from shards.build.prefetch import prefetch
-from shards.build.writer import Limits, Part, PartWriter, columns_of
-from shards.corpus import jsonl as corpus_jsonl
-from shards.corpus import txt_block
+from shards.build.unit_columns import counting, unit_columns
+from shards.build.writer import Limits, Part, PartWriter
 from shards.corpus.inputs import expand_inputs
 from shards.corpus.labels import check_label_map, check_label_names, normalized_values
-from shards.corpus.read import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, Where, kind_of, plan_units, read_unit, scan_labels
+from shards.corpus.read import ALL_SUFFIXES, BadRecords, CorpusSpec, Unit, plan_units, scan_labels
 from shards.manifest import Manifest
 from shards.tokenizer import fingerprint, load_tokenizer
 
@@ -170,9 +167,9 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
     local_dir = tempfile.mkdtemp(prefix="shards-") if remote else storage.filesystem(_staging(cfg))[1]
     try:
         os.makedirs(local_dir, exist_ok=True)
-        columns, text_chars = _unit_columns(cfg, unit, labels, bad)
+        columns, text_chars = unit_columns(cfg, unit, labels, bad)
         label_counts = [0] * len(labels) if labels is not None else None
-        columns = _counting(prefetch(columns), label_counts)  # the reader runs a few blocks ahead on a thread
+        columns = counting(prefetch(columns), label_counts)  # the reader runs a few blocks ahead on a thread
         tok = _tokenizer(cfg.tokenizer)
         fields = formats.fields_of(labels is not None, tok is not None)
         writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
@@ -193,62 +190,6 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
               "label_counts": label_counts}
     storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
     return result
-
-
-def _counting(columns, counts: list[int] | None):
-    """The Columns stream as it is, adding each record's label id to ``counts``."""
-    for col in columns:
-        if counts is not None and col.label is not None and len(col.label):
-            for i, n in enumerate(np.bincount(col.label, minlength=len(counts)).tolist()):
-                counts[i] += n
-        yield col
-
-
-def _unit_columns(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
-    """(generator of :class:`Columns` with label ids, counter of text chars read) for one unit.
-
-    JSONL, CSV/TSV and txt lines are read column-wise (pyarrow's JSON and CSV readers, numpy
-    checks), which gives the same records, counts and errors as the per-record path below.
-    """
-    text_chars = Counter()
-    # a unit whose label scan ran here was parsed once already: its records are read back
-    fast = spill.take(unit, cfg.spec, cfg.storage_options, bad, labels) if labels is not None else None
-    if fast is None and cfg.spec.block_parse:
-        fast = _column_reader(cfg, unit, labels, bad)
-    if fast is not None:
-        def counted():
-            for col in fast:
-                text_chars["n"] += col.text_chars
-                yield col
-        return counted(), text_chars
-    label_ids = {name: i for i, name in enumerate(labels)} if labels is not None else None
-    where = Where(unit, cfg.storage_options)
-
-    def records():
-        for raw in read_unit(unit, cfg.spec, bad, cfg.storage_options):
-            text_chars["n"] += len(raw.text)
-            if label_ids is None:
-                yield raw.text, None
-            elif raw.label in label_ids:
-                yield raw.text, label_ids[raw.label]
-            else:
-                bad.add("unknown_label", where(raw.line),
-                        f"{raw.label!r} not in {labels} (--label-names or --label-map)")
-
-    return columns_of(records(), labels is not None), text_chars
-
-
-def _column_reader(cfg: BuildConfig, unit: Unit, labels: list[str] | None, bad: BadRecords):
-    """The unit's column-wise reader (jsonl, csv/tsv, txt lines), or None for the per-record path."""
-    kind, _ = kind_of(unit.url, cfg.spec.input_format)
-    if kind == "jsonl":
-        return corpus_jsonl.read_columns(unit, cfg.spec, bad, labels, cfg.storage_options)
-    if kind in ("csv", "tsv"):
-        from shards.corpus import csv_block  # imports pyarrow.csv: only for CSV inputs
-        return csv_block.read_columns(unit, cfg.spec, bad, labels, "\t" if kind == "tsv" else ",", cfg.storage_options)
-    if kind == "txt" and cfg.spec.text_unit == "line":
-        return txt_block.read_columns(unit, cfg.spec, bad, cfg.storage_options)
-    return None
 
 
 def _unit_bytes(unit: Unit, storage_options) -> int:
