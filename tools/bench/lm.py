@@ -237,9 +237,12 @@ def main(argv=None) -> int:
         _prepare(work, args.copies, args.corpus, tok)
     memmap = type("MemmapBlocks", (MemmapBlocks, Dataset), {})(path, "uint16")
     for workers in args.workers:
-        def ours(workers=workers):
-            docs = ShardStream(url, shuffle=True, seed=0, config=StreamConfig(keep_text=False))
-            return make_loader(PackedStream(docs, seq_len=BLOCK, tokenizer=tok), BATCH, num_workers=workers)
+        # made once, like the memmap dataset: the epoch times the loader, not loading a tokenizer
+        blocks = PackedStream(ShardStream(url, shuffle=True, seed=0, config=StreamConfig(keep_text=False)),
+                              seq_len=BLOCK, tokenizer=tok)
+
+        def ours(workers=workers, blocks=blocks):
+            return make_loader(blocks, BATCH, num_workers=workers)
 
         def baseline(workers=workers):
             return DataLoader(memmap, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0),
