@@ -154,7 +154,29 @@ def stretches(logs: dict[int, Sections], out: Finding) -> list[Stretch]:
     if found and found[0].first_step != 1:
         out.fail(f"the logs start at step {found[0].first_step}: audit was off before a resume, so the earlier "
                  f"steps cannot be checked")
+    check_steps(found, out)
     return found
+
+
+def check_steps(found: list[Stretch], out: Finding) -> None:
+    """The steps run without a gap: each stretch from its first step to its last, the next one on from
+    there (a part or line lost on every rank leaves no other trace in a partial last epoch)."""
+    expected = found[0].first_step if found else 1  # a late start is its own failure above
+    for s in found:
+        steps = sorted({x["step"] for xs in s.ranks.values() for x in xs})
+        if not steps:
+            continue
+        where = f" (the stretch from step {s.first_step})" if len(found) > 1 else ""
+        if steps[0] < s.first_step:
+            out.fail(f"step {steps[0]} logged before its stretch's first step {s.first_step}: "
+                     f"the log was edited or logs of two runs mixed")
+        elif steps[0] > expected:
+            out.fail(f"steps {expected}..{steps[0] - 1} are not in the logs{where}: lost audit parts or lines")
+        holes = sorted(set(range(steps[0], steps[-1] + 1)) - set(steps))
+        if holes:
+            out.fail(f"{len(holes)} step(s) between {steps[0]} and {steps[-1]} are not in the logs{where}, "
+                     f"e.g. {holes[:EXAMPLES]}: lost audit parts or lines")
+        expected = steps[-1] + 1
 
 
 # -- samples -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from shards import (
 
 VERSION = audit_schema.VERSION
 PART = re.compile(r"rank(\d+)\.part-(\d{7,})\.jsonl")
+PART_NAME = "rank{rank}.part-{step:07d}.jsonl"
 SINGLE = re.compile(r"rank(\d+)\.jsonl")
 OPEN_LIMIT = 4096  # documents a packed writer remembers as possibly continuing (one per worker is the need)
 
@@ -293,7 +294,7 @@ class Parts:
 
 
 def part_url(folder: str, rank: int, last_step: int) -> str:
-    return join_url(folder, f"rank{rank}.part-{last_step:07d}.jsonl")
+    return join_url(folder, PART_NAME.format(rank=rank, step=last_step))
 
 
 def write_part(folder: str, rank: int, last_step: int, header: dict, lines: list[str], options) -> None:
@@ -302,22 +303,78 @@ def write_part(folder: str, rank: int, last_step: int, header: dict, lines: list
 
 
 def truncate_parts(folder: str, rank: int, step: int, fields: dict, options: dict | None) -> list[str]:
-    """Remote: delete this rank's lines of steps > ``step`` (whole parts, or cut one); returns the
-    lines kept, each part's header first."""
-    kept_all: list[str] = []
+    """Remote: delete this rank's lines of steps > ``step`` (whole parts, or cut ones); returns the
+    lines kept, each part's header first.
+
+    Parts are cut by the steps their lines hold, never by their names.  A cut part is written
+    (under the name of its last kept step) before the old one is deleted, so a failure in between
+    leaves both: the next resume finds the copy's steps again in the old part, with the same lines,
+    and drops them there.  A damaged line is refused with its part and line number (parts are
+    written whole, so it is no torn write; its step is unknown)."""
     parts = sorted((int(m.group(2)), n) for n in list_names(folder, options)
                    if (m := PART.fullmatch(n)) and int(m.group(1)) == rank)
-    for last, name in parts:
+    present = {name for _, name in parts}
+    kept_all: list[str] = []
+    owners: dict[int, tuple[str, list]] = {}  # step -> (the part that kept it, its header + lines)
+    for _, name in parts:
         url = join_url(folder, name)
-        lines = [t for t in read_object(url, options).decode("utf-8", errors="replace").split("\n") if t.strip()]
-        old = _entry(url, 1, lines[0] if lines else "", header=True)
-        _same_run(url, old, fields)
-        kept = lines[1:] if last <= step else [t for i, t in enumerate(lines[1:], start=2)
-                                                if _maybe(t) is not None and _entry(url, i, t)["step"] <= step]
-        if last > step:
-            remove_url(url, options)
-            if kept:
-                write_part(folder, rank, json.loads(kept[-1])["step"], old, kept, options)
+        header, lines = _read_part(url, fields, options)
+        kept = _kept_lines(url, header, lines, step, owners)
+        _replace_part(folder, rank, name, header, lines, kept, present, options)
         if kept:
-            kept_all += [lines[0], *kept]
+            kept_all += [header, *(text for text, _ in kept)]
     return kept_all
+
+
+def _read_part(url: str, fields: dict, options: dict | None) -> tuple[str, list[tuple[str, dict]]]:
+    """A part's header line and its micro-batch lines, each with its entry; a damaged line raises."""
+    texts = [t for t in read_object(url, options).decode("utf-8", errors="replace").split("\n") if t.strip()]
+    _same_run(url, _entry(url, 1, texts[0] if texts else "", header=True), fields)
+    lines = []
+    for number, text in enumerate(texts[1:], start=2):
+        entry = _entry(url, number, text)
+        if audit_schema.is_header(entry):
+            raise ValueError(f"{url}:{number}: a second header inside a part (a part holds one stretch); "
+                             f"restore the part, or start the run over with --resume never")
+        lines.append((text, entry))
+    return texts[0], lines
+
+
+def _kept_lines(url: str, header: str, lines: list[tuple[str, dict]], step: int,
+                owners: dict[int, tuple[str, list]]) -> list[tuple[str, dict]]:
+    """The lines of steps <= ``step`` not already kept from an earlier part (the leftover of a cut
+    that failed before it deleted the old part: the same lines again, else the logs are mixed)."""
+    by_step: dict[int, list[tuple[str, dict]]] = {}
+    for text, entry in lines:
+        if entry["step"] <= step:
+            by_step.setdefault(entry["step"], []).append((text, entry))
+    kept = []
+    for s, group in by_step.items():
+        mine = [json.loads(header), *(text for text, _ in group)]
+        if s not in owners:
+            owners[s] = (url, mine)
+            kept += group
+        elif owners[s][1] != mine:
+            raise ValueError(f"{url}: step {s} is also in {owners[s][0]} with other lines: audit logs of two "
+                             f"runs mixed; delete the wrong part, or start the run over with --resume never")
+    return kept
+
+
+def _replace_part(folder: str, rank: int, name: str, header: str, lines: list, kept: list,
+                  present: set[str], options: dict | None) -> None:
+    """Leave the part as it is, or write its cut copy first and then delete it."""
+    if len(kept) == len(lines):
+        return
+    target = None  # nothing kept: the part goes
+    if kept:
+        last = max(entry["step"] for _, entry in kept)
+        target = PART_NAME.format(rank=rank, step=last)
+        if target != name and target in present:
+            raise ValueError(f"{join_url(folder, name)}: its lines up to step {last} would replace {target}, "
+                             f"another part of rank {rank}: audit parts renamed or mixed; restore them, or "
+                             f"start the run over with --resume never")
+        write_part(folder, rank, last, json.loads(header), [text for text, _ in kept], options)
+        present.add(target)
+    if target != name:
+        remove_url(join_url(folder, name), options)
+        present.discard(name)

@@ -232,12 +232,7 @@ def test_two_clean_epochs_in_parts_pass(train_set):
     assert audited(two_epochs(), train_set).ok
 
 
-GAP = pytest.mark.xfail(strict=True, reason="shards/audit.py: steps are never checked to run without gaps; a part "
-                        "lost on every rank inside the last (partial) epoch passes as 'partial' ('8 steps logged', "
-                        "6 there); fix: fail on a step gap (steps must run first_step..last)")
-
-
-@pytest.mark.parametrize("kept", [(2, 6, 8), pytest.param((2, 4, 8), marks=GAP)], ids=["epoch0-gap", "last-epoch-gap"])
+@pytest.mark.parametrize("kept", [(2, 6, 8), (2, 4, 8)], ids=["epoch0-gap", "last-epoch-gap"])
 def test_a_lost_part_fails_the_audit(train_set, kept):
     assert not audited(two_epochs(kept), train_set).ok  # one part (two steps) missing on the only rank
 
@@ -295,8 +290,6 @@ def test_a_resume_under_another_seed_is_refused_naming_the_part():
         audit_log.AuditLog(run, 0, {**RESUME_HEADER, "seed": 1}, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="audit_log.truncate_parts: a damaged line of a step <= the checkpoint in a "
-                   "part being cut is dropped silently (_parses filter); fix: raise like local truncate() does")
 def test_a_damaged_line_before_the_checkpoint_is_refused_not_dropped():
     run = mem_url()
     six_steps(run)
@@ -308,8 +301,6 @@ def test_a_damaged_line_before_the_checkpoint_is_refused_not_dropped():
         audit_log.AuditLog(run, 0, RESUME_HEADER, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="audit_log.truncate_parts removes the part before writing its cut copy: a "
-                   "failure in between loses the lines of steps <= the checkpoint; fix: write the cut part first")
 def test_a_failure_while_cutting_a_part_loses_no_line_before_the_checkpoint(monkeypatch):
     run = mem_url()
     six_steps(run)
@@ -319,8 +310,6 @@ def test_a_failure_while_cutting_a_part_loses_no_line_before_the_checkpoint(monk
     assert [s for s in stored_steps(run) if s <= 4] == [1, 2, 3, 4]
 
 
-@pytest.mark.xfail(strict=True, reason="audit_log.truncate_parts trusts a part's name: a part named 3 holding steps "
-                   "up to 6 is kept whole at a resume from 4 (5, 6 then logged twice); fix: cut by the lines' steps")
 def test_a_part_whose_name_understates_its_steps_is_cut_by_its_lines():
     run = mem_url()
     six_steps(run)
