@@ -352,18 +352,27 @@ class ShardStream(IterableDataset):
             return
         pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
         try:
+            window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
             pending = pool.submit(self._fetch, groups[0][0])
             for i, (shard, slices) in enumerate(groups):
                 data = pending.result()
-                if i + 1 < len(groups):  # the next shard downloads while this one is consumed
-                    nxt = groups[i + 1][0]
-                    pending = pool.submit(self._fetch, nxt) if self.config.prefetch else _Done(self._fetch, nxt)
-                if isinstance(data, Exception):
-                    yield from self._skip_shard(shard, slices, data, want_text)
-                else:
-                    yield from self._shard_chunks(shard, slices, data, want_text)
+                pending, sent = None, 0
+                chunks = self._skip_shard(shard, slices, data, want_text) if isinstance(data, Exception) \
+                    else self._shard_chunks(shard, slices, data, want_text)
+                for chunk in chunks:
+                    # the next shard downloads while this one is consumed, but only once a first window
+                    # has gone out: fetching and hashing it would compete with the first batch for the CPU
+                    if pending is None and i + 1 < len(groups) and sent >= window:
+                        pending = self._prefetch(pool, groups[i + 1][0])
+                    sent += len(chunk)
+                    yield chunk
+                if pending is None and i + 1 < len(groups):
+                    pending = self._prefetch(pool, groups[i + 1][0])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _prefetch(self, pool: ThreadPoolExecutor, shard: int):
+        return pool.submit(self._fetch, shard) if self.config.prefetch else _Done(self._fetch, shard)
 
     def _shard_chunks(self, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
         """The slices' records, read in one pass over the shard (a reader call per slice would walk
