@@ -1,6 +1,6 @@
 """Quiet output at the project's entry points: our log lines, not third-party noise a user cannot act on.
 
-    quiet.entry_point(rank)     # first thing in pipeline.train.loop's main (and tools.demo)
+    quiet.entry_point(rank)     # first thing in pipeline.train's main (and tools.demo)
 
 Called by entry points only, never at import time of the library, so a user
 who imports ``pipeline`` keeps their own logging and warning settings.  What
@@ -9,8 +9,6 @@ it silences, and why:
 - transformers' "LOAD REPORT ... classifier MISSING" table and progress
   bars: ``pipeline.train.models`` prints one line of its own instead ("classifier
   head initialised for 4 labels (...)");
-- torchdata 0.11's ``set_vital is deprecated`` (it calls a deprecated torch
-  API; nothing for the user to change);
 - botocore's and s3fs' INFO lines such as "Found credentials in environment
   variables" (only our ``pipeline`` loggers log at INFO).
 """
@@ -20,8 +18,8 @@ import logging
 import sys
 import warnings
 
-# (message regex, category) of warnings filtered at the entry points
-WARNINGS = ((".*set_vital.*", UserWarning),)
+# (message regex, category) of third-party warnings filtered at the entry points (none needed today)
+WARNINGS: tuple[tuple[str, type[Warning]], ...] = ()
 NOISY_LOGGERS = ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "fsspec")
 
 

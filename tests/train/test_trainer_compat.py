@@ -99,7 +99,7 @@ warnings.filterwarnings("error", message=".*NumPy array is not writable", catego
 warnings.filterwarnings("error", message=".*set_vital.* is deprecated", category=UserWarning)
 url, tok = sys.argv[1], sys.argv[2]
 for workers in (0, 2):
-    for collate in (None, Collator()):  # our BatchLoader, and torchdata's StatefulDataLoader
+    for collate in (None, Collator()):  # the default collate, and a custom collate_fn through BatchLoader
         ds = ShardStream(url, tokenizer=tok, max_length=16)
         print(sum(len(b["sample_id"]) for b in make_loader(ds, 8, workers, collate_fn=collate)))
 """

@@ -221,7 +221,7 @@ def versions_of(python: str | None) -> dict:
     if python is None:
         return {}
     code = ("import json,sys;from tools.bench.common import versions;print(json.dumps(versions(sys.argv[1:])))")
-    names = ["torch", "torchdata", "tokenizers", "transformers", "pyarrow", "numpy", "webdataset", "datasets",
+    names = ["torch", "tokenizers", "transformers", "pyarrow", "numpy", "webdataset", "datasets",
              "mosaicml-streaming", "litdata", "psutil", "shardstream"]
     try:
         out = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, env=task_env(),
