@@ -81,9 +81,10 @@ class Segment:
     def __post_init__(self):
         for name in ("world", "workers", "batch_size", "window"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"Segment({name}={value!r}): must be an integer >= 1")
-        rows = tuple(tuple(int(d) for d in row) for row in self.delivered)
+            object.__setattr__(self, name, int(value))  # numpy integers would fail json.dumps at save
+        rows = _count_rows(self.delivered)
         if len(rows) != self.world or any(len(row) != self.workers for row in rows):
             raise ValueError(f"Segment.delivered: shape {[len(r) for r in rows]}, expected {self.world} rows "
                              f"(ranks) of {self.workers} counts (workers); record one count per (rank, worker)")
@@ -95,11 +96,42 @@ class Segment:
 
     @classmethod
     def from_json(cls, entry: dict) -> Segment:
+        if not isinstance(entry, dict):
+            raise ValueError(f"elastic segment {entry!r:.80}: a {type(entry).__name__}, expected a dict with "
+                             f"{', '.join(_FIELDS)}; pass the saved state's segments")
         missing = [name for name in _FIELDS if name not in entry]
         if missing:
             raise ValueError(f"elastic segment {entry!r}: missing {', '.join(missing)}; "
                              f"each entry needs {', '.join(_FIELDS)}")
         return cls(**{name: entry[name] for name in _FIELDS})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _count_rows(delivered) -> tuple[tuple[int, ...], ...]:
+    """``delivered`` as rows of plain ints: lists (or tuples) of integers only, nothing coerced."""
+    rows = delivered.tolist() if isinstance(delivered, np.ndarray) else delivered
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(row, (list, tuple, np.ndarray)) for row in rows):
+        raise ValueError(f"Segment.delivered={delivered!r:.80}: must be a list (ranks) of lists (workers) of "
+                         f"integer counts, e.g. [[16, 16], [16, 9]]")
+    bad = [d for row in rows for d in row if not _is_int(d) or d < 0]
+    if bad:
+        raise ValueError(f"Segment.delivered: count {bad[0]!r} is not an integer >= 0; record whole samples "
+                         f"delivered per (rank, worker)")
+    return tuple(tuple(int(d) for d in row) for row in rows)
+
+
+def _check_sizes(shard_sizes) -> None:
+    if any(not _is_int(n) or n < 0 for n in shard_sizes):
+        raise ValueError(f"shard_sizes={list(shard_sizes)!r:.80}: each must be an integer >= 0 (records per shard, "
+                         f"from the manifest)")
+
+
+def _check_topology(world: int, workers: int) -> None:
+    if not _is_int(world) or world < 1 or not _is_int(workers) or workers < 1:
+        raise ValueError(f"world={world!r}, workers={workers!r}: both must be integers >= 1")
 
 
 def _parts(length: int, segment: Segment):
@@ -164,6 +196,7 @@ def worker_counts_after(total: int, segments: list[Segment], seed: int, epoch: i
                         world: int, workers: int) -> list[int]:
     """Samples each worker of any rank reads in the rest of the epoch (pads included, equal on
     every rank): split.worker_counts over what ``segments`` left."""
+    _check_topology(world, workers)
     return worker_counts(len(remaining(total, segments, seed, epoch, shuffle)), world, workers)
 
 
@@ -171,6 +204,8 @@ def plan_after(shard_sizes: list[int], block_size: int, seed: int, epoch: int, s
                segments: list[Segment], rank: int, world: int, worker: int, workers: int) -> list[Slice]:
     """The slices (rank, worker) of the new topology reads for the rest of the epoch, in
     order; with ``segments == []`` exactly split.plan."""
+    _check_sizes(shard_sizes)
+    _check_topology(world, workers)
     if not (0 <= rank < world and 0 <= worker < workers):
         raise ValueError(f"rank {rank}/{world}, worker {worker}/{workers}: out of range")
     if block_size < 1:
