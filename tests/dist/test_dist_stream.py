@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, build_set
+from tests.helpers.data import ROOT, build_set
 
 
 @pytest.mark.dist

@@ -13,7 +13,7 @@ from shards.build.driver import BuildConfig, build, run_unit
 from shards.corpus.read import BadRecordError, CorpusSpec
 from shards.build.engines import EngineError
 from shards.build.writer import Limits
-from tests.conftest import labelled_records, write_jsonl
+from tests.helpers.data import labelled_records, write_jsonl
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = pathlib.Path(__file__).resolve().parents[2]

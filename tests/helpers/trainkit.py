@@ -12,7 +12,7 @@ import sys
 import psutil
 import torch
 
-from tests.conftest import ROOT, build_set, minilm_path
+from tests.helpers.data import ROOT, build_set, minilm_path
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(ROOT)}

@@ -17,7 +17,7 @@ import pytest
 import shards
 from pipeline import ShardStream, StreamConfig
 from shards.cache import ShardCache
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.train import loop as train
 from pipeline.train.checkpoint_files import sha256_file, verify, write_file_list
-from tests.conftest import ROOT, write_jsonl
+from tests.helpers.data import ROOT, write_jsonl
 from tests.helpers.trainkit import ENV, metrics, shard_sets, tiny_bert, torchrun, train_args
 
 STEPS = ("step-0000002", "step-0000004")

@@ -7,7 +7,7 @@ import pytest
 
 import shards
 from pipeline import ShardStream, StreamConfig, make_loader
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 KINDS = ["truncated", "bitflip", "zero_length", "wrong_magic", "replaced"]
 VICTIM = 2  # shard index that gets corrupted

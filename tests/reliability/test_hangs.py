@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 
 def worker_pids() -> set[int]:
@@ -47,7 +47,7 @@ def test_a_program_that_breaks_out_exits_promptly(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers.data import ROOT
     url = build_set(tmp_path, n=400, max_records=10)
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-c", EARLY_EXIT, url], cwd=ROOT, capture_output=True,

@@ -24,7 +24,7 @@ import shards
 from pipeline import ShardStream, StreamConfig
 from shards.cli import main
 from shards.manifest import Manifest, ShardInfo, write_manifest
-from tests.conftest import ROOT, build_set
+from tests.helpers.data import ROOT, build_set
 
 pytestmark = pytest.mark.timeout(120)
 

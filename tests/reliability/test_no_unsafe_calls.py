@@ -2,7 +2,7 @@
 import ast
 import pathlib
 
-from tests.conftest import ROOT
+from tests.helpers.data import ROOT
 
 PACKAGES = ["shards", "pipeline", "tools"]
 BANNED_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}

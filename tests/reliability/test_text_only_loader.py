@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
-from tests.conftest import build_set, labelled_records
+from tests.helpers.data import build_set, labelled_records
 
 N = 23
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from shards import audit
-from tests.conftest import ROOT, build_set
+from tests.helpers.data import ROOT, build_set
 from tests.helpers.trainkit import (
     ENV,
     audit_lines,

@@ -28,7 +28,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT, labelled_records, write_jsonl
+from tests.helpers.data import ROOT, labelled_records, write_jsonl
 
 BUCKET = "shardstream-tests"
 CANARY = f"canary-secret-{uuid.uuid4().hex}"

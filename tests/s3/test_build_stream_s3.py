@@ -16,7 +16,7 @@ from shards.build.driver import BuildConfig, build
 from shards.build.writer import Limits
 from shards.cli import main as shards_main
 from shards.corpus.read import CorpusSpec
-from tests.conftest import ROOT, labelled_records, write_jsonl
+from tests.helpers.data import ROOT, labelled_records, write_jsonl
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import ShardStream, StreamConfig, loader_stats, make_loader
 from shards import storage
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -7,8 +7,8 @@ import pytest
 
 import shards
 from pipeline import ShardStream
-from tests.conftest import ROOT, labelled_records, write_jsonl
 from tests.helpers import trainkit
+from tests.helpers.data import ROOT, labelled_records, write_jsonl
 
 pytestmark = pytest.mark.s3
 

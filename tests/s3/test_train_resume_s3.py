@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.train import checkpoint
 from pipeline.train.checkpoint_files import verify
-from tests.conftest import ROOT
 from tests.helpers import trainkit
+from tests.helpers.data import ROOT
 
 pytestmark = pytest.mark.s3
 STEPS, EVERY, KILL_AT = 24, 4, 8

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import ResumeError, ShardStream, StreamConfig, group, make_loader, split
-from tests.conftest import build_set, minilm_path, write_jsonl
+from tests.helpers.data import build_set, minilm_path, write_jsonl
 from tests.helpers.streamkit import loader_run
 
 COUNTS = (1, 6, 23, 50, 61)  # record counts of the pre-built sets (7 records per shard)

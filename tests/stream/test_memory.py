@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
-from tests.conftest import write_jsonl
+from tests.helpers.data import write_jsonl
 
 
 def peak_rss_while(fn) -> tuple[int, object]:

@@ -13,7 +13,7 @@ from torch.utils.data import IterableDataset
 from pipeline import ShardStream, make_loader
 from pipeline.mix import STOP_RULES, MixedStream, choose, open_mixture, parse_mixture
 from pipeline.pack.stream import PackedStream
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline import ShardStream, StreamConfig, make_loader
 from pipeline.pack.stream import IGNORE_INDEX, BlockCollator, DocFormat, PackedStream, added_specials, lockstep
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 from tests.helpers.pack_reference import block_arrays, cut_blocks
 
 pytestmark = pytest.mark.timeout(120)

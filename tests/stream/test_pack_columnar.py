@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset
 from pipeline import ShardStream, StreamConfig, make_loader
 from pipeline.pack.read import ChunkReader, ItemReader, make_reader
 from pipeline.pack.stream import PackedStream
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 from tests.stream.test_pack_chunked import assert_same_blocks
 
 pytestmark = pytest.mark.timeout(180)

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from pipeline import ShardStream, StreamConfig, make_loader
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 from tests.helpers.streamkit import loader_run
 
 

@@ -13,7 +13,7 @@ from pipeline import ShardStream, StreamConfig, make_loader
 from pipeline.mix import MixedStream
 from shards.formats import tar_read
 from shards.formats.base import Memo
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from tools.bench import main as bench
 from tools.bench import report as bench_report
 from tools.bench.corpus import generated_records, make_corpus
-from tools.bench import main as bench
 from tools.bench.memory import run_measured
 from tools.bench.run import Job, run_once, summary
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, minilm_path, write_jsonl
+from tests.helpers.data import ROOT, minilm_path, write_jsonl
 from tests.helpers.trainkit import ENV, tiny_bert, tiny_gpt2
 
 NAMES = ["Business", "Sci/Tech", "Sports", "World"]  # label ids follow the sorted names

@@ -11,7 +11,7 @@ import pytest
 from pipeline.train import loop as train
 from pipeline.train import metrics
 from pipeline.train.tensorboard import INSTALL, check_available
-from tests.conftest import build_set, minilm_path
+from tests.helpers.data import build_set, minilm_path
 from tests.helpers.trainkit import tiny_gpt2
 
 TRAIN_TAGS = {"train/loss", "train/lr", "train/samples_per_s", "train/tokens_per_s", "train/data_wait_fraction"}

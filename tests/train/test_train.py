@@ -9,7 +9,7 @@ import torch
 
 from pipeline.train import checkpoint
 from pipeline.train import loop as train
-from tests.conftest import build_set, minilm_path
+from tests.helpers.data import build_set, minilm_path
 from tests.helpers.trainkit import (
     audit_lines,
     final_weights,
@@ -139,7 +139,7 @@ def test_resume_refuses_other_worker_count(kit, tmp_path, capsys):
 
 @pytest.mark.timeout(60)
 def test_eval_set_with_other_labels_is_refused(kit, tmp_path):
-    from tests.conftest import build_set
+    from tests.helpers.data import build_set
 
     other = build_set(tmp_path, n=10, max_records=5, name="other", label_names=("neg", "pos", "zzz"))
     with pytest.raises(ValueError, match="label names"):
@@ -147,7 +147,7 @@ def test_eval_set_with_other_labels_is_refused(kit, tmp_path):
 
 
 def test_unlabelled_shards_refused_for_classify(tmp_path, kit, capsys):
-    from tests.conftest import build_set
+    from tests.helpers.data import build_set
 
     plain = build_set(tmp_path, n=10, max_records=5, name="plain", labels=False)
     assert train.main(train_args(plain, None, kit["bert"], tmp_path / "run", 1, 4, "classify")) == 2

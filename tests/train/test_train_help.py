@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pipeline.train import loop as train
-from tests.conftest import ROOT, build_set, minilm_path
+from tests.helpers.data import ROOT, build_set, minilm_path
 from tests.helpers.trainkit import ENV
 
 NOISE = ("LOAD REPORT", "MISSING", "newly initialized", "set_vital", "Found credentials")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline import ShardStream, TrainerCollator
-from tests.conftest import ROOT, build_set, minilm_path
+from tests.helpers.data import ROOT, build_set, minilm_path
 from tests.helpers.trainkit import tiny_bert
 
 

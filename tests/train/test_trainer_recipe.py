@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, build_set
+from tests.helpers.data import ROOT, build_set
 
 SECTION = "## Hugging Face Trainer"
 

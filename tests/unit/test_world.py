@@ -12,7 +12,7 @@ import torch
 
 from pipeline.train import loop as train
 from pipeline.world import World, from_env, intra_op_threads
-from tests.conftest import ROOT
+from tests.helpers.data import ROOT
 from tests.helpers.trainkit import ENV, shard_sets, tiny_bert, train_args
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}
