@@ -10,8 +10,10 @@ them against the train manifest named in the headers (and its ``identity``).
 Stretches: a run resumed under another world size (2 → 1 → 3 processes) logs a new
 header per stretch; lines a stretch logged at or past the next stretch's first step
 were undone by that resume and do not count.  Every stretch must have a log for
-each of its ranks, and its ranks logged the same steps.  Epochs are checked over all
-ranks and stretches together, however many ranks contributed.
+each of its ranks, and its ranks logged the same steps.  The steps run without a gap
+from 1 to the last (each stretch on from where the one before it ended), and each step
+holds ``grad_accum`` micro-batch lines per rank (the run's last step may hold fewer).
+Epochs are checked over all ranks and stretches together, however many ranks contributed.
 
 Samples (classify, unpacked LM): in every complete epoch (a later epoch was logged,
 or every rank of the epoch's one stretch logged its full share) each sample of the
@@ -113,6 +115,7 @@ class Stretch:
     world: int
     per_rank: int
     ranks: dict[int, list[dict]]  # rank -> its counted lines
+    accum: int | None = None      # micro-batches per step (the header's grad_accum), None when not logged
 
 
 def check_run(logs: dict[int, Sections], out: Finding) -> dict:
@@ -142,7 +145,9 @@ def stretches(logs: dict[int, Sections], out: Finding) -> list[Stretch]:
                 if m[0][0].get(key) != head.get(key):
                     out.fail(f"stretch from step {start}: rank {rank} header has {key}={m[0][0].get(key)!r}, "
                              f"another rank {head.get(key)!r}: logs of different runs mixed")
-        found.append(Stretch(start, world, per_rank, {r: [x for _, xs in m for x in xs] for r, m in members.items()}))
+        accum = head.get("grad_accum") if isinstance(head.get("grad_accum"), int) else None
+        found.append(Stretch(start, world, per_rank, {r: [x for _, xs in m for x in xs] for r, m in members.items()},
+                             accum))
         missing = sorted(set(range(world)) - set(members))
         if missing:
             out.fail(f"no audit log for rank(s) {missing} of world size {world}" +
@@ -155,6 +160,7 @@ def stretches(logs: dict[int, Sections], out: Finding) -> list[Stretch]:
         out.fail(f"the logs start at step {found[0].first_step}: audit was off before a resume, so the earlier "
                  f"steps cannot be checked")
     check_steps(found, out)
+    check_micro_batches(found, out)
     return found
 
 
@@ -177,6 +183,21 @@ def check_steps(found: list[Stretch], out: Finding) -> None:
             out.fail(f"{len(holes)} step(s) between {steps[0]} and {steps[-1]} are not in the logs{where}, "
                      f"e.g. {holes[:EXAMPLES]}: lost audit parts or lines")
         expected = steps[-1] + 1
+
+
+def check_micro_batches(found: list[Stretch], out: Finding) -> None:
+    """Every step holds grad_accum micro-batch lines per rank; only the run's last step may hold fewer
+    (a run killed mid-step and not resumed)."""
+    last = max((x["step"] for s in found for xs in s.ranks.values() for x in xs), default=0)
+    for s in found:
+        for rank, xs in s.ranks.items():
+            counts = Counter(x["step"] for x in xs)
+            wrong = sorted(step for step, n in counts.items()
+                           if s.accum is not None and (n > s.accum or (n < s.accum and step != last)))
+            if wrong:
+                out.fail(f"rank {rank}: {len(wrong)} step(s) with other than grad_accum={s.accum} micro-batch "
+                         f"lines, e.g. " + ", ".join(f"step {w}: {counts[w]}" for w in wrong[:EXAMPLES])
+                         + ": lost or repeated audit lines")
 
 
 # -- samples -------------------------------------------------------------------------

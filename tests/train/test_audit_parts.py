@@ -188,3 +188,13 @@ def test_stretches_that_continue_each_other_pass(train_set):
     found = audit_of(train_set, {0: [header(1, 1), line(1, [0, 1]), line(2, [2, 3]), header(2, 3), line(3, [4])],
                                  1: [header(2, 3, rank=1), line(3, [5])]})
     assert found.ok, found.lines
+
+
+@pytest.mark.parametrize("counts,fails", [((2, 2, 2), False), ((2, 2, 1), False), ((2, 1, 2), True),
+                                          ((2, 3, 2), True)], ids=["whole", "last-cut", "one-lost", "one-extra"])
+def test_every_step_but_the_last_holds_grad_accum_micro_batches(train_set, counts, fails):
+    ids = iter(range(N))
+    lines = [line(step, [next(ids)]) for step, n in enumerate(counts, start=1) for _ in range(n)]
+    found = audit_of(train_set, {0: [{**header(1, 1), "grad_accum": 2}, *lines]})
+    assert found.ok != fails, found.lines
+    assert not fails or fails_with(found, "with other than grad_accum=2 micro-batch lines")
