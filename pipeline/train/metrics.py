@@ -99,11 +99,8 @@ def eval_figures(task: str, correct: float, count: float, loss_sum: float, loss_
 
 
 def write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """``data`` as indented JSON at ``path`` (local or a URL), whole or not at all (the one atomic write)."""
+    shards.write_bytes_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 NO_MATPLOTLIB = "no-matplotlib"  # what ``plot`` returns when the optional extra ``plot`` is not installed
