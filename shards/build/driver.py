@@ -282,6 +282,7 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
     bar = None
     failed = True
     try:
+        spill.use_folder(None if storage.is_remote(cfg.out) else storage.filesystem(_staging(cfg))[1])
         labels = _labels(cfg, units, engine)
         keys = [unit_key(cfg, u, labels, tok_fp) for u in units]
         done = _finished_units(cfg, keys, listed)

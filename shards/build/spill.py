@@ -10,8 +10,9 @@ own, so the shards are byte-identical to a build that parses twice.
 A spill is used only when it can stand for the write pass exactly: under
 ``--on-bad-record error`` a scan that met a bad record (which the write pass must raise,
 naming it) keeps no spill; a unit over :data:`MAX_SPILL_BYTES` is not spilled (the scan
-just collects labels, as before).  Spills live in the system temp folder and are removed
-when the build ends, whatever way it ends.
+just collects labels, as before).  Spills live in a local output's staging folder (else the
+system temp folder) and are removed when the build ends; a SIGKILLed build's are removed with
+the staging folder when the next build of that output commits.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Spill:
 
 _SPILLS: dict[tuple, Spill] = {}  # (unit, spec) -> spill of this process's scans
 _DIR: list[str] = []
+_FOLDER: list[str] = []  # where spills go (a local build's staging folder), else the system temp folder
 _NUMBERS = itertools.count()
 
 
@@ -74,7 +76,9 @@ def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> s
     if columns is None:
         return scan_labels(unit, spec, storage_options)
     if not _DIR:
-        _DIR.append(tempfile.mkdtemp(prefix="shards-spill-"))
+        if _FOLDER:
+            os.makedirs(_FOLDER[0], exist_ok=True)
+        _DIR.append(tempfile.mkdtemp(prefix="spill-" if _FOLDER else "shards-spill-", dir=_FOLDER[0] if _FOLDER else None))
     spill = Spill(os.path.join(_DIR[0], f"{next(_NUMBERS)}.arrows"))
     found: set[str] = set()
     size, keep = 0, True
@@ -125,8 +129,15 @@ def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
         yield Columns(batch.column(0), ids.to_numpy().astype(np.int64), chars)
 
 
+def use_folder(folder: str | None) -> None:
+    """Spill into ``folder`` (a local output's staging folder: a killed build's spills go with it
+    when the next build commits) instead of the system temp folder."""
+    _FOLDER[:] = [folder] if folder else []
+
+
 def discard_all() -> None:
     """Remove every spill of this process (the build is over)."""
     _SPILLS.clear()
+    _FOLDER.clear()
     while _DIR:
         shutil.rmtree(_DIR.pop(), ignore_errors=True)

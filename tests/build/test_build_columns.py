@@ -146,11 +146,12 @@ def test_spill_is_used_then_removed(tmp_path, monkeypatch, kind):
     else:
         data = b"text,label\n" + b"".join(b"record %d,%s\n" % (i, b"ab"[i % 2:i % 2 + 1]) for i in range(200))
     src = _write(tmp_path / "in" / f"a.{kind}", data)
-    taken, made = [], []
+    taken, made, folders = [], [], []
     original_take, original_scan = spill.take, spill.scan
 
     def take(*args):
         taken.append(original_take(*args))
+        folders.extend(spill._DIR)
         return taken[-1]
 
     def scan(*args):
@@ -164,6 +165,8 @@ def test_spill_is_used_then_removed(tmp_path, monkeypatch, kind):
     assert fast == slow and manifest.label_names == ["a", "b"]
     assert made and taken[0] is not None  # the first (block_parse) build read its spill back
     assert not spill._SPILLS and not spill._DIR
+    # inside the output's staging folder, so a SIGKILLed build's spill goes when the next one commits
+    assert folders and folders[0].startswith(str(tmp_path / "b-True" / ".staging"))
 
 
 def test_spill_not_used_when_the_scan_met_a_bad_record_under_error(tmp_path):
