@@ -92,8 +92,13 @@ def redact(url) -> str:
     return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(url)))
 
 
+def protocol_of(url: str) -> str:
+    """The fsspec protocol a URL names ("file" for a plain path)."""
+    return fsspec.utils.get_protocol(str(url))
+
+
 def is_remote(url: str) -> bool:
-    protocol = fsspec.utils.get_protocol(str(url))
+    protocol = protocol_of(url)
     return protocol not in ("file", "local")
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 
-import fsspec
-
-from shards.storage import filesystem, is_remote, redact
+from shards.storage import filesystem, is_remote, protocol_of, redact
 
 
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...],
@@ -55,7 +53,7 @@ def _twice(url: str, item: str, first: str, by: str) -> str:
 
 def _matches(item: str, suffixes: tuple[str, ...], storage_options: dict | None) -> list[str]:
     fs, path = filesystem(item, storage_options)
-    protocol = fsspec.utils.get_protocol(item)
+    protocol = protocol_of(item)
     if protocol in ("http", "https"):
         # a URL names one object; '?' starts its query (e.g. a presigned URL), not a glob
         if not fs.exists(path):
