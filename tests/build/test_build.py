@@ -18,7 +18,7 @@ from shards.build.writer import Limits
 from shards.corpus.read import BadRecordError, CorpusSpec
 from shards.reader import iter_shard
 from shards.tokenizer import fingerprint, load_tokenizer
-from tests.conftest import labelled_records, write_jsonl
+from tests.helpers.data import labelled_records, write_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from shards.cli import main, parse_size, parse_storage_options
-from tests.conftest import labelled_records, write_jsonl
+from tests.helpers.data import labelled_records, write_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import pytest
 from shards import load_manifest, storage
 from shards.build.driver import BuildConfig, build
 from shards.corpus.read import BadRecordError, CorpusSpec
-from tests.conftest import ROOT
+from tests.helpers.data import ROOT
 
 SECRET = "s3cr3t-t0ken"
 

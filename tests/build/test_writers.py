@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from shards.formats import arrow as format_arrow
 from shards.formats import tar_read as format_tar
 from shards.formats.sink import HashingSink
-from tests.conftest import build_set
+from tests.helpers.data import build_set
 
 pytestmark = pytest.mark.timeout(120)
 

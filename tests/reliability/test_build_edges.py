@@ -27,7 +27,7 @@ from shards.build.lock import LockError
 from shards.build.writer import Limits
 from shards.corpus.read import CorpusSpec
 from shards.reader import verify_shard
-from tests.conftest import ROOT, labelled_records, write_jsonl
+from tests.helpers.data import ROOT, labelled_records, write_jsonl
 
 
 def corpus(tmp_path, n_files=4, n=3000, tag="") -> list[str]:

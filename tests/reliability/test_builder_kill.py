@@ -19,7 +19,7 @@ import pytest
 from shards import load_manifest
 from shards.corpus.read import plan_units
 from shards.reader import verify_shard
-from tests.conftest import labelled_records, write_jsonl
+from tests.helpers.data import labelled_records, write_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KILLS = 20
