@@ -116,9 +116,9 @@ def _count_rows(delivered) -> tuple[tuple[int, ...], ...]:
     if not isinstance(rows, (list, tuple)) or not all(isinstance(row, (list, tuple, np.ndarray)) for row in rows):
         raise ValueError(f"Segment.delivered={delivered!r:.80}: must be a list (ranks) of lists (workers) of "
                          f"integer counts, e.g. [[16, 16], [16, 9]]")
-    bad = [d for row in rows for d in row if not _is_int(d) or d < 0]
+    bad = [d for row in rows for d in row if not _is_int(d)]  # the range is checked per part (_check_count)
     if bad:
-        raise ValueError(f"Segment.delivered: count {bad[0]!r} is not an integer >= 0; record whole samples "
+        raise ValueError(f"Segment.delivered: count {bad[0]!r} is not an integer; record whole samples "
                          f"delivered per (rank, worker)")
     return tuple(tuple(int(d) for d in row) for row in rows)
 

@@ -8,6 +8,9 @@ Every state (the loader's, and a stream's own for per-sample iteration) is one J
 
 ``batches``: batches delivered this epoch (their sum over ``workers``); ``last``: the
 worker that delivered the last one (the round robin resumes after it, loader/batch.py);
+``segments`` (only after an elastic resume, pipeline/elastic.py): the epoch's earlier
+stretches under other topologies, oldest first; ``batches`` and ``workers`` then count
+from the start of this stretch;
 ``workers[w]``: worker w's position after its last delivered batch, plain integers:
 - ShardStream: ``{"samples": n}``: samples of the worker's epoch delivered;
 - PackedStream: ``{"inner": <inner position at the chunk start>, "skip": k, "offset": t,
@@ -48,9 +51,18 @@ class ResumeError(ValueError):
     """A resume state that does not fit this loader or stream (changed setting, bad counter)."""
 
 
-def make_state(epoch: int, batches: int, workers: list, last: int, now: dict, stats: dict) -> dict:
-    return {"kind": STATE_KIND, "epoch": epoch, "batches": batches, "last": last, "workers": workers,
-            "settings": now, "stats": dict(stats)}
+def make_state(epoch: int, batches: int, workers: list, last: int, now: dict, stats: dict,
+               segments: list | None = None) -> dict:
+    state = {"kind": STATE_KIND, "epoch": epoch, "batches": batches, "last": last, "workers": workers,
+             "settings": now, "stats": dict(stats)}
+    if segments:  # an elastic stretch: the epoch's earlier topologies (pipeline/elastic.py)
+        state["segments"] = list(segments)
+    return state
+
+
+def mid_epoch(state: dict) -> bool:
+    """Something of the epoch delivered: batches in this stretch, or earlier elastic stretches."""
+    return bool(state.get("batches")) or bool(state.get("segments"))
 
 
 def read_state(what: str, state, now: dict, most: int | None = None) -> tuple[int, int, list, int]:
@@ -64,7 +76,10 @@ def read_state(what: str, state, now: dict, most: int | None = None) -> tuple[in
     epoch = count(what, "epoch", entry(what, state, "epoch"))
     batches = count(what, "batches", entry(what, state, "batches"))
     saved = entry(what, state, "settings")
-    check(what, saved, now, mid_epoch=batches > 0)
+    segments = state.get("segments", [])
+    if not isinstance(segments, list):
+        raise ResumeError(f"{what}: segments={segments!r:.60} must be a list of elastic segments; pass the saved state")
+    check(what, saved, now, mid_epoch=batches > 0 or bool(segments))
     count(what, "batches", batches, most)  # same settings: the same epoch length
     workers = entry(what, state, "workers")
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):

@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 import shards
-from pipeline import group, settings, split, world
+from pipeline import elastic, group, settings, split, world
 from pipeline.chunk import Chunk, concat, from_rows, rechunk
 from pipeline.collate import collate_chunk
 from pipeline.shuffle import window_order
@@ -94,6 +94,8 @@ class ShardStream(IterableDataset):
         self._cache = None
         self._skipped: set[int] = set()
         self._identity: str | None = None
+        self._elastic: tuple[int, list] = (-1, [])  # (epoch, elastic.Segments before this stretch)
+        self._counts_cache: dict = {}
 
     def _check_tokenizer(self) -> None:
         built = self.manifest.tokenizer
@@ -134,8 +136,37 @@ class ShardStream(IterableDataset):
                 "world_size": self.world.world_size, "identity": self.identity}
 
     def worker_samples(self, worker_id: int, workers: int) -> int:
-        """Samples worker ``worker_id`` of ``workers`` yields per epoch (pads included)."""
-        return split.worker_counts(self.manifest.num_records, self.world.world_size, workers)[worker_id]
+        """Samples worker ``worker_id`` of ``workers`` yields per epoch (pads included); after an
+        elastic resume, in the rest of the epoch (elastic.worker_counts_after)."""
+        segments = self.segments()
+        if not segments:
+            return split.worker_counts(self.manifest.num_records, self.world.world_size, workers)[worker_id]
+        key = (self.epoch, workers, len(segments))
+        if key not in self._counts_cache:  # remaining() is O(records): once per epoch and layout
+            self._counts_cache = {key: elastic.worker_counts_after(
+                self.manifest.num_records, segments, self.seed, self.epoch, self.shuffle,
+                self.world.world_size, workers)}
+        return self._counts_cache[key][worker_id]
+
+    # -- elastic resume (pipeline/elastic.py; the loader builds the segments, loader/elastic_state.py) --
+    def segments(self) -> list:
+        """The elastic segments of the current epoch ([] when it started under this topology)."""
+        epoch, segments = self._elastic
+        return segments if epoch == self.epoch else []
+
+    def set_segments(self, epoch: int, segments: list) -> None:
+        """Epoch ``epoch`` continues after ``segments`` (elastic.Segment, oldest first): this rank's
+        workers read elastic.plan_after instead of split.plan; later epochs start whole."""
+        if segments and self.config.group_by_length:
+            raise settings.ResumeError(f"{self.where}: an elastic resume (world size, workers or batch size "
+                                       f"changed mid-epoch) cannot follow group_by_length windows (sorted by "
+                                       f"token length); resume with the saved ones, or at an epoch boundary")
+        self._elastic = (int(epoch), list(segments))
+        self._counts_cache = {}
+
+    def segments_json(self, epoch: int) -> list[dict]:
+        epoch_of, segments = self._elastic
+        return [s.to_json() for s in segments] if epoch_of == epoch else []
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (pads included), equal on every rank."""
@@ -309,8 +340,14 @@ class ShardStream(IterableDataset):
     def _windows(self, worker_id: int, workers: int, first: int, window: int,
                  keep_text: bool) -> Iterator[tuple[int, Chunk]]:
         """(index, samples) of this worker's windows of ``window`` samples, from window ``first`` on."""
-        plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
-                          workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
+        segments = self.segments()
+        if segments:
+            plan = elastic.plan_after(self.manifest.shard_sizes, self.config.block_size, self.seed, self.epoch,
+                                      self.shuffle, segments, self.world.rank, self.world.world_size, worker_id,
+                                      workers)
+        else:
+            plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
+                              workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
         want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
         pieces = self._read(split.skip(plan, first * window), want_text)
         return enumerate(rechunk(pieces, window), start=first)

@@ -4,6 +4,8 @@
     for batch in loader: ...                       # dict of tensors
     state = loader.state_dict()                     # JSON: settings.STATE_KIND
     loader.load_state_dict(state)                   # next iter() continues exactly there
+    loader.load_state_dict(state, all_ranks=states) # elastic: saved at another world size / workers /
+                                                    # batch size (loader/elastic_state.py)
 
 A stream (ShardStream, PackedStream, MixedStream) offers ``batches(batch_size,
 position)``: this worker's numpy batches, each with the worker's position after it
@@ -29,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline import settings, world
 from pipeline.collate import to_tensors
-from pipeline.loader import message, order
+from pipeline.loader import elastic_state, message, order
 
 log = logging.getLogger(__name__)
 STATE_KIND = settings.STATE_KIND
@@ -133,23 +135,65 @@ class BatchLoader:
                 "collate": type(self.collate_fn).__name__ if self.collate_fn is not None else None,
                 **self.batch_kw, **self.dataset.loader_settings()}
 
+    def _segments_json(self, epoch: int) -> list[dict]:
+        found = getattr(self.dataset, "segments_json", None)
+        return found(epoch) if callable(found) else []
+
     def state_dict(self) -> dict:
         if self._resume is not None:
             return dict(self._resume)
         return settings.make_state(self._epoch, self._delivered, [dict(p) for p in self._positions], self._last,
-                                   self._settings(), self.stats())
+                                   self._settings(), self.stats(), self._segments_json(self._epoch))
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, all_ranks: list[dict] | None = None) -> None:
+        """Continue where ``state`` stopped.  A mid-epoch state saved at another world size, number of
+        workers or batch size (a ShardStream only) needs ``all_ranks``: every old rank's state, in rank
+        order (``state`` is any of them); the rest of the epoch is then spread over this topology."""
         what = f"loader state for {getattr(self.dataset, 'where', type(self.dataset).__name__)}"
+        now = self._settings()
+        if elastic_state.topology_changed(state, now):
+            elastic_state.refuse_other_changes(what, state, now, self.dataset)
+            self._load_elastic(what, state, all_ranks, now)
+            return
+        before = (self.dataset.epoch, list(getattr(self.dataset, "segments", list)()))
+        try:
+            self._saved_segments(what, state)
+            self._check_state(what, state, now)
+        except BaseException:  # a refused state leaves the stream as it was
+            self.dataset.set_epoch(before[0])
+            if callable(getattr(self.dataset, "set_segments", None)):
+                self.dataset.set_segments(*before)
+            raise
+        self._resume = dict(state)
+        self._stats_done = Counter(state.get("stats", {}))
+        self._stats_now = {}
+
+    def _saved_segments(self, what: str, state) -> None:
+        """The elastic segments a state of this topology carries, set on the stream (its counts use them)."""
+        entries = state.get("segments", []) if isinstance(state, dict) else []
+        setter = getattr(self.dataset, "set_segments", None)
+        if callable(setter) and isinstance(entries, list) and isinstance(state.get("epoch"), int):
+            setter(state["epoch"], elastic_state.parse_segments(what, entries))
+
+    def _check_state(self, what: str, state: dict, now: dict) -> None:
+        self.dataset.set_epoch(state["epoch"] if isinstance(state, dict) and
+                               isinstance(state.get("epoch"), int) else self.dataset.epoch)
         counts = self._counts()
         most = sum(counts) if counts is not None else None
-        epoch, batches, positions, _ = settings.read_state(what, state, self._settings(), most)
+        epoch, batches, positions, _ = settings.read_state(what, state, now, most)
         workers = max(self.num_workers, 1)
         for worker_id, position in enumerate(positions):
             if position["batches"]:  # a worker with none delivered starts at its beginning
                 self.dataset.check_position(what, position, worker_id, workers, self.batch_size)
-        self._resume = dict(state)
         self.dataset.set_epoch(epoch)
+
+    def _load_elastic(self, what: str, state: dict, all_ranks, now: dict) -> None:
+        segments = elastic_state.segments_after(what, state, all_ranks, self.dataset)
+        epoch = int(state["epoch"])
+        self.dataset.set_segments(epoch, segments)
+        self.dataset.set_epoch(epoch)
+        self._resume = settings.make_state(epoch, 0, self._fresh(), 0, now, state.get("stats", {}),
+                                           [s.to_json() for s in segments])
         self._stats_done = Counter(state.get("stats", {}))
         self._stats_now = {}
 

@@ -3,7 +3,10 @@
 A mid-epoch state resumed under another seed, shuffle, shuffle window, block
 size, batch size, world size, worker count, tokenizer/max_length (packed
 blocks) or over other data (same size, other content) would repeat some
-samples and skip others; each is refused naming the old and the new value.
+samples and skip others; each is refused naming the old and the new value.  A
+ShardStream's world size, workers and batch size resume elastically instead, given
+every old rank's state (pipeline/loader/elastic_state.py); packed and mixed streams
+still refuse them.
 Counters out of range are refused in every loader mode.
 """
 from __future__ import annotations
@@ -57,14 +60,13 @@ CHANGES = [
     ("world_size", {"world_size": 3}, {}, {}, "world_size was 2, now 3"),
     ("rank", {"rank": 1}, {}, {}, "rank was 0, now 1"),
 ]
-LOADER_CHANGES = CHANGES + [
-    ("batch_size", {}, {}, {"batch": 5}, "batch_size was 4, now 5"),
-    ("num_workers", {}, {}, {"workers": "other"}, "num_workers was"),
-]
+LOADER_CHANGES = [c for c in CHANGES if c[0] != "world_size"]  # the topology resumes elastically (below)
+ELASTIC_CHANGES = [("world_size", {"world_size": 3}, {}), ("batch_size", {}, {"batch": 5}),
+                   ("num_workers", {}, {"workers": "other"})]
 
 
-def saved_loader_state(url, workers, cut=2):
-    loader = make_loader(stream(url), 4, num_workers=workers)
+def saved_loader_state(url, workers, cut=2, rank=0):
+    loader = make_loader(stream(url, rank=rank), 4, num_workers=workers)
     for k, _ in enumerate(loader, start=1):
         if k == cut:
             return json.loads(json.dumps(loader.state_dict()))
@@ -84,6 +86,27 @@ def test_batch_loader_refuses_each_changed_setting(sets, loader_state, name, kw,
     with pytest.raises(ValueError, match="cannot resume mid-epoch") as err:
         loader.load_state_dict(state)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,kw,lkw", ELASTIC_CHANGES, ids=[c[0] for c in ELASTIC_CHANGES])
+def test_batch_loader_resumes_a_changed_topology_elastically(sets, name, kw, lkw):
+    """A ShardStream's world size, workers or batch size may change mid-epoch (pipeline/elastic.py):
+    with only one rank's state it is refused naming what is needed; with every rank's it resumes,
+    the new stretch recording the old one as a segment."""
+    states = [saved_loader_state(sets["a"], 0, rank=rank) for rank in range(2)]
+    def fresh(rank=0):
+        world = kw.get("world_size", 2)
+        return make_loader(stream(sets["a"], rank=rank, world_size=world), lkw.get("batch", 4),
+                           num_workers=2 if lkw.get("workers") else 0)
+    with pytest.raises(ValueError, match=r"needs every old rank's state \(none given, 2 needed\)") as err:
+        fresh().load_state_dict(states[0])
+    assert "\n" not in str(err.value)
+    loader = fresh()
+    loader.load_state_dict(states[0], all_ranks=states)
+    resumed = loader.state_dict()
+    assert resumed["segments"] == [{"world": 2, "workers": 1, "batch_size": 4, "window": 10,
+                                    "delivered": [[8], [8]]}]
+    assert resumed["batches"] == 0 and resumed["settings"]["world_size"] == kw.get("world_size", 2)
 
 
 def test_batch_loader_refuses_other_data_of_the_same_size(sets, loader_state):
@@ -243,9 +266,9 @@ def test_packed_loader_refuses_another_batch_size_or_worker_count(sets, minilm):
     loader = make_loader(ds, 2, num_workers=0)
     next(iter(loader))
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="batch_size was 2, now 3"):
+    with pytest.raises(ValueError, match="batch_size was 2, now 3.*PackedStream.*resume with the saved ones"):
         make_loader(packed(sets["a"], minilm), 3, num_workers=0).load_state_dict(state)
-    with pytest.raises(ValueError, match="num_workers was 0, now 2"):
+    with pytest.raises(ValueError, match="num_workers was 0, now 2.*only a ShardStream resumes elastically"):
         make_loader(packed(sets["a"], minilm), 2, num_workers=2).load_state_dict(state)
     with pytest.raises(ValueError, match="batches=-1 is out of range"):
         make_loader(packed(sets["a"], minilm), 2, num_workers=0).load_state_dict({**state, "batches": -1})

@@ -1,0 +1,96 @@
+"""Elastic resume of a loader state: every old rank's state → the segments the new stretch reads after.
+
+    loader.load_state_dict(state, all_ranks=[state_rank0, state_rank1, ...])
+
+A mid-epoch ``pipeline.loader/2`` state saved at (world W, workers K, batch B)
+resumes at (W', K', B') when only those (and the batches per message, which
+follow B) changed: the loader needs every old rank's state, because the samples
+left are those no (rank, worker) delivered (pipeline/elastic.py).  This module
+checks the old states against each other (same epoch, same settings but the rank,
+rank r at index r, same earlier segments) and builds the new ``Segment`` from their
+per-worker positions.  Every other setting (seed, shuffle, shuffle window, block
+size, identity, group_by_length, tokenizer, max_length) must match, as for any
+mid-epoch resume (settings.check).  Only a ShardStream resumes elastically; a
+packed or mixed stream is refused with one line naming what changed.
+"""
+from __future__ import annotations
+
+from pipeline import elastic, settings
+from pipeline.elastic import Segment
+from pipeline.settings import ResumeError
+
+TOPOLOGY = ("world_size", "num_workers", "batch_size")   # what an elastic resume may change
+FOLLOWS = ("rank", "group")                              # and what changes with them
+
+
+def topology_changed(state, now: dict) -> bool:
+    """A mid-epoch state whose saved world size, workers or batch size differ from ``now``."""
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not settings.mid_epoch(state):
+        return False
+    saved = state["settings"]
+    if any(k not in saved for k in TOPOLOGY):
+        return False  # an older state: the plain check names what it did not record
+    return any(saved.get(k) != now.get(k) for k in TOPOLOGY)
+
+
+def refuse_other_changes(what: str, state: dict, now: dict, stream) -> None:
+    """An elastic resume changes only the topology, and only over a stream that can follow it."""
+    saved = state["settings"]
+    diffs = settings.changes(saved, now, [k for k in now if k not in TOPOLOGY + FOLLOWS])
+    if diffs:
+        settings.check(what, saved, {k: now[k] for k in now if k not in TOPOLOGY + FOLLOWS}, mid_epoch=True)
+    if not callable(getattr(stream, "set_segments", None)):
+        moved = "; ".join(settings.changes(saved, now, [k for k in TOPOLOGY if k in now]))
+        raise ResumeError(f"cannot resume mid-epoch: {what}: {moved}: a {type(stream).__name__} resumes mid-epoch "
+                          f"only with the saved world size, workers and batch size (only a ShardStream resumes "
+                          f"elastically); resume with the saved ones, or from a checkpoint at an epoch boundary")
+
+
+def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
+    """The epoch's segments once the stretch ``all_ranks`` recorded is done: theirs plus a new one."""
+    saved = state["settings"]
+    world = settings.count(what, "world_size", saved.get("world_size"), low=1)
+    if not isinstance(all_ranks, (list, tuple)) or len(all_ranks) != world:
+        have = len(all_ranks) if isinstance(all_ranks, (list, tuple)) else "none"
+        raise ResumeError(f"{what}: saved at world size {world}, resumed at another: an elastic resume needs every "
+                          f"old rank's state ({have} given, {world} needed); pass "
+                          f"load_state_dict(state, all_ranks=[rank 0's state, ..., rank {world - 1}'s])")
+    earlier = parse_segments(what, state.get("segments", []))
+    rows = [_rank_row(f"{what} (all_ranks[{r}])", other, state, r) for r, other in enumerate(all_ranks)]
+    workers = max(settings.count(what, "num_workers", saved.get("num_workers")), 1)
+    batch = settings.count(what, "batch_size", saved.get("batch_size"), low=1)
+    window = settings.count(what, "shuffle_buffer", saved.get("shuffle_buffer"), low=1)
+    try:
+        segment = Segment(world, workers, batch, window, rows)
+        segments = [*earlier, segment]
+        elastic.remaining(stream.manifest.num_records, segments, stream.seed, int(state["epoch"]), stream.shuffle)
+    except ValueError as exc:  # counts that no run of this loader delivers
+        raise ResumeError(f"{what}: {exc}; the states are damaged or from another run") from None
+    return segments
+
+
+def parse_segments(what: str, entries: list) -> list[Segment]:
+    """A state's ``segments`` as elastic.Segments; a one-line ResumeError for a damaged entry."""
+    try:
+        return [Segment.from_json(entry) for entry in entries]
+    except ValueError as exc:
+        raise ResumeError(f"{what}: {exc}") from None
+
+
+def _rank_row(what: str, other, state: dict, rank: int) -> list[int]:
+    """Rank ``rank``'s delivered samples per worker, its state checked against ``state``'s."""
+    if not isinstance(other, dict) or other.get("kind") != settings.STATE_KIND:
+        raise ResumeError(f"{what}: not a {settings.STATE_KIND!r} state; pass every old rank's loader.state_dict()")
+    saved, mine = state["settings"], settings.entry(what, other, "settings")
+    if not isinstance(mine, dict) or mine.get("rank") != rank:
+        found = mine.get("rank") if isinstance(mine, dict) else None
+        raise ResumeError(f"{what}: the state of rank {found!r} at index {rank}; pass the states in rank order")
+    settings.check(what, mine, {k: v for k, v in saved.items() if k != "rank"}, mid_epoch=True)
+    if other.get("epoch") != state.get("epoch") or other.get("segments", []) != state.get("segments", []):
+        raise ResumeError(f"{what}: epoch {other.get('epoch')!r} / segments differ from the other ranks' "
+                          f"(epoch {state.get('epoch')!r}); pass the states of one checkpoint")
+    workers = max(saved.get("num_workers") or 0, 1)
+    positions = settings.entry(what, other, "workers")
+    if not isinstance(positions, list) or len(positions) != workers or not all(isinstance(p, dict) for p in positions):
+        raise ResumeError(f"{what}: workers={positions!r:.80} must list {workers} positions; the state is damaged")
+    return [settings.count(what, "samples", p.get("samples", 0)) if p.get("batches") else 0 for p in positions]
