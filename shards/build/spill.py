@@ -10,7 +10,9 @@ own, so the shards are byte-identical to a build that parses twice.
 A spill is used only when it can stand for the write pass exactly: under
 ``--on-bad-record error`` a scan that met a bad record (which the write pass must raise,
 naming it) keeps no spill; a unit over :data:`MAX_SPILL_BYTES` is not spilled (the scan
-just collects labels, as before).  Spills live in a local output's staging folder (else the
+just collects labels, as before).  A spill of up to :data:`MEMORY_SPILL_BYTES` of text stays in
+memory (the batches the scan made; no write and read back of the whole unit), a larger one goes
+to a file.  Spill files live in a local output's staging folder (else the
 system temp folder) and are removed when the build ends; a SIGKILLed build's are removed with
 the staging folder when the next build of that output commits.
 """
@@ -33,15 +35,17 @@ from shards.corpus.read import BLANK, BadRecords, CorpusSpec, Unit, kind_of, sca
 from shards.storage import is_remote
 
 MAX_SPILL_BYTES = 2 << 30  # spilled text beyond this: give up the spill (the unit is parsed twice)
+MEMORY_SPILL_BYTES = 512 << 20  # spilled text up to this stays in memory; beyond it, the spill goes to a file
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 
 
 @dataclass
 class Spill:
-    path: str
+    path: str  # the spill file; unused while ``batches`` holds the spill in memory
     chars: list[int] = field(default_factory=list)  # text_chars of each spilled Columns, in order
     bad: dict[str, int] = field(default_factory=dict)
     continued: int = 0
+    batches: list | None = field(default_factory=list)  # in memory; None once written to ``path``
 
 
 _SPILLS: dict[tuple, Spill] = {}  # (unit, spec) -> spill of this process's scans
@@ -82,7 +86,7 @@ def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> s
     spill = Spill(os.path.join(_DIR[0], f"{next(_NUMBERS)}.arrows"))
     found: set[str] = set()
     size, keep = 0, True
-    with pa.OSFile(spill.path, "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+    with _SpillWriter(spill) as writer:
         for col in columns:
             label = col.label.combine_chunks() if isinstance(col.label, pa.ChunkedArray) else col.label
             text = col.text.combine_chunks() if isinstance(col.text, pa.ChunkedArray) else col.text
@@ -92,14 +96,43 @@ def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> s
             size += text.nbytes
             keep = size <= MAX_SPILL_BYTES
             if keep:
-                writer.write_batch(pa.RecordBatch.from_arrays([text, label], schema=SCHEMA))
+                writer.write(pa.RecordBatch.from_arrays([text, label], schema=SCHEMA), size)
                 spill.chars.append(col.text_chars)
     spill.bad, spill.continued = dict(bad.counts), bad.continued
     if keep:
         _SPILLS[_key(unit, spec, storage_options)] = spill
-    else:
+    elif spill.batches is None:
         os.remove(spill.path)
     return found
+
+
+class _SpillWriter:
+    """Keeps a spill's batches in memory up to MEMORY_SPILL_BYTES of text, then writes them all to
+    its file (an Arrow IPC stream) and the rest after them."""
+
+    def __init__(self, spill: Spill):
+        self.spill = spill
+        self._sink = self._writer = None
+
+    def write(self, batch: pa.RecordBatch, size: int) -> None:
+        if self.spill.batches is not None and size > MEMORY_SPILL_BYTES:
+            self._sink = pa.OSFile(self.spill.path, "wb")
+            self._writer = pa.ipc.new_stream(self._sink, SCHEMA)
+            for kept in self.spill.batches:
+                self._writer.write_batch(kept)
+            self.spill.batches = None
+        if self.spill.batches is not None:
+            self.spill.batches.append(batch)
+        else:
+            self._writer.write_batch(batch)
+
+    def __enter__(self) -> "_SpillWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
 
 
 def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels: list[str]
@@ -110,7 +143,8 @@ def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels:
     if spill is None:
         return None
     if bad.policy == "error" and any(reason != BLANK for reason in spill.bad):
-        os.remove(spill.path)
+        if spill.batches is None:
+            os.remove(spill.path)
         return None  # the write pass reads again and stops at the first bad record, naming it
     for reason, n in spill.bad.items():
         bad.add_many(reason, n)
@@ -118,11 +152,20 @@ def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels:
     return _read(spill, pa.array(labels, pa.string()))
 
 
-def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
+def _batches(spill: Spill) -> Iterator[pa.RecordBatch]:
+    if spill.batches is not None:
+        batches, spill.batches = spill.batches, []  # handed over: each goes once the writer is done with it
+        while batches:
+            yield batches.pop(0)
+        return
     # not closed here: the writer may still hold slices of the last batches; the map goes with them
     source = pa.memory_map(spill.path)
     os.remove(spill.path)  # the map keeps the data; nothing is left behind whatever happens next
-    for batch, chars in zip(pa.ipc.open_stream(source), spill.chars):
+    yield from pa.ipc.open_stream(source)
+
+
+def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
+    for batch, chars in zip(_batches(spill), spill.chars):
         ids = pc.index_in(batch.column(1), value_set=label_set)
         if ids.null_count:
             raise RuntimeError(f"spill {spill.path}: a label outside the scanned set (a bug)")

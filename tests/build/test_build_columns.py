@@ -169,6 +169,30 @@ def test_spill_is_used_then_removed(tmp_path, monkeypatch, kind):
     assert folders and folders[0].startswith(str(tmp_path / "b-True" / ".staging"))
 
 
+@pytest.mark.parametrize("memory_bytes", [0, 600, 1 << 30], ids=["file", "memory-then-file", "memory"])
+def test_spill_in_memory_or_in_a_file_same_bytes(tmp_path, monkeypatch, small_blocks, memory_bytes):
+    """A spill kept in memory, written to a file, or moved to a file midway: the same shards as a
+    build that parses twice; a file only when the spill outgrows MEMORY_SPILL_BYTES."""
+    monkeypatch.setattr(spill, "MEMORY_SPILL_BYTES", memory_bytes)
+    rows = [b"record %d with some words,%s" % (i, b"abc"[i % 3:i % 3 + 1]) for i in range(300)]
+    src = _write(tmp_path / "in" / "a.csv", _csv(rows + CSV_ROWS))
+    writes = []
+    original_writer = spill._SpillWriter.write
+
+    def write(self, batch, size):
+        original_writer(self, batch, size)
+        writes.append(self.spill.batches is None)
+
+    monkeypatch.setattr(spill._SpillWriter, "write", write)
+    spec = CorpusSpec(label_field="label", on_bad_record="skip", max_record_bytes=LIMIT)
+    (fast, slow), manifest = build_both(tmp_path, monkeypatch, [src], spec=spec)
+    assert fast == slow and manifest.num_records > 300
+    assert len(writes) > 2
+    assert writes[-1] == (memory_bytes < 1 << 30)  # on file at the end unless the whole spill fit
+    assert writes[0] == (memory_bytes == 0)  # in memory first unless none may be
+    assert not spill._SPILLS and not spill._DIR
+
+
 def test_spill_not_used_when_the_scan_met_a_bad_record_under_error(tmp_path):
     src = _write(tmp_path / "in" / "a.jsonl", b'{"text": "ok", "label": "a"}\n{"text": 5, "label": "a"}\n')
     with pytest.raises(BadRecordError, match=r"a\.jsonl:2: wrong_type"):
