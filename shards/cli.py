@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import sys
 
 from shards import storage
@@ -143,6 +142,8 @@ def label_lines(m) -> list[str]:
 
 def shard_summary(m) -> str:
     """Shard count and records / bytes per shard (min / median / max)."""
+    import statistics  # only `shards inspect` needs it
+
     if not m.shards:
         return "per shard   no shards"
     recs = [s.num_records for s in m.shards]

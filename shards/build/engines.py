@@ -11,15 +11,12 @@ their driver even when it is SIGKILLed; ``shards.build.ray_engine`` runs on a Ra
 """
 from __future__ import annotations
 
-import ctypes
-import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from shards.build import spill
 from shards.corpus.read import scan_labels
@@ -68,6 +65,8 @@ def die_with_parent(parent: int) -> None:
     processes are spawned by the thread that submits, which lives until the pool closes.
     """
     if sys.platform.startswith("linux"):
+        import ctypes
+
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
@@ -96,6 +95,10 @@ class LocalEngine:
         if tasks <= 1 and self._pool is None:
             return None
         if self._pool is None and self.workers > 1:
+            # imported here: a build of one unit (the common `shards build FILE`) never starts a pool
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=die_with_parent, initargs=(os.getpid(),))
         return self._pool
@@ -113,6 +116,8 @@ class LocalEngine:
             for i, unit, labels, key in items:
                 results[i] = run_unit(cfg, i, unit, labels, key, bar.update)
             return results
+        from concurrent.futures import as_completed
+
         futures = [pool.submit(run_unit, cfg, i, unit, labels, key) for i, unit, labels, key in items]
         for fut in as_completed(futures):
             r = fut.result()
