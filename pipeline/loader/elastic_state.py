@@ -52,7 +52,9 @@ def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
     world = settings.count(what, "world_size", saved.get("world_size"), low=1)
     if not isinstance(all_ranks, (list, tuple)) or len(all_ranks) != world:
         have = len(all_ranks) if isinstance(all_ranks, (list, tuple)) else "none"
-        raise ResumeError(f"{what}: saved at world size {world}, resumed at another: an elastic resume needs every "
+        raise ResumeError(f"cannot resume mid-epoch: {what}: saved at world size {world}, workers "
+                          f"{saved.get('num_workers')}, batch size {saved.get('batch_size')}, resumed under another "
+                          f"topology: an elastic resume needs every "
                           f"old rank's state ({have} given, {world} needed); pass "
                           f"load_state_dict(state, all_ranks=[rank 0's state, ..., rank {world - 1}'s])")
     earlier = parse_segments(what, state.get("segments", []))

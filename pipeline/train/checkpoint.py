@@ -56,6 +56,7 @@ from pipeline.train.checkpoint_files import (
 )
 
 LATEST = "latest"
+STAMP = "part_of"   # in each rank part: {"step", "rank"} it was written for
 VERSION = 1
 STEP_NAME = re.compile(r"step-(\d{7,})")
 FIX = "restore the files, or start over with --resume never (it deletes them) or a new --out"
@@ -135,8 +136,11 @@ def begin(out_dir: str, step: int, storage_options: dict | None = None) -> None:
 
 
 def write_part(out_dir: str, step: int, rank: int, state: dict, storage_options: dict | None = None) -> list:
-    """Rank ``rank`` > 0 writes its own loader/RNG state; returns [name, bytes, sha256] for rank 0's file list."""
-    data = json.dumps(state).encode()
+    """Rank ``rank`` > 0 writes its own loader/RNG state; returns [name, bytes, sha256] for rank 0's file list.
+
+    The part is stamped with its step and rank: a part copied from another step or rank (with a file list
+    made to match) is refused on load."""
+    data = json.dumps({**state, STAMP: {"step": step, "rank": rank}}).encode()
     name = part_name(rank)
     _put(locate(_staging(checkpoint_root(out_dir), step), name), data, storage_options)
     return [name, *sha256_bytes(data)]
@@ -329,18 +333,28 @@ def load(out_dir: str, name: str, device="cpu", storage_options: dict | None = N
     optim = _torch(path, "optim.pt", listed, device, so)
     if not isinstance(optim, dict) or not {"optimizer", "scheduler"} <= optim.keys():
         raise CheckpointError(f"{shards.redact(path)}/optim.pt: no optimizer/scheduler state; {FIX}")
-    state["ranks"] = _rank_states(path, state.get("ranks"), listed, so)
+    state["ranks"] = _rank_states(path, state.get("ranks"), listed, so, _step_of(name))
     return Checkpoint(path, state, model, optim["optimizer"], optim["scheduler"])
 
 
-def _rank_states(path: str, first, listed: dict, storage_options: dict | None):
+def _rank_states(path: str, first, listed: dict, storage_options: dict | None, step: int | None):
     """state.json's rank states (rank 0's) followed by those of the parts ``rank-00001.json`` ..."""
     parts = sorted(n for n in listed if PART.fullmatch(n))
     if [int(PART.fullmatch(n).group(1)) for n in parts] != list(range(1, len(parts) + 1)):
         raise CheckpointError(f"{shards.redact(path)}/{LIST}: rank parts {parts} are not ranks 1..{len(parts)}; {FIX}")
     if not isinstance(first, list):
         return first  # check_settings names the damage
-    return first + [_json(path, n, listed, storage_options) for n in parts]
+    return first + [_stamped(path, n, _json(path, n, listed, storage_options), step) for n in parts]
+
+
+def _stamped(path: str, name: str, part: dict, step: int | None) -> dict:
+    """A rank part, checked to be the one written for this step and rank (its stamp removed)."""
+    rank = int(PART.fullmatch(name).group(1))
+    stamp = part.pop(STAMP, None)
+    if stamp != {"step": step, "rank": rank}:
+        raise CheckpointError(f"{shards.redact(path)}/{name}: written for {stamp!r}, expected step {step} rank {rank} "
+                              f"(a part copied from another step or rank, or from an older version); {FIX}")
+    return part
 
 
 def _json(path: str, name: str, listed: dict, storage_options: dict | None) -> dict:

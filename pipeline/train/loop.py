@@ -55,7 +55,7 @@ from pipeline.train.audit_log import AuditLog, absolute_url
 from pipeline.train.batches import Batches
 from pipeline.train.config import DEFAULT_LR  # noqa: F401  (the defaults' old home)
 from pipeline.train.evaluate import all_sum, autocast, evaluate
-from pipeline.train.resume import gather_or_raise, resume_point, run_settings
+from pipeline.train.resume import gather_or_raise, global_batch, resume_point, run_settings, scale_schedule, step_mapping
 from pipeline.train.tensorboard import Board, check_available, open_board
 from pipeline.world import World, from_env, intra_op_threads
 from shards import redact
@@ -223,17 +223,22 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
     settings = run_settings(args, world, identity, eval_identity(args))
     ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
     loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
-    plan = schedule.for_run(args, ckpt.state if ckpt else None, ckpt.step if ckpt else 0)
+    mapped = step_mapping(ckpt, settings) if ckpt else {"step": 0, "samples_seen": 0, "updates": 0, "line": None}
+    if mapped["line"]:
+        log.info("%s", mapped["line"])
+    plan = schedule.for_run(args, scaled_state(ckpt, settings), mapped["step"])
     parts = build_parts(args, stream, world, device, plan)
     start, position, history = 0, {"epoch": 0, "exhausted": False}, []
     if ckpt is not None:
-        start, position, history = restore(ckpt, parts, train_ds, loader, world)
+        start, position, history = restore(ckpt, parts, train_ds, loader, world, mapped)
     torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
-    if ckpt is not None:
+    if ckpt is not None and world.rank < len(ckpt.state["ranks"]):  # a rank new to the run keeps its seed
         checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
+    seen = {"samples_seen": mapped["samples_seen"], "updates": mapped["updates"], "global": global_batch(settings)}
     filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
     batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
-    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), start,
+    # audit lines are numbered by optimizer updates run: the same as the step until a global-batch change
+    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), seen["updates"],
                      args.storage_options) if args.audit else None
     initial = before_training(args, parts.model, world, device, board, stream.label_names) if start == 0 else {}
     meter = metrics.Meter(world.world_size)
@@ -246,7 +251,7 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
             batch = batches.next()
             meter.waited(t)
             if audit:
-                audit.record_batch(step, batches.epoch, batch)  # sample ids, or packed document segments
+                audit.record_batch(seen["updates"] + 1, batches.epoch, batch)  # sample ids, or packed document segments
             last = micro == args.grad_accum - 1
             sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
             with sync:
@@ -259,6 +264,8 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
         parts.optimizer.step()
         parts.scheduler.step()
         parts.optimizer.zero_grad(set_to_none=True)
+        seen["updates"] += 1
+        seen["samples_seen"] += seen["global"]
         meter.step(loss_value, samples, tokens)
         if step % args.log_every == 0 or step == args.steps:
             lr = parts.scheduler.get_last_lr()[0]  # after this step's update: what step + 1 applies
@@ -270,7 +277,8 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
         if board and step == 1 and args.task == "lm" and not args.eval:  # the loss before any update
             board.scalar("train/perplexity", math.exp(min(loss_value, 50.0)), 0)
         if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
-            save(args, world, parts, loader, batches, step, history, audit, settings)
+            save(args, world, parts, loader, batches, step, history, audit,
+                 {**settings, "samples_seen": seen["samples_seen"], "updates": seen["updates"]})
     if audit:
         audit.close()
     summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
@@ -328,20 +336,37 @@ def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, 
     gather_or_raise(world, lambda: commit() if world.rank == 0 else None)  # nobody runs ahead of a failed save
 
 
-def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World):
+def scaled_state(ckpt: checkpoint.Checkpoint | None, now: dict) -> dict | None:
+    """The checkpoint's state with its LR schedule's steps mapped to this run's global batch."""
+    if ckpt is None:
+        return None
+    return {**ckpt.state, "schedule": scale_schedule(ckpt.state.get("schedule"), global_batch(ckpt.state),
+                                                     global_batch(now))}
+
+
+def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World, mapped: dict):
     """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history).
 
-    The run settings were checked by ``resume_point``."""
+    The run settings were checked by ``resume_point``.  Under another topology every old rank's
+    loader state goes to the loader (elastic resume); a rank new to the run starts from rank 0's epoch."""
     parts.model.load_state_dict(ckpt.model)
     parts.optimizer.load_state_dict(ckpt.optimizer)
     parts.scheduler.load_state_dict(ckpt.scheduler)
-    mine = ckpt.state["ranks"][world.rank]
+    step = mapped["step"]
+    if step != ckpt.step:  # the LR continues at the mapped step of the mapped schedule
+        parts.scheduler.last_epoch = step
+        lr = parts.schedule.lr(step)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr
+        parts.scheduler._last_lr = [lr] * len(parts.optimizer.param_groups)
+    ranks = ckpt.state["ranks"]
+    mine = ranks[world.rank] if world.rank < len(ranks) else ranks[0]
     ds.set_epoch(mine["epoch"])
     if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
-        loader.load_state_dict(mine["loader"])
-    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, ckpt.step, mine["epoch"])
+        loader.load_state_dict(mine["loader"], all_ranks=[r["loader"] for r in ranks])
+    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, step, mine["epoch"])
     position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
-    return ckpt.step, position, list(ckpt.state.get("history", []))
+    return step, position, list(ckpt.state.get("history", []))
 
 
 def evaluate_run(args, model, world: World, device, train_labels) -> dict:

@@ -12,7 +12,18 @@ deleting the checkpoints first (saying so) so that the old run's higher step
 numbers cannot outlive the new run's.  OUT may be any fsspec URL.  Rank 0
 decides and tells the other ranks, so every rank loads the same step or fails
 with the same line.  A checkpoint whose run settings differ from this run's,
-the training and eval sets' identities included, is refused naming old and new.
+the training and eval sets' identities included, is refused naming old and new,
+except the topology (``ELASTIC``: world size, workers, batch size, grad
+accumulation): each new rank then reads every old rank's loader state and the
+rest of the epoch is spread over the new ranks (pipeline/loader/elastic_state.py).
+
+Steps follow samples seen.  Every checkpoint records ``samples_seen`` (the sum of
+the global batch, world x batch x grad_accum, over the steps trained) and
+``updates`` (optimizer steps run, what the audit log numbers its lines by).  When
+the global batch changes, the run continues at step ``samples_seen // new global
+batch`` (rounded down: a step counts only whole global batches), the LR schedule's
+steps are mapped the same way, and ``--steps`` counts steps of the new global
+batch; one line says so (``step_mapping``).
 """
 from __future__ import annotations
 
@@ -34,6 +45,38 @@ def run_settings(args, world: World, train_identity: list[str], eval_identity: s
     return {"world_size": world.world_size, "num_workers": args.num_workers, "seed": args.seed,
             "batch_size": args.batch_size, "grad_accum": args.grad_accum, "task": args.task, "pack": args.pack,
             "train_identity": train_identity, "eval_identity": eval_identity}
+
+
+ELASTIC = ("world_size", "num_workers", "batch_size", "grad_accum")  # may change on resume
+
+
+def global_batch(settings: dict) -> int:
+    return int(settings["world_size"]) * int(settings["batch_size"]) * int(settings["grad_accum"])
+
+
+def step_mapping(ckpt: checkpoint.Checkpoint, now: dict) -> dict:
+    """Where a resumed run continues: ``step`` (of the new global batch), ``samples_seen``, ``updates``,
+    and ``line`` (None unless the global batch changed)."""
+    old_global, new_global = global_batch(ckpt.state), global_batch(now)
+    samples = int(ckpt.state.get("samples_seen", ckpt.step * old_global))
+    updates = int(ckpt.state.get("updates", ckpt.step))
+    if old_global == new_global:
+        return {"step": ckpt.step, "samples_seen": samples, "updates": updates, "line": None}
+    step = samples // new_global
+    line = (f"global batch {old_global} -> {new_global} (world x batch x grad_accum: {ckpt.state['world_size']} x "
+            f"{ckpt.state['batch_size']} x {ckpt.state['grad_accum']} -> {now['world_size']} x {now['batch_size']} x "
+            f"{now['grad_accum']}): step {ckpt.step} ({samples} samples seen) continues as step {step}")
+    return {"step": step, "samples_seen": samples, "updates": updates, "line": line}
+
+
+def scale_schedule(saved: dict | None, old_global: int, new_global: int) -> dict | None:
+    """A checkpoint's schedule meta with its steps mapped to the new global batch (rounded down)."""
+    if saved is None or old_global == new_global:
+        return saved
+    def to_new(steps):
+        return None if steps is None else int(steps) * old_global // new_global
+    return {**saved, "total": to_new(saved["total"]), "warmup": to_new(saved["warmup"]),
+            "anchor_step": to_new(saved.get("anchor_step"))}
 
 
 def resume_point(args, world: World, device, settings: dict) -> checkpoint.Checkpoint | None:
@@ -105,18 +148,23 @@ def gather_or_raise(world: World, action) -> list:
 def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
     """Refuse a checkpoint taken under other settings, naming each old and new value."""
     changed = [_describe(k, ckpt.state.get(k), v, ckpt.state, args) for k, v in now.items()
-               if ckpt.state.get(k) != v]
+               if ckpt.state.get(k) != v and k not in ELASTIC]
     if changed:
         raise CheckpointError(f"{redact(ckpt.path)}: " + "; ".join(changed) + ". Resume with the same values (the "
                               "batches depend on them), or start a new --out (or over: --resume never)")
-    ranks = ckpt.state.get("ranks")
-    if not isinstance(ranks, list) or len(ranks) != now["world_size"] or \
+    ranks, old_world = ckpt.state.get("ranks"), ckpt.state.get("world_size")
+    if not isinstance(ranks, list) or len(ranks) != old_world or \
             not all(isinstance(r, dict) and {"loader", "rng", "epoch"} <= r.keys() for r in ranks):
-        raise CheckpointError(f"{redact(ckpt.path)}/state.json: needs one loader state per rank ({now['world_size']}); "
+        raise CheckpointError(f"{redact(ckpt.path)}/state.json: needs one loader state per rank ({old_world}); "
                               f"the file is damaged: restore it or start over with --resume never")
-    if not isinstance(ckpt.state.get("step"), int) or ckpt.step > args.steps:
-        raise CheckpointError(f"{redact(ckpt.path)}: the checkpoint is at step {ckpt.state.get('step')!r}, past --steps "
-                              f"{args.steps}; pass --steps >= that step to continue, or start a new --out")
+    bad = [k for k in ELASTIC if not isinstance(ckpt.state.get(k), int) or isinstance(ckpt.state.get(k), bool)]
+    if not isinstance(ckpt.state.get("step"), int) or bad:
+        raise CheckpointError(f"{redact(ckpt.path)}/state.json: step {ckpt.state.get('step')!r}, {bad} not integers; "
+                              f"the file is damaged: restore it or start over with --resume never")
+    step = step_mapping(ckpt, now)["step"]
+    if step > args.steps:
+        raise CheckpointError(f"{redact(ckpt.path)}: the checkpoint is at step {step}, past --steps {args.steps} (steps "
+                              f"of this run's global batch); pass --steps >= that step to continue, or start a new --out")
 
 
 def _describe(key: str, old, new, state: dict, args) -> str:

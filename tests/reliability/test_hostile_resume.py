@@ -156,8 +156,6 @@ def test_stale_latest_or_a_lying_file_list_falls_back_with_a_note(out, damage, c
     assert checkpoint.load(out, "step-0000002").step == 2
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.write_part/load: a rank part carries no step or rank, so a part "
-                   "from another step with a consistent files.json loads; fix: stamp step+rank, check in _rank_states")
 def test_a_rank_part_from_another_step_is_refused():
     out = mem_url()
     save_step(out, 2)
