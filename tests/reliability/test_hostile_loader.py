@@ -29,7 +29,10 @@ def fingerprint(batch: dict) -> tuple:
         value = batch[key]
         if hasattr(value, "numpy"):
             value = value.numpy()
-        out.append((key, str(value.dtype), value.tolist()) if isinstance(value, np.ndarray) else (key, list(value)))
+        if isinstance(value, np.ndarray):
+            out.append((key, str(value.dtype), value.tolist()))
+        else:  # lists of names, or a plain number (max_seqlen)
+            out.append((key, list(value) if isinstance(value, (list, tuple)) else value))
     return tuple(out)
 
 
