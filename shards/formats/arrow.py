@@ -97,13 +97,19 @@ def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
+# What pyarrow raises for damaged bytes: ArrowException subclasses, ValueError, and OSError for a message
+# header or buffer that points outside the file ("Read out of bounds"); the bytes are in memory, so no
+# OSError here is an I/O failure.
+DAMAGE = (pa.ArrowException, ValueError, OSError)
+
+
 def _open(data, url: str):
     if len(data) < 12 or bytes(data[:6]) != MAGIC:
         raise CorruptShardError(f"shard {url}: not an Arrow IPC file (bad magic); rebuild it or "
                                 f"pass on_corrupt='skip'")
     try:
         return pa.ipc.open_file(pa.py_buffer(data))
-    except pa.ArrowInvalid as exc:
+    except DAMAGE as exc:
         raise CorruptShardError(f"shard {url}: unreadable Arrow file ({exc}); rebuild it") from exc
 
 
@@ -121,7 +127,7 @@ def check(data, url: str, num_records: int, label_count: int | None = None, key:
             labels = batch.column("label").to_numpy(zero_copy_only=False) if "label" in names else None
             ids = batch.column("input_ids").flatten() if "input_ids" in names else None
             low = pc.min(ids).as_py() if ids is not None and len(ids) else None
-        except (pa.ArrowException, ValueError) as exc:
+        except DAMAGE as exc:
             raise CorruptShardError(f"shard {url}: record batch {i} is damaged ({exc}); rebuild it") from exc
         if labels is not None:
             check_labels(labels, url, label_count, found - batch.num_rows)
@@ -148,7 +154,7 @@ def read_batches(data, url: str, start: int = 0, stop: int | None = None,
             n = batch.num_rows
             lo, hi = max(start - offset, 0), n if stop is None else min(stop - offset, n)
             out = _to_batch(batch.slice(lo, hi - lo), offset + lo, names, columns) if lo < hi else None
-        except (pa.ArrowException, ValueError) as exc:
+        except DAMAGE as exc:
             raise CorruptShardError(f"shard {url}: record batch {i} is damaged ({exc}); rebuild it") from exc
         if out is not None:
             yield out

@@ -157,10 +157,6 @@ def test_corrupt_shard_skip_resumes_exactly_with_pads_flagged(broken, minilm, wo
     assert pads == shards.load_manifest(broken).shards[2].num_records
 
 
-@pytest.mark.xfail(strict=True, reason="a bit flip in an arrow shard's record batch header escapes as pyarrow's "
-                   "OSError('Read out of bounds ...') instead of CorruptShardError, so on_corrupt='skip' does not "
-                   "skip it and the epoch dies (shards/formats/arrow.py:check, get_batch not guarded); fix: catch "
-                   "pyarrow.ArrowException/OSError around the reads in check() and raise CorruptShardError")
 def test_bit_flipped_arrow_shard_is_skipped(tmp_path):
     url = build_set(tmp_path, n=N, max_records=7)
     corrupt_shard(url, 2, flip=True)
