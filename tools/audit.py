@@ -2,7 +2,7 @@
 
     python -m tools.audit runs/demo          # same as: shards audit runs/demo
 
-The run must have been trained with ``pipeline.train.loop --audit``; see
+The run must have been trained with ``pipeline.train --audit``; see
 ``shards/audit.py`` for what is checked.  Exit status 0 = pass, 1 = fail,
 2 = logs unreadable.
 """

@@ -21,8 +21,8 @@ time (both built here with ``shards.build.driver`` in a temporary folder), throu
 
 The data-wait fraction is the time the step loop blocks in ``next()`` on the loader
 divided by the wall time of the measured steps (``pipeline.train.metrics.Meter``, as
-``pipeline.train.loop`` reports it), after ``--warmup`` steps that absorb worker start-up
-and CUDA warm-up.  The loop is ``pipeline.train.loop``'s: batch to the device
+``pipeline.train`` reports it), after ``--warmup`` steps that absorb worker start-up
+and CUDA warm-up.  The loop is ``pipeline.train``'s: batch to the device
 (pinned, non-blocking), forward, ``loss.item()``, backward, step.  Wall time starts
 and ends on ``torch.cuda.synchronize()``; CUDA events around every step give the GPU
 time per step and the GPU-idle fraction (1 - GPU busy / wall, which also holds

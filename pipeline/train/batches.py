@@ -1,4 +1,4 @@
-"""Endless training batches over epochs, resumable: what ``pipeline.train.loop`` pulls each micro-step.
+"""Endless training batches over epochs, resumable: what ``pipeline.train`` pulls each micro-step.
 
     batches = Batches(ds, loader, epoch=0)                 # ShardStream or PackedStream
     batch = batches.next()                                  # next epoch starts by itself

@@ -1,4 +1,4 @@
-"""The command line of ``pipeline.train.loop``: every option with a one-line description and its default.
+"""The command line of ``pipeline.train``: every option with a one-line description and its default.
 
     args = parse_args(["--train", "shards/train", "--steps", "100", "--batch-size", "32"])
     resolve_defaults(args)   # --model / --tokenizer / --lr from --task; one-line ValueError if unusable
@@ -28,7 +28,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline.train.loop", description=description, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="pipeline.train", description=description, formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--train", required=True, metavar="URL",
                       help="train shard set (folder or index.json URL), or a mixture URL:WEIGHT,URL:WEIGHT")

@@ -1,4 +1,4 @@
-"""Evaluation and the small collective helpers of ``pipeline.train.loop``.
+"""Evaluation and the small collective helpers of ``pipeline.train``.
 
     figures = evaluate(model, loader, "classify", device)   # {"eval_accuracy", "eval_loss", ...}
 

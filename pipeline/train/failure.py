@@ -1,4 +1,4 @@
-"""One-line errors for ``pipeline.train.loop``, also under torchrun.
+"""One-line errors for ``pipeline.train``, also under torchrun.
 
 A user error (bad settings, a missing or corrupt shard set, a checkpoint that
 does not verify or fit) ends the run with one line: what failed, where and the
@@ -68,7 +68,7 @@ def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text += f": {exc.filename}"
-    return f"pipeline.train.loop: error: {redact(text)}"
+    return f"pipeline.train: error: {redact(text)}"
 
 
 def under_torchrun() -> bool:
@@ -79,7 +79,7 @@ def report(exc: BaseException, rank: int, world_size: int) -> int:
     """Print the one line for ``exc`` (last on the terminal under torchrun); returns the exit status."""
     line = one_line(exc)
     if world_size > 1:
-        line = line.replace("pipeline.train.loop: error:", f"pipeline.train.loop: error (rank {rank}):", 1)
+        line = line.replace("pipeline.train: error:", f"pipeline.train: error (rank {rank}):", 1)
     if not under_torchrun():
         print(line, file=sys.stderr, flush=True)
         return EXIT_STATUS

@@ -60,7 +60,7 @@ from pipeline.train.tensorboard import Board, check_available, open_board
 from pipeline.world import World, from_env, intra_op_threads
 from shards import redact
 
-log = logging.getLogger("pipeline.train.loop")
+log = logging.getLogger("pipeline.train")
 node_log = logging.getLogger("pipeline.node")  # INFO on every node's local rank 0, not only rank 0
 
 

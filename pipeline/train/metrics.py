@@ -22,7 +22,7 @@ import time
 import shards
 from pipeline.train import model_folder
 
-log = logging.getLogger("pipeline.train.loop")
+log = logging.getLogger("pipeline.train")
 
 
 class Meter:

@@ -1,4 +1,4 @@
-"""Models and losses for ``pipeline.train.loop``: what ``--model`` names, and per-sample losses.
+"""Models and losses for ``pipeline.train``: what ``--model`` names, and per-sample losses.
 
     model = load_model("classify", "minilm", num_labels=2)
     loss, n = classify_loss(model(input_ids=..., attention_mask=...).logits, batch)
@@ -23,7 +23,7 @@ DEFAULT_MODEL = {"classify": "minilm", "lm": "gpt2-random"}
 BUILTIN = ("minilm", "gpt2-random")
 IGNORE = -100  # label value the LM loss skips (padding, pad samples)
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "classification_head")  # task heads of HF classifiers
-log = logging.getLogger("pipeline.train.loop")
+log = logging.getLogger("pipeline.train")
 
 
 def minilm_dir() -> str:

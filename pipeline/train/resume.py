@@ -1,4 +1,4 @@
-"""What ``pipeline.train.loop`` starts from: a verified checkpoint that fits this run, or step 0 when it may.
+"""What ``pipeline.train`` starts from: a verified checkpoint that fits this run, or step 0 when it may.
 
     settings = run_settings(args, world, train_identity, eval_identity)
     ckpt = resume_point(args, world, device, settings)   # None: start from step 0
@@ -37,7 +37,7 @@ from pipeline.train.checkpoint_files import CheckpointError
 from pipeline.world import World
 from shards import StorageError, redact
 
-log = logging.getLogger("pipeline.train.loop")
+log = logging.getLogger("pipeline.train")
 
 
 def run_settings(args, world: World, train_identity: list[str], eval_identity: str | None) -> dict:

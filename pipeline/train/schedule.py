@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
-log = logging.getLogger("pipeline.train.loop")
+log = logging.getLogger("pipeline.train")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def describe(old: dict | None, new: Schedule, step: int) -> str | None:
 
 
 def for_run(args, state: dict | None, step: int | None) -> Schedule:
-    """The schedule of a ``pipeline.train.loop`` run: fresh, or continuing checkpoint ``state`` at ``step``."""
+    """The schedule of a ``pipeline.train`` run: fresh, or continuing checkpoint ``state`` at ``step``."""
     if state is None:
         return fresh(args.steps, args.warmup, args.lr)
     saved = state.get("schedule")  # None: written before it was recorded, rebuilt as then

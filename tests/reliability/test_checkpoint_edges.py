@@ -133,7 +133,7 @@ def test_no_step_verifies_refuses_naming_the_file_and_prunes_nothing(base, tmp_p
     capsys.readouterr()
     assert train.main(args(base, out, 6, "--checkpoint-every", "2", "--resume")) == 2
     line = error_line(capsys.readouterr().err)
-    assert line.startswith("pipeline.train.loop: error: ") and "no complete checkpoint verifies" in line
+    assert line.startswith("pipeline.train: error: ") and "no complete checkpoint verifies" in line
     assert "step-0000004/model.pt" in line and "step-0000002/model.pt" in line and "--resume never" in line
     assert snapshot(out) == before
     assert (out / "metrics.json").read_text() == (base["out"] / "metrics.json").read_text()  # no new run
@@ -213,7 +213,7 @@ def test_real_processes_fall_back_refuse_and_print_one_line(base, tmp_path):
         proc = run_train(args(base, out, 6, *extra))
         assert proc.returncode == 2, proc.stderr[-2000:]
         line = error_line(proc.stderr)
-        assert line.startswith("pipeline.train.loop: error: "), line
+        assert line.startswith("pipeline.train: error: "), line
         assert "step-0000002/optim.pt" in line and "no complete checkpoint verifies" in line  # auto refuses too
         assert snapshot(out) == before
     out = copy_run(base, tmp_path / "b")
@@ -238,7 +238,7 @@ def test_torchrun_refusal_is_the_last_line_on_the_terminal(base, tmp_path):
     assert proc.returncode != 0
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     message = lines[-1]
-    assert message.startswith("pipeline.train.loop: error (rank "), proc.stderr[-3000:]
+    assert message.startswith("pipeline.train: error (rank "), proc.stderr[-3000:]
     assert "no complete checkpoint verifies" in message and "--resume never" in message
     assert lines.count(message) == 1  # both ranks refused; the line is printed once
     assert "ChildFailedError" in proc.stderr  # torchrun's block came first ...
@@ -265,7 +265,7 @@ def test_damaged_audit_line_refuses_resume_naming_file_and_line(base, tmp_path, 
 def test_bad_torchrun_variable_is_one_line(base, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     assert train.main(args(base, tmp_path / "run", 1)) == 2
-    assert error_line(capsys.readouterr().err) == ("pipeline.train.loop: error: environment variable WORLD_SIZE='two': "
+    assert error_line(capsys.readouterr().err) == ("pipeline.train: error: environment variable WORLD_SIZE='two': "
                                                    "not an integer; torchrun sets it, unset it to run one process")
 
 

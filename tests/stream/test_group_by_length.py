@@ -195,7 +195,7 @@ def test_window_index_sorts_and_keeps_the_short_batch_last():
 
 
 def test_train_group_by_length_trains_each_sample_once_and_refuses_pack(tmp_path, capsys):
-    """``pipeline.train.loop --group-by-length``: a run audits clean; with --pack it is a one-line refusal."""
+    """``pipeline.train --group-by-length``: a run audits clean; with --pack it is a one-line refusal."""
     from pipeline.train import loop as train
     from shards.audit import main as audit_main
     from tests.helpers.trainkit import shard_sets, tiny_bert, train_args

@@ -1,4 +1,4 @@
-"""pipeline.train.loop: 1- and 2-process runs of both tasks, checkpoints, resume, metrics."""
+"""pipeline.train: 1- and 2-process runs of both tasks, checkpoints, resume, metrics."""
 from __future__ import annotations
 
 import json
@@ -124,17 +124,22 @@ def test_crash_and_resume_gives_same_batches_and_weights(kit, tmp_path, monkeypa
 
 
 @pytest.mark.timeout(60)
-def test_resume_refuses_other_worker_count(kit, tmp_path, capsys):
+def test_resume_takes_other_worker_count_and_refuses_other_seed(kit, tmp_path, capsys):
+    """--num-workers may change on resume (elastic: the rest of the epoch is re-spread); --seed may not."""
     out = tmp_path / "run"
     assert train.main(train_args(kit["train"], None, kit["bert"], out, 2, 4, "classify")) == 0
     capsys.readouterr()
+    assert train.main(train_args(kit["train"], None, kit["bert"], out, 3, 4, "classify", "--resume",
+                                 "--num-workers", "1")) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    capsys.readouterr()
     assert train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
-                                 "--num-workers", "1")) == 2
+                                 "--seed", "7")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pipeline.train.loop: error: ") and "num_workers was 0, now 1" in err[0]
-    with pytest.raises(checkpoint.CheckpointError, match="num_workers was 0, now 1"):  # --debug: the traceback
+    assert len(err) == 1 and err[0].startswith("pipeline.train: error: ") and "seed" in err[0], err
+    with pytest.raises(checkpoint.CheckpointError, match="seed"):  # --debug: the traceback
         train.main(train_args(kit["train"], None, kit["bert"], out, 4, 4, "classify", "--resume",
-                              "--num-workers", "1", "--debug"))
+                              "--seed", "7", "--debug"))
 
 
 @pytest.mark.timeout(60)

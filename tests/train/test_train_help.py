@@ -1,4 +1,4 @@
-"""What a user sees from ``pipeline.train.loop``: ``--help`` that explains every option, and quiet runs.
+"""What a user sees from ``pipeline.train``: ``--help`` that explains every option, and quiet runs.
 
 The quiet check trains 2 steps from S3 (a local moto server, credentials in the
 environment) with a model folder that has no classifier head: the three
