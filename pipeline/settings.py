@@ -91,10 +91,19 @@ def read_state(what: str, state, now: dict, most: int | None = None) -> tuple[in
     if batches and sum(count(what, "workers[].batches", w.get("batches")) for w in workers) != batches:
         raise ResumeError(f"{what}: batches={batches} is not the sum of the workers' batches "
                           f"{[w.get('batches') for w in workers]}; the state is damaged")
+    read_stats(what, state)
+    return epoch, batches, workers if batches else [], last
+
+
+def read_stats(what: str, state: dict) -> dict:
+    """The state's counters (``stats``): a dict of names to integers >= 0, or a one-line ResumeError
+    (a bad value would otherwise break ``loader.stats()`` far from the load)."""
     stats = state.get("stats", {})
     if not isinstance(stats, dict):
         raise ResumeError(f"{what}: stats={stats!r} is not a dict of counts; pass the saved state")
-    return epoch, batches, workers if batches else [], last
+    for name, value in stats.items():
+        count(what, f"stats[{name!r}]", value)
+    return stats
 
 
 def _show(key: str, value) -> str:

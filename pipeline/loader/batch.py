@@ -192,9 +192,9 @@ class BatchLoader:
         epoch = int(state["epoch"])
         self.dataset.set_segments(epoch, segments)
         self.dataset.set_epoch(epoch)
-        self._resume = settings.make_state(epoch, 0, self._fresh(), 0, now, state.get("stats", {}),
-                                           [s.to_json() for s in segments])
-        self._stats_done = Counter(state.get("stats", {}))
+        stats = settings.read_stats(what, state)
+        self._resume = settings.make_state(epoch, 0, self._fresh(), 0, now, stats, [s.to_json() for s in segments])
+        self._stats_done = Counter(stats)
         self._stats_now = {}
 
     def stats(self) -> dict:
