@@ -45,6 +45,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from pipeline import settings, world
+from pipeline.pack.inner import check_item_position
 
 log = logging.getLogger(__name__)
 STOP_RULES = ("first_exhausted", "cycle", "drain")
@@ -134,6 +135,8 @@ class MixedStream(IterableDataset):
     ``state_dict``/``load_state_dict`` and ``set_epoch`` (ShardStream, PackedStream, ...).
     """
 
+    POSITION_COUNT = "items"  # the item count of a position (pack/inner.py)
+
     def __init__(self, sources, *, seed: int = 0, stop: str = "first_exhausted"):
         super().__init__()
         sources = list(sources)
@@ -204,6 +207,10 @@ class MixedStream(IterableDataset):
         sources = position["sources"] if position else [None] * n
         # A source's own position is stale until it yields in this pass: None until then.
         self._started = [s is not None for s in sources]
+        # A resumed source's position until it yields again (a lazy source reports a stale one before).
+        self._held = list(sources)
+        if self._ended:  # nothing is read: a seek left pending would start the next epoch mid-source
+            return
         for stream, sub in zip(self.streams, sources):
             if sub is not None:
                 stream.seek(sub)
@@ -234,16 +241,26 @@ class MixedStream(IterableDataset):
     def position(self) -> dict:
         """After the last item: draws and items so far, each source's pass count, whether it was
         dropped, and its own position (None until it yields in this pass)."""
-        sources = [s.position() if started else None for s, started in zip(self.streams, self._started)]
+        sources = [held if held is not None else s.position() if started else None
+                   for s, started, held in zip(self.streams, self._started, self._held)]
         return {"draws": self._draws, "items": self._items, "ended": self._ended, "passes": list(self._passes),
                 "dropped": list(self._dropped), "sources": sources}
 
     def seek(self, position: dict | None) -> None:
         self._resume = dict(position) if position else None
 
+    def start_position(self) -> dict:
+        """The position at the start of an epoch (what a PackedStream of this mixture names it by)."""
+        n = len(self.streams)
+        return {"draws": 0, "items": 0, "ended": False, "passes": [0] * n, "dropped": [False] * n,
+                "sources": [None] * n}
+
     def check_position(self, what: str, position: dict, worker_id: int = 0, workers: int = 1,
                        batch_size: int = 1) -> None:
-        settings.count(what, "draws", position.get("draws"))
+        """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` items: counters,
+        flags, and each source's own position checked by that source."""
+        draws = settings.count(what, "draws", position.get("draws"))
+        self._check_items(what, position, draws, batch_size)
         n = len(self.streams)
         for key in ("passes", "dropped", "sources"):
             value = settings.entry(what, position, key)
@@ -255,6 +272,24 @@ class MixedStream(IterableDataset):
         if not all(isinstance(d, bool) for d in position["dropped"]):
             raise settings.ResumeError(f"{what}: dropped={position['dropped']!r} must be true/false per source; "
                                        f"pass the state saved by this mixture")
+        for i, (stream, sub) in enumerate(zip(self.streams, position["sources"])):
+            if sub is not None:  # None: the source has not yielded in this pass (it starts afresh)
+                check_item_position(stream, f"{what}: sources[{i}]", sub, worker_id, workers)
+
+    @staticmethod
+    def _check_items(what: str, position: dict, draws: int, batch_size: int) -> None:
+        """``ended`` a bool; ``items`` (absent in older states) a count of whole batches, one per draw at most."""
+        ended = position.get("ended", False)
+        if not isinstance(ended, bool):
+            raise settings.ResumeError(f"{what}: ended={ended!r} must be true or false (whether the stopping rule "
+                                       f"ended the epoch); the state is damaged: pass the state saved by this mixture")
+        if "items" not in position:
+            return
+        items = settings.count(what, "items", position["items"], draws)
+        batches = position.get("batches")
+        if isinstance(batches, int) and not (batches - 1) * batch_size < items <= batches * batch_size:
+            raise settings.ResumeError(f"{what}: items={items} in {batches} batches of {batch_size}; the state is "
+                                       f"damaged: pass the state saved by this mixture")
 
     def state_dict(self) -> dict:
         """The per-item iterator's state: a one-worker state of batch size 1 (settings.py)."""
@@ -269,7 +304,7 @@ class MixedStream(IterableDataset):
         now = {**self.loader_settings(), "batch_size": 1, "worker": worker_id, "num_workers": workers}
         epoch, items, positions, _ = settings.read_state(what, state, now)
         if items:
-            self.check_position(what, positions[0])
+            self.check_position(what, positions[0], worker_id, workers)
         self.set_epoch(epoch)
         self.seek({k: v for k, v in positions[0].items() if k != "batches"} if items else None)
 
@@ -323,14 +358,14 @@ class MixedStream(IterableDataset):
                     return
                 if item is _END:
                     continue  # source dropped: draw again
-            self._started[i] = True
+            self._started[i], self._held[i] = True, None
             self._items += 1
             yield {**item, "source": i} if isinstance(item, dict) else item
 
     def _exhausted(self, i: int, iters: list):
         """Apply the stopping rule to source i, just found empty: an item, _END (draw again) or None (stop)."""
         self._passes[i] += 1
-        self._started[i] = False
+        self._started[i], self._held[i] = False, None
         if self.stop == "first_exhausted":
             return None
         if self.stop == "drain":

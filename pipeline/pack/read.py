@@ -14,6 +14,7 @@ The item positions in ``Docs.items`` count from the start of the read plus ``fir
 """
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from itertools import islice
 from typing import Iterator
@@ -68,6 +69,11 @@ class ItemReader:
         if start is not None:
             stream.seek(start)
         self.items = iter(stream)
+        # The position before the first item (what a resume names the epoch start by): a stream whose
+        # __iter__ is not a generator takes its seek at iter() (ShardStream, MixedStream); a lazy one
+        # reports a stale position until its first item, so its start stays None (unknown).
+        eager = not inspect.isgeneratorfunction(getattr(type(stream), "__iter__", None))
+        self.start = start if start is not None else stream.position() if eager else None
         # re-read what the chunk had before the resumed document
         skipped = sum(1 for _ in islice(self.items, skip))
         if skipped < skip:
@@ -111,7 +117,8 @@ class ChunkReader:
 
     def __init__(self, stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
         self.fmt, self.stats = fmt, stats
-        self.samples = int((start or {}).get("samples", 0)) + skip
+        self.start = start if start is not None else {"samples": 0}  # the position before the first item
+        self.samples = int(self.start.get("samples", 0)) + skip
         self.chunks: Iterator = stream.read_chunks(self.samples)
 
     def _next(self):

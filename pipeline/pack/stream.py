@@ -59,6 +59,7 @@ every rank is done: no token is dropped and DDP collectives stay matched.
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ import shards
 from pipeline import settings
 from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
+from pipeline.pack.inner import check_item_position, start_position
 from pipeline.pack.read import make_reader
 
 __all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
@@ -92,6 +94,8 @@ class PackedStream(IterableDataset):
     the same fingerprint.  ``chunk_tokens``: tokens read from ``stream`` and cut at once
     (default ``max(32768, 8 * seq_len)``); the worker holds ~40 bytes per token of a chunk.
     """
+
+    POSITION_COUNT = "blocks"  # the item count of a position (pack/inner.py)
 
     def __init__(self, stream, seq_len: int, *, split_documents: bool = True, sep_id: int | None = None,
                  pad_id: int | None = None, tokenizer=None, chunk_tokens: int | None = None):
@@ -150,11 +154,41 @@ class PackedStream(IterableDataset):
         return dict(stats)
 
     def check_position(self, what: str, position: dict, worker_id: int, workers: int, batch_size: int) -> None:
+        """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` blocks: counters, and
+        the inner position checked by the inner stream (a bad one would fail later, or resume elsewhere)."""
         for key in ("skip", "offset", "blocks"):
             settings.count(what, f"workers[{worker_id}].{key}", position.get(key, 0))
-        if position.get("blocks", 0) > position["batches"] * batch_size:
-            raise settings.ResumeError(f"{what}: worker {worker_id} has {position['blocks']} blocks in "
-                                       f"{position['batches']} batches of {batch_size}; the state is damaged")
+        blocks, batches = position.get("blocks", 0), position["batches"]
+        if not (batches - 1) * batch_size < blocks <= batches * batch_size:
+            raise settings.ResumeError(f"{what}: worker {worker_id} has {blocks} blocks in {batches} batches of "
+                                       f"{batch_size}; the state is damaged: pass the state saved with this loader")
+        self._check_inner(what, position.get("inner"), worker_id, workers)
+
+    def _check_inner(self, what: str, inner, worker_id: int, workers: int) -> None:
+        # None (the epoch start) after blocks: checked where it resumes (_check_epoch_start), in its worker
+        if inner is not None:
+            check_item_position(self.stream, f"{what}: workers[{worker_id}].inner", inner, worker_id, workers)
+
+    def _check_epoch_start(self, position: dict) -> None:
+        """A position counted from the epoch start (inner None) after blocks: only a reader that
+        cannot name the start (a lazy item stream) saves one, in its first chunk.  Replay the epoch
+        from its start to that block (about a chunk) and refuse the position if it is not there."""
+        blocks, want = position["blocks"], (position["skip"], position["offset"])
+        probe = copy.copy(self)  # its own counters: the replay is not delivered
+        probe.stats = Counter()
+        sets = probe._sets(None)
+        try:
+            for part in sets:
+                last = int(part.after.blocks[-1])
+                if last >= blocks:
+                    if _from_epoch_start(part.after[len(part) - 1 - (last - blocks)], self.stream) == want:
+                        return
+                    break
+        finally:
+            sets.close()
+        raise settings.ResumeError(f"packed state: inner=None (the epoch start) with skip={want[0]}, "
+                                   f"offset={want[1]}, blocks={blocks}: the epoch read from its start has no such "
+                                   f"block end; the state is damaged: pass the state saved with this loader, or none")
 
     def position(self) -> dict:
         """The position after the last block ``__iter__`` yielded."""
@@ -181,7 +215,13 @@ class PackedStream(IterableDataset):
     # -- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
         """One dict per block (see the module docstring), from the sets of the loader's path."""
+        # Not a generator itself: the seek is taken and position() is right at iter(), as a
+        # ShardStream's; a MixedStream of PackedStreams reads a source's position before its next().
         position, self._seek = self._seek, None
+        self._position = {**START, **(position or {})}
+        return self._blocks(position)
+
+    def _blocks(self, position: dict | None) -> Iterator[dict]:
         for part in self._sets(position):
             for block, after in zip(part.blocks(), part.after):
                 self._position = after
@@ -200,9 +240,13 @@ class PackedStream(IterableDataset):
         items to skip from there, tokens of the document already emitted, blocks so far):
         the inner position is taken once per chunk, not per document."""
         position = {**START, **(position or {})}
+        if position["inner"] is None and position["blocks"]:
+            self._check_epoch_start(position)
         inner, skip, offset, blocks = position["inner"], position["skip"], position["offset"], position["blocks"]
         reader = make_reader(self.stream, self.format, self.stats, inner, skip)
-        states = {0: inner}            # chunk number -> inner position before its first item
+        # chunk number -> inner position before its first item; the epoch start as the inner stream
+        # names it (None only for a stream of unknown form), so that None mid-epoch is refused
+        states = {0: reader.start}
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
@@ -250,6 +294,17 @@ class PackedStream(IterableDataset):
         return BlockSet(result.ids, result.positions, result.doc_ids, result.num_tokens, result.runs,
                         result.run_bounds, docs.shard[piece], docs.record[piece], docs.source[piece],
                         result.piece_starts, result.piece_bounds, positions)
+
+
+def _from_epoch_start(position: dict, stream) -> tuple[int, int] | None:
+    """(items from the epoch start, offset) of a replayed position, None when its inner position
+    is of a form that does not say how many items precede it."""
+    inner = position["inner"]
+    if inner is None or inner == start_position(stream):
+        return position["skip"], position["offset"]
+    if isinstance(inner, dict) and set(inner) == {"samples"}:  # a ShardStream's: samples of the worker
+        return inner["samples"] + position["skip"], position["offset"]
+    return None
 
 
 def _block_dtypes(tokenizer, seq_len: int, specials: tuple[int, ...]) -> tuple:

@@ -84,11 +84,6 @@ def test_mixed_resumes_exactly_after_every_batch(sets, minilm, stop, workers, pe
     check_every_cut(make, epochs, cuts=cuts, batch_size=3, num_workers=workers, batches_per_message=per_message)
 
 
-@pytest.mark.xfail(strict=True, reason="a cycle mixture resumed from its end-of-epoch state reads the next epoch "
-                   "wrong: the loaded position seeks the sources (pipeline/mix.py:_reset), but _mix returns at once "
-                   "(ended) so the ShardStream's pending _seek survives set_epoch(1) and epoch 1 starts mid-source; "
-                   "fix: MixedStream._reset seeks every source (None too), and/or ShardStream/PackedStream.set_epoch "
-                   "drop a pending seek")
 @pytest.mark.parametrize("packed", [False, True])
 def test_cycle_mixture_resumed_at_the_epoch_end_reads_the_next_epoch_exactly(sets, minilm, packed):
     cycle_across_the_boundary(sets, minilm, packed, workers=0)
@@ -164,11 +159,6 @@ def test_packed_offset_or_skip_past_the_data_is_refused(sets, minilm, key, value
     refused(make, tampered(state, ("workers", 0, key), value), batch_size=1)
 
 
-@pytest.mark.xfail(strict=True, reason="a packed position's inner position is never checked (pipeline/pack/"
-                   "stream.py:check_position checks skip/offset/blocks only): inner='x' loads and then fails with "
-                   "AttributeError(\"'str' object has no attribute 'get'\"), not a ResumeError naming the field; "
-                   "fix: check_position checks inner with the inner stream's own position check; inner=None mid-epoch "
-                   "(the epoch start) resumes silently `skip` documents into the epoch, another sequence")
 @pytest.mark.parametrize("inner", ["x", None])
 def test_tampered_packed_inner_position_is_a_one_line_refusal(sets, minilm, inner):
     make = packed_maker(sets["text"], minilm)
@@ -189,20 +179,12 @@ def test_tampered_mixed_state_is_a_one_line_refusal(sets, minilm, path, value):
     refused(make, tampered(state, path, value), batch_size=2)
 
 
-@pytest.mark.xfail(strict=True, reason="a mixed position's 'ended' and 'items' are never checked "
-                   "(pipeline/mix.py:check_position; _reset reads bool(position['ended'])): ended='no' mid-epoch "
-                   "resumes as an epoch already over, every remaining sample silently lost; fix: check_position "
-                   "must require ended to be a bool and items a count, as it does for dropped and draws")
 def test_tampered_mixed_ended_flag_is_refused(sets, minilm):
     make = mixed_maker(sets, minilm, "cycle")
     state = mid_state(make, 3, batch_size=2)
     refused(make, tampered(state, ("workers", 0, "ended"), "no"), batch_size=2)
 
 
-@pytest.mark.xfail(strict=True, reason="a mixed position's per-source positions are never checked at load "
-                   "(pipeline/mix.py:check_position skips 'sources'): sources=[{'samples': 'x'}, None] loads and "
-                   "fails later inside ShardStream.seek with a bare int() ValueError that names neither the state "
-                   "nor the source; fix: check each source's position with that source's check_position")
 def test_tampered_mixed_source_position_is_refused_at_load(sets, minilm):
     from pipeline.settings import ResumeError
     make = mixed_maker(sets, minilm, "cycle")
