@@ -1,7 +1,12 @@
 """The command line of ``pipeline.train``: every option with a one-line description and its default.
 
-    args = parse_args(["--train", "shards/train", "--steps", "100", "--batch-size", "32"])
-    resolve_defaults(args)   # --model / --tokenizer / --lr from --task; one-line ValueError if unusable
+    cfg = parse_args(["--train", "shards/train", "--steps", "100", "--batch-size", "32"])  # a TrainConfig
+    cfg = resolve_defaults(cfg)   # --model / --tokenizer from --task; one-line ValueError if unusable
+
+The parsed command line becomes a frozen ``TrainConfig`` here, in one place; the
+training functions take it (and the ``World``) explicitly.  Its field names are
+the options' argparse names: a checkpoint's saved run settings are compared by
+those names, so they stay.
 
 ``--help`` shows each option's default (``(default: ...)``); options whose
 default depends on another option (``--model``, ``--tokenizer``, ``--lr``) say
@@ -10,6 +15,8 @@ so in their description instead.  Usage errors exit with status 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass, field
 
 import shards
 from pipeline.train import models
@@ -95,7 +102,38 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None, description: str = "DDP training over shard streams") -> argparse.Namespace:
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run's options, as parsed and checked by ``parse_args`` (field = the option's argparse name)."""
+    train: str                       # a shard set URL, or a mixture URL:WEIGHT,URL:WEIGHT
+    steps: int
+    batch_size: int                  # per rank per micro-batch
+    eval: str | None = None
+    max_length: int = 128
+    pack: int | None = None          # lm block length; None: pad each document
+    num_workers: int = 0
+    group_by_length: bool = False
+    storage_option: tuple[str, ...] = ()   # as given (KEY=VALUE)
+    storage_options: dict = field(default_factory=dict)  # parsed: what fsspec takes
+    task: str = "classify"
+    model: str | None = None         # None until resolve_defaults
+    tokenizer: str | None = None     # None until resolve_defaults
+    grad_accum: int = 1
+    lr: float = DEFAULT_LR["classify"]
+    warmup: float = 0.1
+    seed: int = 0
+    precision: str = "fp32"
+    out: str = "runs/train"
+    log_every: int = 10
+    report_to: str = "none"
+    checkpoint_every: int = 0
+    resume: str = "auto"
+    keep_checkpoints: int = 2
+    audit: bool = False
+    debug: bool = False
+
+
+def parse_args(argv=None, description: str = "DDP training over shard streams") -> TrainConfig:
     p = build_parser(description)
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
@@ -111,15 +149,16 @@ def parse_args(argv=None, description: str = "DDP training over shard streams") 
     if args.report_to == "tensorboard" and shards.is_remote(args.out):
         p.error(f"--report-to tensorboard writes event files as they grow; give a local --out, not "
                 f"{shards.redact(args.out)}")
-    args.lr = args.lr or DEFAULT_LR[args.task]
     try:
-        args.storage_options = shards.parse_storage_options(args.storage_option)
+        storage_options = shards.parse_storage_options(args.storage_option)
     except ValueError as exc:
         p.error(str(exc))
-    return args
+    return TrainConfig(**{**vars(args), "lr": args.lr or DEFAULT_LR[args.task],
+                          "storage_option": tuple(args.storage_option), "storage_options": storage_options})
 
 
-def resolve_defaults(args) -> None:
-    """Fill ``--model`` and ``--tokenizer``; ValueError (one line) for a model folder without a tokenizer."""
-    args.model = args.model or models.DEFAULT_MODEL[args.task]
-    args.tokenizer = args.tokenizer or models.default_tokenizer(args.model)
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``--model`` and ``--tokenizer`` filled in; ValueError (one line) for a model folder
+    without a tokenizer."""
+    model = cfg.model or models.DEFAULT_MODEL[cfg.task]
+    return dataclasses.replace(cfg, model=model, tokenizer=cfg.tokenizer or models.default_tokenizer(model))

@@ -1,6 +1,7 @@
 """Evaluation and the small collective helpers of ``pipeline.train``.
 
     figures = evaluate(model, loader, "classify", device)   # {"eval_accuracy", "eval_loss", ...}
+    figures = evaluate_run(cfg, model, world, device, train_labels)   # the --eval set of a run
 
 Every rank scores its own part of the eval stream (flagged pad samples
 excluded) and the sums are all-reduced, so the figures cover the whole eval
@@ -13,7 +14,11 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from pipeline.loader.make import make_loader
 from pipeline.train import metrics, models
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import make_stream
+from pipeline.world import World
 
 
 def autocast(precision: str, device: torch.device):
@@ -53,3 +58,13 @@ def evaluate(model, loader, task: str, device, precision: str = "fp32") -> dict:
             loss_sum, loss_count = loss_sum + float(summed), loss_count + n
     model.train(was_training)
     return metrics.eval_figures(task, *all_sum([correct, count, loss_sum, loss_count], device))
+
+
+def evaluate_run(cfg: TrainConfig, model, world: World, device, train_labels) -> dict:
+    """The figures of ``--eval`` (this rank's part, all-reduced); its label names must be the train set's."""
+    ds = make_stream(cfg.eval, cfg, world, shuffle=False)
+    if cfg.task == "classify" and ds.label_names != train_labels:
+        raise ValueError(f"--eval {cfg.eval}: label names {ds.label_names} differ from the train set's "
+                         f"{train_labels}; build both with the same --label-names")
+    loader = make_loader(ds, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    return evaluate(model, loader, cfg.task, device, cfg.precision)

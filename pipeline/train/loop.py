@@ -32,7 +32,6 @@ cpus / (processes on this host) intra-op threads unless OMP_NUM_THREADS is set.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -46,16 +45,16 @@ import torch.distributed as dist
 
 import shards
 from pipeline.loader.make import make_loader
-from pipeline.mix import MixedStream, parse_mixture
 from pipeline.pack.stream import PackedStream
-from pipeline.stream import ShardStream, StreamConfig
-from pipeline.train import checkpoint, failure, metrics, models, quiet, schedule
+from pipeline.stream import ShardStream
+from pipeline.train import checkpoint, failure, metrics, models, quiet, resume, schedule
 from pipeline.train import config as train_options
 from pipeline.train.audit_log import AuditLog, absolute_url
 from pipeline.train.batches import Batches
-from pipeline.train.config import DEFAULT_LR  # noqa: F401  (the defaults' old home)
-from pipeline.train.evaluate import all_sum, autocast, evaluate
-from pipeline.train.resume import gather_or_raise, global_batch, resume_point, run_settings, scale_schedule, step_mapping
+from pipeline.train.config import DEFAULT_LR, TrainConfig  # noqa: F401  (DEFAULT_LR: the defaults' old home)
+from pipeline.train.data import eval_identity, train_dataset
+from pipeline.train.evaluate import all_sum, autocast, evaluate_run
+from pipeline.train.resume import gather_or_raise, global_batch, resume_point, run_settings
 from pipeline.train.tensorboard import Board, check_available, open_board
 from pipeline.world import World, from_env, intra_op_threads
 from shards import redact
@@ -64,7 +63,7 @@ log = logging.getLogger("pipeline.train")
 node_log = logging.getLogger("pipeline.node")  # INFO on every node's local rank 0, not only rank 0
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> TrainConfig:
     """The options (``pipeline.train.config``); ``--model``/``--tokenizer`` are filled in by ``main``."""
     return train_options.parse_args(argv, description=__doc__.split("\n\n")[0])
 
@@ -116,41 +115,6 @@ def all_gather(obj, world: World) -> list:
     return out
 
 
-# -- data ----------------------------------------------------------------------
-def make_stream(url: str, args, world: World, shuffle: bool, whole_documents: bool = False) -> ShardStream:
-    """This rank's stream; ``whole_documents`` (for packing): no truncation, no text carried along."""
-    return ShardStream(url, tokenizer=args.tokenizer, max_length=None if whole_documents else args.max_length,
-                       shuffle=shuffle, seed=args.seed, rank=world.rank, world_size=world.world_size,
-                       storage_options=args.storage_options,
-                       config=StreamConfig(keep_text=False) if whole_documents else
-                       StreamConfig(group_by_length=args.group_by_length and shuffle))
-
-
-def train_dataset(args, world: World):
-    """(this rank's first ShardStream, what its loader reads, the identity of each train set).
-
-    ``--train a/:0.7,b/:0.3`` mixes shard sets (pipeline.mix, stopping when the first runs out);
-    with ``--pack`` the (mixed) documents are packed into LM blocks.
-    """
-    sources = parse_mixture(args.train)
-    streams = [make_stream(url, args, world, shuffle=True, whole_documents=args.pack is not None)
-               for url, _ in sources]
-    names = {tuple(s.label_names or ()) for s in streams}
-    if args.task == "classify" and len(names) > 1:
-        raise ValueError(f"--train {args.train}: the mixed sets have different label names {sorted(names)}; "
-                         f"build them with the same --label-names")
-    docs = streams[0] if len(streams) == 1 else MixedStream(
-        [(s, w) for s, (_, w) in zip(streams, sources)], seed=args.seed, stop="first_exhausted")
-    identity = [s.manifest.identity for s in streams]  # what the data is: a resume must see the same
-    return streams[0], docs if args.pack is None else PackedStream(docs, args.pack), identity
-
-
-def eval_identity(args) -> str | None:
-    if not args.eval:
-        return None
-    return shards.load_manifest(args.eval, args.storage_options).identity
-
-
 # -- model -----------------------------------------------------------------------
 @dataclass
 class Parts:
@@ -161,19 +125,19 @@ class Parts:
     schedule: schedule.Schedule
 
 
-def build_parts(args, train_ds: ShardStream, world: World, device, lr: schedule.Schedule) -> Parts:
+def build_parts(cfg: TrainConfig, train_ds: ShardStream, world: World, device, lr: schedule.Schedule) -> Parts:
     """Model (DDP-wrapped when world size > 1), AdamW and the LR schedule ``lr``."""
     labels = train_ds.label_names
-    if args.task == "classify" and not labels:
-        raise ValueError(f"--train {args.train}: shards have no labels; rebuild them with --label-field "
+    if cfg.task == "classify" and not labels:
+        raise ValueError(f"--train {cfg.train}: shards have no labels; rebuild them with --label-field "
                          f"for --task classify, or use --task lm")
     tok = train_ds.tokenizer
-    torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = models.load_model(args.task, args.model, num_labels=len(labels or []) or None,
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = models.load_model(cfg.task, cfg.model, num_labels=len(labels or []) or None,
                               vocab_size=tok.get_vocab_size() if tok else None,
-                              max_positions=max(args.max_length, args.pack or 0, 128),
+                              max_positions=max(cfg.max_length, cfg.pack or 0, 128),
                               pad_id=shards.special_ids(tok)["pad"] if tok else 0,
-                              label_names=labels if args.task == "classify" else None).to(device)
+                              label_names=labels if cfg.task == "classify" else None).to(device)
     ddp = None
     if world.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -181,7 +145,7 @@ def build_parts(args, train_ds: ShardStream, world: World, device, lr: schedule.
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       gradient_as_bucket_view=True)  # no extra copy of the gradients
     # fused AdamW: one kernel over all parameters, several times faster than the loop on CPU
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     # a plain function (not the bound method): LambdaLR then saves no state of it
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr.factor(step))
     return Parts(model, ddp, optimizer, scheduler, lr)
@@ -218,47 +182,45 @@ class Result:
     label_names: list[str] | None
 
 
-def train(args, world: World, device, board: Board | None = None) -> Result:
-    stream, train_ds, identity = train_dataset(args, world)
-    settings = run_settings(args, world, identity, eval_identity(args))
-    ckpt = resume_point(args, world, device, settings)  # before the model: refusals come fast
-    loader = make_loader(train_ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
-    mapped = step_mapping(ckpt, settings) if ckpt else {"step": 0, "samples_seen": 0, "updates": 0, "line": None}
-    if mapped["line"]:
-        log.info("%s", mapped["line"])
-    plan = schedule.for_run(args, scaled_state(ckpt, settings), mapped["step"])
-    parts = build_parts(args, stream, world, device, plan)
+def train(cfg: TrainConfig, world: World, device, board: Board | None = None) -> Result:
+    stream, train_ds, identity = train_dataset(cfg, world)
+    settings = run_settings(cfg, world, identity, eval_identity(cfg))
+    ckpt = resume_point(cfg, world, device, settings)  # before the model: refusals come fast
+    loader = make_loader(train_ds, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    mapped = resume.start_mapping(ckpt, settings)  # steps follow samples seen (another global batch: one line)
+    plan = schedule.for_run(cfg, resume.scaled_state(ckpt, settings), mapped["step"])
+    parts = build_parts(cfg, stream, world, device, plan)
     start, position, history = 0, {"epoch": 0, "exhausted": False}, []
     if ckpt is not None:
-        start, position, history = restore(ckpt, parts, train_ds, loader, world, mapped)
-    torch.manual_seed(args.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
+        start, position, history = resume.restore(ckpt, parts, train_ds, loader, world, mapped)
+    torch.manual_seed(cfg.seed + 1 + world.rank)  # dropout: different masks per rank, same per run
     if ckpt is not None and world.rank < len(ckpt.state["ranks"]):  # a rank new to the run keeps its seed
         checkpoint.set_rng_state(ckpt.state["ranks"][world.rank]["rng"])
     seen = {"samples_seen": mapped["samples_seen"], "updates": mapped["updates"], "global": global_batch(settings)}
-    filler = train_ds.collator().filler(args.batch_size) if args.pack and world.world_size > 1 else None
+    filler = train_ds.collator().filler(cfg.batch_size) if cfg.pack and world.world_size > 1 else None
     batches = Batches(train_ds, loader, position["epoch"], lockstep=filler, exhausted=position["exhausted"])
     # audit lines are numbered by optimizer updates run: the same as the step until a global-batch change
-    audit = AuditLog(args.out, world.rank, audit_header(args, stream, world), seen["updates"],
-                     args.storage_options) if args.audit else None
-    initial = before_training(args, parts.model, world, device, board, stream.label_names) if start == 0 else {}
+    audit = AuditLog(cfg.out, world.rank, audit_header(cfg, stream, world), seen["updates"],
+                     cfg.storage_options) if cfg.audit else None
+    initial = before_training(cfg, parts.model, world, device, board, stream.label_names) if start == 0 else {}
     meter = metrics.Meter(world.world_size)
     net = parts.ddp or parts.model
     net.train()
-    for step in range(start + 1, args.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         loss_value, samples, tokens = 0.0, 0, 0
-        for micro in range(args.grad_accum):
+        for micro in range(cfg.grad_accum):
             t = meter.clock()
             batch = batches.next()
             meter.waited(t)
             if audit:
                 audit.record_batch(seen["updates"] + 1, batches.epoch, batch)  # sample ids, or packed document segments
-            last = micro == args.grad_accum - 1
+            last = micro == cfg.grad_accum - 1
             sync = parts.ddp.no_sync() if parts.ddp is not None and not last else contextlib.nullcontext()
             with sync:
-                with autocast(args.precision, device):
-                    loss, n, k = forward_loss(net, batch, args.task, device)
-                (loss / args.grad_accum).backward()
-            loss_value += loss.item() / args.grad_accum
+                with autocast(cfg.precision, device):
+                    loss, n, k = forward_loss(net, batch, cfg.task, device)
+                (loss / cfg.grad_accum).backward()
+            loss_value += loss.item() / cfg.grad_accum
             samples, tokens = samples + n, tokens + k
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), 1.0)
         parts.optimizer.step()
@@ -267,119 +229,77 @@ def train(args, world: World, device, board: Board | None = None) -> Result:
         seen["updates"] += 1
         seen["samples_seen"] += seen["global"]
         meter.step(loss_value, samples, tokens)
-        if step % args.log_every == 0 or step == args.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps:
             lr = parts.scheduler.get_last_lr()[0]  # after this step's update: what step + 1 applies
-            text, point = meter.line(step, args.steps, lr, batches.epoch, args.log_every)
+            text, point = meter.line(step, cfg.steps, lr, batches.epoch, cfg.log_every)
             history.append(point)
             node_log.info("%s", text)
             if board:
                 board.train(step, point, lr)
-        if board and step == 1 and args.task == "lm" and not args.eval:  # the loss before any update
+        if board and step == 1 and cfg.task == "lm" and not cfg.eval:  # the loss before any update
             board.scalar("train/perplexity", math.exp(min(loss_value, 50.0)), 0)
-        if step == args.steps or (args.checkpoint_every and step % args.checkpoint_every == 0):
-            save(args, world, parts, loader, batches, step, history, audit,
+        if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            save(cfg, world, parts, loader, batches, step, history, audit,
                  {**settings, "samples_seen": seen["samples_seen"], "updates": seen["updates"]})
     if audit:
         audit.close()
-    summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, args.steps)
+    summary = metrics.summarise(all_sum(metrics.totals(meter), device), world.world_size, cfg.steps)
     summary.update(resumed_from=start, epochs_started=batches.epoch + 1, **initial)
     return Result(summary, history, parts, stream.label_names)
 
 
-def before_training(args, model, world: World, device, board: Board | None, labels) -> dict:
+def before_training(cfg: TrainConfig, model, world: World, device, board: Board | None, labels) -> dict:
     """lm with --eval: the eval perplexity at step 0, so that a run's drop can be seen."""
-    if args.task != "lm" or not args.eval:
+    if cfg.task != "lm" or not cfg.eval:
         return {}
-    figures = evaluate_run(args, model, world, device, labels)
+    figures = evaluate_run(cfg, model, world, device, labels)
     log.info("before training: eval loss %.4f perplexity %.4g", figures["eval_loss"], figures["perplexity"])
     if board:
         board.evaluation(0, figures)
     return {"initial_eval_loss": figures["eval_loss"], "initial_perplexity": figures["perplexity"]}
 
 
-def audit_header(args, ds: ShardStream, world: World) -> dict:
+def audit_header(cfg: TrainConfig, ds: ShardStream, world: World) -> dict:
     """The run the audit log belongs to; the URL without credentials (``shards audit`` takes those
     from its ``--storage-option``s), the identity so the audit refuses other data under that URL."""
-    header = {"train": redact(absolute_url(args.train)), "identity": ds.manifest.identity,
-              "world_size": world.world_size, "seed": args.seed,
+    header = {"train": redact(absolute_url(cfg.train)), "identity": ds.manifest.identity,
+              "world_size": world.world_size, "seed": cfg.seed,
               "shuffle": True, "num_records": ds.manifest.num_records, "samples_per_rank": len(ds),
-              "batch_size": args.batch_size, "grad_accum": args.grad_accum, "num_workers": args.num_workers}
-    if args.pack:  # the separator and stripped specials: the audit derives each document's token count
-        fmt = PackedStream(ds, args.pack).format
-        header["pack"] = {"seq_len": args.pack, "sep_id": fmt.sep_id, "prefix": list(fmt.prefix),
+              "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "num_workers": cfg.num_workers}
+    if cfg.pack:  # the separator and stripped specials: the audit derives each document's token count
+        fmt = PackedStream(ds, cfg.pack).format
+        header["pack"] = {"seq_len": cfg.pack, "sep_id": fmt.sep_id, "prefix": list(fmt.prefix),
                           "suffix": list(fmt.suffix)}
     return header
 
 
-def save(args, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
+def save(cfg: TrainConfig, world: World, parts: Parts, loader, batches: Batches, step: int, history, audit,
          settings: dict) -> None:
     """Every rank writes its own part of step ``step``; rank 0 lists them all and commits (``checkpoint``).
 
     Each phase ends in an all-gather, so a failure on any rank stops every rank with its one line."""
-    options = args.storage_options
+    options = cfg.storage_options
     mine = {"loader": loader.state_dict(), "rng": checkpoint.rng_state(), **batches.state_dict()}
-    gather_or_raise(world, lambda: checkpoint.begin(args.out, step, options) if world.rank == 0 else None)
+    gather_or_raise(world, lambda: checkpoint.begin(cfg.out, step, options) if world.rank == 0 else None)
 
     def my_part():
         if audit:
             audit.sync()  # the audit lines a checkpoint vouches for are stored before it is
-        return checkpoint.write_part(args.out, step, world.rank, mine, options) if world.rank else None
+        return checkpoint.write_part(cfg.out, step, world.rank, mine, options) if world.rank else None
     entries = gather_or_raise(world, my_part)
 
     def commit():
-        meta = {"epoch": batches.epoch, **settings, "train": redact(args.train),
-                "eval": redact(args.eval) if args.eval else None, "history": history,
+        meta = {"epoch": batches.epoch, **settings, "train": redact(cfg.train),
+                "eval": redact(cfg.eval) if cfg.eval else None, "history": history,
                 "schedule": parts.schedule.meta(step)}  # what a resume with another --steps continues
-        path = checkpoint.save(args.out, step, parts.model, parts.optimizer, parts.scheduler, [mine], meta,
-                               keep=args.keep_checkpoints, parts=entries[1:], storage_options=options)
+        path = checkpoint.save(cfg.out, step, parts.model, parts.optimizer, parts.scheduler, [mine], meta,
+                               keep=cfg.keep_checkpoints, parts=entries[1:], storage_options=options)
         log.info("checkpoint step %d -> %s", step, redact(path))
     gather_or_raise(world, lambda: commit() if world.rank == 0 else None)  # nobody runs ahead of a failed save
 
 
-def scaled_state(ckpt: checkpoint.Checkpoint | None, now: dict) -> dict | None:
-    """The checkpoint's state with its LR schedule's steps mapped to this run's global batch."""
-    if ckpt is None:
-        return None
-    return {**ckpt.state, "schedule": scale_schedule(ckpt.state.get("schedule"), global_batch(ckpt.state),
-                                                     global_batch(now))}
-
-
-def restore(ckpt: checkpoint.Checkpoint, parts: Parts, ds: ShardStream, loader, world: World, mapped: dict):
-    """Load weights, optimizer, scheduler and this rank's loader state; returns (step, position, history).
-
-    The run settings were checked by ``resume_point``.  Under another topology every old rank's
-    loader state goes to the loader (elastic resume); a rank new to the run starts from rank 0's epoch."""
-    parts.model.load_state_dict(ckpt.model)
-    parts.optimizer.load_state_dict(ckpt.optimizer)
-    parts.scheduler.load_state_dict(ckpt.scheduler)
-    step = mapped["step"]
-    if step != ckpt.step:  # the LR continues at the mapped step of the mapped schedule
-        parts.scheduler.last_epoch = step
-        lr = parts.schedule.lr(step)
-        for group in parts.optimizer.param_groups:
-            group["lr"] = lr
-        parts.scheduler._last_lr = [lr] * len(parts.optimizer.param_groups)
-    ranks = ckpt.state["ranks"]
-    mine = ranks[world.rank] if world.rank < len(ranks) else ranks[0]
-    ds.set_epoch(mine["epoch"])
-    if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
-        loader.load_state_dict(mine["loader"], all_ranks=[r["loader"] for r in ranks])
-    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, step, mine["epoch"])
-    position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
-    return step, position, list(ckpt.state.get("history", []))
-
-
-def evaluate_run(args, model, world: World, device, train_labels) -> dict:
-    ds = make_stream(args.eval, args, world, shuffle=False)
-    if args.task == "classify" and ds.label_names != train_labels:
-        raise ValueError(f"--eval {args.eval}: label names {ds.label_names} differ from the train set's "
-                         f"{train_labels}; build both with the same --label-names")
-    loader = make_loader(ds, args.batch_size, args.num_workers, pin_memory=device.type == "cuda")
-    return evaluate(model, loader, args.task, device, args.precision)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    cfg = parse_args(argv)
     try:
         world = from_env()
     except ValueError as exc:
@@ -391,32 +311,32 @@ def main(argv=None) -> int:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(f"[rank {world.rank} node {world.group_rank}] %(message)s"))
     try:
-        train_options.resolve_defaults(args)
-        check_available(args.report_to)
-        return run(args, world)
+        cfg = train_options.resolve_defaults(cfg)
+        check_available(cfg.report_to)
+        return run(cfg, world)
     except failure.USER_ERRORS as exc:
-        if args.debug:
+        if cfg.debug:
             raise
         return failure.report(exc, world.rank, world.world_size)
 
 
-def run(args, world: World) -> int:
+def run(cfg: TrainConfig, world: World) -> int:
     device = setup(world)
     board = None
     try:
         announce(world, device)
-        if not shards.is_remote(args.out):
-            os.makedirs(args.out, exist_ok=True)
-        board = open_board(args.report_to, args.out, world.rank)
-        result = train(args, world, device, board)
+        if not shards.is_remote(cfg.out):
+            os.makedirs(cfg.out, exist_ok=True)
+        board = open_board(cfg.report_to, cfg.out, world.rank)
+        result = train(cfg, world, device, board)
         summary = result.summary
-        if args.eval:
-            figures = evaluate_run(args, result.parts.model, world, device, result.label_names)
+        if cfg.eval:
+            figures = evaluate_run(cfg, result.parts.model, world, device, result.label_names)
             summary.update(figures)
             if board:
-                board.evaluation(args.steps, figures)
+                board.evaluation(cfg.steps, figures)
         if world.rank == 0:
-            metrics.write_outputs(args, result.parts.model, result.history, summary, device)
+            metrics.write_outputs(cfg, result.parts.model, result.history, summary, device)
     finally:
         if board:
             board.close()

@@ -21,6 +21,7 @@ import time
 
 import shards
 from pipeline.train import model_folder
+from pipeline.train.config import TrainConfig
 
 log = logging.getLogger("pipeline.train")
 
@@ -137,25 +138,25 @@ def plot(path: str, history: list[dict]) -> str | None:
     return path
 
 
-def write_outputs(args, model, history: list[dict], summary: dict, device) -> None:
+def write_outputs(cfg: TrainConfig, model, history: list[dict], summary: dict, device) -> None:
     """Rank 0: OUT/model (weights, config with label names, tokenizer), metrics.json, train.png.
 
     For a remote OUT (any fsspec URL) they are made in a local temporary folder, then copied up."""
-    remote = shards.is_remote(args.out)
-    with tempfile.TemporaryDirectory(prefix="pipeline-train-out-") if remote else contextlib.nullcontext(args.out) \
+    remote = shards.is_remote(cfg.out)
+    with tempfile.TemporaryDirectory(prefix="pipeline-train-out-") if remote else contextlib.nullcontext(cfg.out) \
             as local:
-        model_folder.save(model, args.tokenizer, os.path.join(local, "model"))
-        summary.update(task=args.task, model=shards.redact(args.model), precision=args.precision,
-                       device=device.type, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                       num_workers=args.num_workers)
+        model_folder.save(model, cfg.tokenizer, os.path.join(local, "model"))
+        summary.update(task=cfg.task, model=shards.redact(cfg.model), precision=cfg.precision,
+                       device=device.type, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                       num_workers=cfg.num_workers)
         write_json(os.path.join(local, "metrics.json"), summary)
         if plot(os.path.join(local, "train.png"), history) == NO_MATPLOTLIB:
             log.info("train.png skipped: matplotlib is not installed (pip install shardstream[plot])")
         if remote:
-            shards.put_tree(local, args.out, args.storage_options)
+            shards.put_tree(local, cfg.out, cfg.storage_options)
     log.info("metrics: %s", " ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.items())))
     log.info("model -> %s (weights, config with label names, tokenizer)",
-             shards.redact(f"{args.out.rstrip('/')}/model"))
+             shards.redact(f"{cfg.out.rstrip('/')}/model"))
 
 
 def _fmt(v) -> str:

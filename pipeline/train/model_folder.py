@@ -1,6 +1,6 @@
 """``OUT/model/``: a complete Hugging Face model folder — weights, config with label names, tokenizer.
 
-    path = save(model, args.tokenizer, os.path.join(args.out, "model"))
+    path = save(model, cfg.tokenizer, os.path.join(cfg.out, "model"))
     AutoTokenizer.from_pretrained(path); AutoModelForSequenceClassification.from_pretrained(path)
     python -m pipeline.train --model OUT/model ...      # trains on with the same tokenizer
 

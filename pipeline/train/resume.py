@@ -1,7 +1,10 @@
 """What ``pipeline.train`` starts from: a verified checkpoint that fits this run, or step 0 when it may.
 
-    settings = run_settings(args, world, train_identity, eval_identity)
-    ckpt = resume_point(args, world, device, settings)   # None: start from step 0
+    settings = run_settings(cfg, world, train_identity, eval_identity)
+    ckpt = resume_point(cfg, world, device, settings)   # None: start from step 0
+    mapped = start_mapping(ckpt, settings)              # step, samples_seen, updates, line
+    if ckpt is not None:                                # weights, optimizer, LR, loader state
+        step, position, history = restore(ckpt, parts, train_ds, loader, world, mapped)
 
 ``--resume auto`` (the default) continues the newest checkpoint that verifies
 (``checkpoint.choose``) when OUT holds checkpoints and starts from step 0 when it
@@ -34,16 +37,17 @@ import torch.distributed as dist
 
 from pipeline.train import checkpoint
 from pipeline.train.checkpoint_files import CheckpointError
+from pipeline.train.config import TrainConfig
 from pipeline.world import World
 from shards import StorageError, redact
 
 log = logging.getLogger("pipeline.train")
 
 
-def run_settings(args, world: World, train_identity: list[str], eval_identity: str | None) -> dict:
+def run_settings(cfg: TrainConfig, world: World, train_identity: list[str], eval_identity: str | None) -> dict:
     """What the sequence of batches (and the meaning of the eval figures) depends on."""
-    return {"world_size": world.world_size, "num_workers": args.num_workers, "seed": args.seed,
-            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "task": args.task, "pack": args.pack,
+    return {"world_size": world.world_size, "num_workers": cfg.num_workers, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "task": cfg.task, "pack": cfg.pack,
             "train_identity": train_identity, "eval_identity": eval_identity}
 
 
@@ -69,6 +73,24 @@ def step_mapping(ckpt: checkpoint.Checkpoint, now: dict) -> dict:
     return {"step": step, "samples_seen": samples, "updates": updates, "line": line}
 
 
+def start_mapping(ckpt: checkpoint.Checkpoint | None, now: dict) -> dict:
+    """``step_mapping`` of the checkpoint this run continues (its line logged), or step 0 without one."""
+    if ckpt is None:
+        return {"step": 0, "samples_seen": 0, "updates": 0, "line": None}
+    mapped = step_mapping(ckpt, now)
+    if mapped["line"]:
+        log.info("%s", mapped["line"])
+    return mapped
+
+
+def scaled_state(ckpt: checkpoint.Checkpoint | None, now: dict) -> dict | None:
+    """The checkpoint's state with its LR schedule's steps mapped to this run's global batch."""
+    if ckpt is None:
+        return None
+    return {**ckpt.state, "schedule": scale_schedule(ckpt.state.get("schedule"), global_batch(ckpt.state),
+                                                     global_batch(now))}
+
+
 def scale_schedule(saved: dict | None, old_global: int, new_global: int) -> dict | None:
     """A checkpoint's schedule meta with its steps mapped to the new global batch (rounded down)."""
     if saved is None or old_global == new_global:
@@ -79,22 +101,22 @@ def scale_schedule(saved: dict | None, old_global: int, new_global: int) -> dict
             "anchor_step": to_new(saved.get("anchor_step"))}
 
 
-def resume_point(args, world: World, device, settings: dict) -> checkpoint.Checkpoint | None:
+def resume_point(cfg: TrainConfig, world: World, device, settings: dict) -> checkpoint.Checkpoint | None:
     """The checkpoint this run continues (settings checked), or None to start from step 0."""
-    name = _agree(args, world)
+    name = _agree(cfg, world)
     if name is None:
         return None
-    ckpt = checkpoint.load(args.out, name, device, args.storage_options)
-    check_settings(ckpt, settings, args)
+    ckpt = checkpoint.load(cfg.out, name, device, cfg.storage_options)
+    check_settings(ckpt, settings, cfg)
     return ckpt
 
 
-def _agree(args, world: World) -> str | None:
+def _agree(cfg: TrainConfig, world: World) -> str | None:
     """Rank 0's decision (a step folder name or None) on every rank; its refusal raised on every rank."""
     decision = {"name": None, "error": None}
     if world.rank == 0:
         try:
-            decision["name"] = decide(args)
+            decision["name"] = decide(cfg)
         except (CheckpointError, OSError, StorageError) as exc:  # the other ranks wait for the decision: tell them
             decision["error"] = str(exc)
     if world.world_size > 1 and dist.is_initialized():
@@ -106,25 +128,51 @@ def _agree(args, world: World) -> str | None:
     return decision["name"]
 
 
-def decide(args) -> str | None:
+def decide(cfg: TrainConfig) -> str | None:
     """Rank 0: which step folder to resume from under the --resume mode, None for step 0."""
-    root, options = redact(checkpoint.checkpoint_root(args.out)), args.storage_options
-    if args.resume == "never":
-        gone = checkpoint.clear(args.out, options)
+    root, options = redact(checkpoint.checkpoint_root(cfg.out)), cfg.storage_options
+    if cfg.resume == "never":
+        gone = checkpoint.clear(cfg.out, options)
         if gone:
             log.warning("--resume never: deleted %d checkpoint(s) of an earlier run in %s (%s); starting "
                         "from step 0", len(gone), root, ", ".join(gone))
         return None
-    if args.resume == "auto" and not checkpoint.exists(args.out, options):
+    if cfg.resume == "auto" and not checkpoint.exists(cfg.out, options):
         return None
-    name = checkpoint.choose(args.out, options)
+    name = checkpoint.choose(cfg.out, options)
     if name is None:
         log.warning("--resume: no checkpoint in %s yet; starting from step 0", root)
-    elif args.resume == "auto":
+    elif cfg.resume == "auto":
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         why = f"torchrun restart {restart}" if restart not in ("", "0") else f"{root} holds checkpoints"
         log.warning("--resume auto (%s): continuing from %s", why, name)
     return name
+
+
+def restore(ckpt: checkpoint.Checkpoint, parts, ds, loader, world: World, mapped: dict):
+    """Load weights, optimizer, scheduler and this rank's loader state into ``parts`` (the loop's model,
+    optimizer, scheduler and schedule); returns (step, position, history).
+
+    The run settings were checked by ``resume_point``.  Under another topology every old rank's
+    loader state goes to the loader (elastic resume); a rank new to the run starts from rank 0's epoch."""
+    parts.model.load_state_dict(ckpt.model)
+    parts.optimizer.load_state_dict(ckpt.optimizer)
+    parts.scheduler.load_state_dict(ckpt.scheduler)
+    step = mapped["step"]
+    if step != ckpt.step:  # the LR continues at the mapped step of the mapped schedule
+        parts.scheduler.last_epoch = step
+        lr = parts.schedule.lr(step)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr
+        parts.scheduler._last_lr = [lr] * len(parts.optimizer.param_groups)
+    ranks = ckpt.state["ranks"]
+    mine = ranks[world.rank] if world.rank < len(ranks) else ranks[0]
+    ds.set_epoch(mine["epoch"])
+    if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
+        loader.load_state_dict(mine["loader"], all_ranks=[r["loader"] for r in ranks])
+    log.info("resumed from %s (step %d, epoch %d)", ckpt.path, step, mine["epoch"])
+    position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
+    return step, position, list(ckpt.state.get("history", []))
 
 
 def gather_or_raise(world: World, action) -> list:
@@ -145,9 +193,9 @@ def gather_or_raise(world: World, action) -> list:
     return [b["value"] for b in box]
 
 
-def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
+def check_settings(ckpt: checkpoint.Checkpoint, now: dict, cfg: TrainConfig) -> None:
     """Refuse a checkpoint taken under other settings, naming each old and new value."""
-    changed = [_describe(k, ckpt.state.get(k), v, ckpt.state, args) for k, v in now.items()
+    changed = [_describe(k, ckpt.state.get(k), v, ckpt.state, cfg) for k, v in now.items()
                if ckpt.state.get(k) != v and k not in ELASTIC]
     if changed:
         raise CheckpointError(f"{redact(ckpt.path)}: " + "; ".join(changed) + ". Resume with the same values (the "
@@ -162,18 +210,18 @@ def check_settings(ckpt: checkpoint.Checkpoint, now: dict, args) -> None:
         raise CheckpointError(f"{redact(ckpt.path)}/state.json: step {ckpt.state.get('step')!r}, {bad} not integers; "
                               f"the file is damaged: restore it or start over with --resume never")
     step = step_mapping(ckpt, now)["step"]
-    if step > args.steps:
-        raise CheckpointError(f"{redact(ckpt.path)}: the checkpoint is at step {step}, past --steps {args.steps} (steps "
+    if step > cfg.steps:
+        raise CheckpointError(f"{redact(ckpt.path)}: the checkpoint is at step {step}, past --steps {cfg.steps} (steps "
                               f"of this run's global batch); pass --steps >= that step to continue, or start a new --out")
 
 
-def _describe(key: str, old, new, state: dict, args) -> str:
+def _describe(key: str, old, new, state: dict, cfg: TrainConfig) -> str:
     if key == "train_identity":
         return (f"--train changed: the checkpoint was trained on {state.get('train')} (identity "
-                f"{_short(old)}), now {args.train} (identity {_short(new)})")
+                f"{_short(old)}), now {cfg.train} (identity {_short(new)})")
     if key == "eval_identity":
         return (f"--eval changed: the checkpoint was taken with {state.get('eval')} (identity "
-                f"{_short(old)}), now {args.eval} (identity {_short(new)})")
+                f"{_short(old)}), now {cfg.eval} (identity {_short(new)})")
     return f"{key} was {old!r}, now {new!r}"
 
 

@@ -29,6 +29,8 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
+from pipeline.train.config import TrainConfig
+
 log = logging.getLogger("pipeline.train")
 
 
@@ -88,17 +90,17 @@ def describe(old: dict | None, new: Schedule, step: int) -> str | None:
     return text + f" and decays linearly to 0 at step {new.total}"
 
 
-def for_run(args, state: dict | None, step: int | None) -> Schedule:
+def for_run(cfg: TrainConfig, state: dict | None, step: int | None) -> Schedule:
     """The schedule of a ``pipeline.train`` run: fresh, or continuing checkpoint ``state`` at ``step``."""
     if state is None:
-        return fresh(args.steps, args.warmup, args.lr)
+        return fresh(cfg.steps, cfg.warmup, cfg.lr)
     saved = state.get("schedule")  # None: written before it was recorded, rebuilt as then
-    lr = resumed(saved, step, args.steps, args.warmup, args.lr)
+    lr = resumed(saved, step, cfg.steps, cfg.warmup, cfg.lr)
     change = describe(saved, lr, step)
     if change:
         log.info("%s", change)
-    if args.steps > step and lr.lr(step) == 0.0 and saved is not None:
+    if cfg.steps > step and lr.lr(step) == 0.0 and saved is not None:
         log.warning("the checkpoint's LR is 0 (its schedule had ended): steps %d-%d train at LR 0; to train "
-                    "further, start a new --out with --model %s", step + 1, args.steps,
-                    os.path.join(args.out, "model"))
+                    "further, start a new --out with --model %s", step + 1, cfg.steps,
+                    os.path.join(cfg.out, "model"))
     return lr

@@ -1,6 +1,6 @@
 """Live training figures for TensorBoard: ``--report-to tensorboard`` writes ``OUT/tb/`` (rank 0 only).
 
-    board = open_board(args.report_to, args.out, rank)   # None unless asked for (and on ranks > 0)
+    board = open_board(cfg.report_to, cfg.out, rank)   # None unless asked for (and on ranks > 0)
     board.train(step, point, lr)                         # every --log-every steps
     board.evaluation(step, figures)                            # eval figures; lm: eval/perplexity at step 0 too
     board.close()

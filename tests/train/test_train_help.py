@@ -6,13 +6,19 @@ third-party messages would all appear without ``pipeline.train.quiet``.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.train import loop as train
+from pipeline.train.config import DEFAULT_LR, TrainConfig, resolve_defaults
+from pipeline.train.resume import run_settings
+from pipeline.world import World
 from tests.helpers.data import ROOT, build_set, minilm_path
 from tests.helpers.trainkit import ENV
 
@@ -52,6 +58,65 @@ def test_every_option_has_help_and_shows_its_default(capsys, monkeypatch):
         else:
             # no fixed default: either required, a flag, or the help says what happens without it
             assert action.required or action.nargs == 0 or "default" in text, f"{name}: {text!r}"
+
+
+REQUIRED = ["--train", "x", "--steps", "3", "--batch-size", "2"]
+
+
+def test_config_fields_are_the_options_and_share_their_defaults():
+    """Every option lands in a TrainConfig field of its argparse name, with the parser's default."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for action in train.train_options.build_parser("x")._actions:
+        if action.dest == "help":
+            continue
+        assert action.dest in fields, f"--{action.dest} has no TrainConfig field"
+        field = fields[action.dest]
+        default = field.default_factory() if field.default is dataclasses.MISSING and \
+            field.default_factory is not dataclasses.MISSING else field.default
+        if action.required:
+            assert default is dataclasses.MISSING, action.dest
+        elif action.dest == "lr":  # None in the parser: the task's default, classify's for the field
+            assert action.default is None and default == DEFAULT_LR["classify"]
+        else:
+            assert default == (tuple(action.default) if isinstance(action.default, list) else action.default), \
+                action.dest
+    assert set(fields) - {a.dest for a in train.train_options.build_parser("x")._actions} == {"storage_options"}
+
+
+def test_parse_args_gives_a_frozen_config_with_the_derived_values():
+    cfg = train.parse_args([*REQUIRED, "--task", "lm", "--storage-option", "anon=true"])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.lr == DEFAULT_LR["lm"] and cfg.storage_option == ("anon=true",)
+    assert cfg.storage_options == {"anon": True}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 5  # type: ignore[misc]
+
+
+def test_resolve_defaults_returns_a_filled_copy():
+    cfg = train.parse_args([*REQUIRED, "--task", "lm"])
+    filled = resolve_defaults(cfg)
+    assert cfg.model is None and cfg.tokenizer is None  # the parsed config is left as it was
+    assert filled.model == "gpt2-random" and filled.tokenizer
+    assert dataclasses.replace(filled, model=None, tokenizer=None) == cfg
+
+
+def test_run_settings_keep_the_names_checkpoints_are_compared_by():
+    """A checkpoint written before the config was a dataclass is compared key by key: the names stay."""
+    cfg = train.parse_args([*REQUIRED, "--seed", "7", "--grad-accum", "2", "--num-workers", "1"])
+    got = run_settings(cfg, World(1, 2), ["tid"], None)
+    assert got == {"world_size": 2, "num_workers": 1, "seed": 7, "batch_size": 2, "grad_accum": 2,
+                   "task": "classify", "pack": None, "train_identity": ["tid"], "eval_identity": None}
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 10**6), batch=st.integers(1, 4096), accum=st.integers(1, 64), seed=st.integers(0, 2**31),
+       warmup=st.floats(0, 1), lr=st.one_of(st.none(), st.floats(1e-8, 1.0)), task=st.sampled_from(["classify", "lm"]))
+def test_config_holds_what_the_command_line_said(steps, batch, accum, seed, warmup, lr, task):
+    argv = ["--train", "a/", "--steps", str(steps), "--batch-size", str(batch), "--grad-accum", str(accum),
+            "--seed", str(seed), "--warmup", repr(warmup), "--task", task] + (["--lr", repr(lr)] if lr else [])
+    cfg = train.parse_args(argv)
+    assert (cfg.steps, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.task) == (steps, batch, accum, seed, task)
+    assert cfg.warmup == warmup and cfg.lr == (lr or DEFAULT_LR[task])
 
 
 @pytest.fixture(scope="module")
