@@ -23,6 +23,9 @@ class Chunk:
     text: list[str] | None = None
     label: np.ndarray | None = None  # int64 per sample
     ids: Ragged | None = None
+    # int8 per sample, None when no sample is: 1 from a skipped (corrupt) shard read, 2 the read's first
+    # sample; counted when delivered (skip_counts), so a resume at any position counts each exactly once
+    skipped: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.shard)
@@ -31,7 +34,8 @@ class Chunk:
         return Chunk(self.shard[index], self.record[index], self.is_pad[index],
                      None if self.text is None else [self.text[i] for i in index.tolist()],
                      None if self.label is None else self.label[index],
-                     None if self.ids is None else self.ids.take(index))
+                     None if self.ids is None else self.ids.take(index),
+                     None if self.skipped is None else self.skipped[index])
 
     def slice(self, lo: int, hi: int) -> "Chunk":
         if lo == 0 and hi >= len(self):
@@ -39,13 +43,22 @@ class Chunk:
         return Chunk(self.shard[lo:hi], self.record[lo:hi], self.is_pad[lo:hi],
                      None if self.text is None else self.text[lo:hi],
                      None if self.label is None else self.label[lo:hi],
-                     None if self.ids is None else self.ids.slice(lo, hi))
+                     None if self.ids is None else self.ids.slice(lo, hi),
+                     None if self.skipped is None else self.skipped[lo:hi])
 
     def with_ids(self, ids: Ragged) -> "Chunk":
         return replace(self, ids=ids)
 
     def without_text(self) -> "Chunk":
         return self if self.text is None else replace(self, text=None)
+
+    def skip_counts(self) -> dict[str, int]:
+        """{"skipped_shards", "skipped_samples"} among these samples; {} when none is from a skipped read."""
+        if self.skipped is None:
+            return {}
+        samples = int(np.count_nonzero(self.skipped))
+        return {"skipped_shards": int(np.count_nonzero(self.skipped == 2)), "skipped_samples": samples} \
+            if samples else {}
 
     def sample_ids(self) -> list[str]:
         return format_ids(self.shard, self.record)
@@ -124,7 +137,14 @@ def concat(chunks: list[Chunk]) -> Chunk:
                  np.concatenate([c.is_pad for c in chunks]),
                  None if first.text is None else [t for c in chunks for t in c.text],
                  None if first.label is None else np.concatenate([c.label for c in chunks]),
-                 None if first.ids is None else concat_ragged([c.ids for c in chunks]))
+                 None if first.ids is None else concat_ragged([c.ids for c in chunks]),
+                 _concat_skipped(chunks))
+
+
+def _concat_skipped(chunks: list[Chunk]) -> np.ndarray | None:
+    if all(c.skipped is None for c in chunks):
+        return None
+    return np.concatenate([np.zeros(len(c), np.int8) if c.skipped is None else c.skipped for c in chunks])
 
 
 def rechunk(chunks, size: int):

@@ -256,17 +256,34 @@ class ShardStream(IterableDataset):
     # -- the stream: one read path (chunks), and its thin wrappers ----------------------------
     def __iter__(self) -> Iterator[dict]:
         """One dict per sample, the samples of ``read_chunks``; ``state_dict()`` after any is exact."""
-        return self._items(self.read_chunks())  # not a generator itself: refusals come at iter()
+        return self._items(self._open(None))  # not a generator itself: refusals come at iter()
 
     def _items(self, chunks: Iterator[Chunk]) -> Iterator[dict]:
         for chunk in chunks:
-            for item in chunk.items():
+            marks = [0] * len(chunk) if chunk.skipped is None else chunk.skipped.tolist()
+            for item, mark in zip(chunk.items(), marks):
                 self._consumed += 1
+                if mark:  # counted as it is delivered: a state after it holds it, a resume after it does not
+                    self._count_skips({"skipped_shards": int(mark == 2), "skipped_samples": 1})
                 yield item
+        self._report_epoch()
 
     def read_chunks(self, skip: int | None = None) -> Iterator[Chunk]:
         """This worker's samples from ``skip`` (default: a loaded state's position) as Chunks of at
-        most ``tokenize_batch`` samples, with text when ``keep_text``."""
+        most ``tokenize_batch`` samples, with text when ``keep_text``; skips counted as each is yielded."""
+        return self._counted(self._open(skip))
+
+    def _counted(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            self._count_skips(chunk.skip_counts())
+            yield chunk
+        self._report_epoch()
+
+    def _count_skips(self, counts: dict) -> None:
+        if counts:
+            self.stats.update(counts)
+
+    def _open(self, skip: int | None) -> Iterator[Chunk]:
         worker_id, workers = world.worker()
         self._per_sample_only()
         if skip is None and self._seek is not None:
@@ -301,10 +318,14 @@ class ShardStream(IterableDataset):
         keep_text = keep_text or self.text_only or (items and self.config.keep_text)
         chunks = self._grouped(worker_id, workers, batch_size, skip, keep_text) \
             if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
+        consumed = skip  # this generator's own count: another live one over this stream has its own
         for chunk in rechunk(chunks, batch_size):
-            self._consumed += len(chunk)
+            consumed += len(chunk)
+            self._consumed = consumed
+            self._count_skips(chunk.skip_counts())  # per delivered batch: a state holds exactly its skips
             batch = chunk.items() if items else collate_chunk(chunk, pad_id, pad_to_multiple_of, keep_text)
-            yield batch, {"samples": self._consumed}
+            yield batch, {"samples": consumed}
+        self._report_epoch()
 
     def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
         """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
@@ -320,7 +341,6 @@ class ShardStream(IterableDataset):
                 chunk = chunk.slice(skip - first * window, len(chunk))
             for part in rechunk([chunk], piece):
                 yield self._tokenized(part, keep_text)
-        self._report_epoch()
 
     def _grouped(self, worker_id: int, workers: int, batch_size: int, skip: int,
                  keep_text: bool) -> Iterator[Chunk]:
@@ -335,7 +355,6 @@ class ShardStream(IterableDataset):
             if k == first:
                 chunk = chunk.slice(skip - first * window, len(chunk))
             yield from rechunk([chunk], batch_size)
-        self._report_epoch()
 
     def _windows(self, worker_id: int, workers: int, first: int, window: int,
                  keep_text: bool) -> Iterator[tuple[int, Chunk]]:
@@ -349,7 +368,7 @@ class ShardStream(IterableDataset):
             plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
                               workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
         want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
-        pieces = self._read(split.skip(plan, first * window), want_text)
+        pieces = self._read(split.skip(plan, first * window), want_text, _continues(plan, first * window))
         return enumerate(rechunk(pieces, window), start=first)
 
     def _tokenized(self, chunk: Chunk, keep_text: bool) -> Chunk:
@@ -383,7 +402,9 @@ class ShardStream(IterableDataset):
             self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
         return self._cache
 
-    def _read(self, plan: list[split.Slice], want_text: bool) -> Iterator[Chunk]:
+    def _read(self, plan: list[split.Slice], want_text: bool, continues: bool = False) -> Iterator[Chunk]:
+        """The plan's records, shard by shard; ``continues``: its first shard read began before the plan
+        (a resume inside it), so a skipped one was counted there already."""
         groups = [(shard, list(slices)) for shard, slices in groupby(plan, key=lambda s: s.shard)]
         if not groups:
             return
@@ -394,8 +415,10 @@ class ShardStream(IterableDataset):
             for i, (shard, slices) in enumerate(groups):
                 data = pending.result()
                 pending, sent = None, 0
-                chunks = self._skip_shard(shard, slices, data, want_text) if isinstance(data, Exception) \
-                    else self._shard_chunks(shard, slices, data, want_text)
+                if isinstance(data, Exception):
+                    chunks = self._skip_shard(shard, slices, data, want_text, counted=continues and i == 0)
+                else:
+                    chunks = self._shard_chunks(shard, slices, data, want_text)
                 for chunk in chunks:
                     # the next shard downloads while this one is consumed, but only once a first window
                     # has gone out: fetching and hashing it would compete with the first batch for the CPU
@@ -428,19 +451,23 @@ class ShardStream(IterableDataset):
             part = whole.slice(s.start - lo, s.stop - lo)
             yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
 
-    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool) -> Iterator[Chunk]:
-        """Keep the step count: the skipped shard's records become flagged pads."""
-        n = sum(len(s) for s in slices)
+    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool,
+                    counted: bool = False) -> Iterator[Chunk]:
+        """Keep the step count: the skipped shard's records become flagged pads, marked ``skipped``
+        (counted when delivered, Chunk.skip_counts, not here: reading runs ahead of delivery)."""
         if shard not in self._skipped:  # logged once per shard
             log.warning("skipping corrupt shard (on_corrupt='skip'): %s", exc)
         self._skipped.add(shard)
-        self.stats["skipped_shards"] += 1
-        self.stats["skipped_samples"] += n
+        first = not counted
         for s in slices:
             k = len(s)
             ids = Ragged.from_lengths(np.zeros(k, np.int32), np.ones(k, np.int64)) if self.pretokenized else None
-            yield from_rows(shard, s.start, k, True, [""] * k if want_text else None,
-                            np.zeros(k, np.int64) if self.label_names else None, ids)
+            marks = np.ones(k, np.int8)
+            if first and k:  # the read's first sample counts the shard once
+                marks[0], first = 2, False
+            chunk = from_rows(shard, s.start, k, True, [""] * k if want_text else None,
+                              np.zeros(k, np.int64) if self.label_names else None, ids)
+            yield replace(chunk, skipped=marks)
 
     def _report_epoch(self) -> None:
         self._update_retries()
@@ -448,6 +475,17 @@ class ShardStream(IterableDataset):
             log.warning("epoch %d rank %d: skipped %d corrupt shard read(s), %d samples padded: %s",
                         self.epoch, self.world.rank, self.stats["skipped_shards"],
                         self.stats["skipped_samples"], sorted(self._skipped))
+
+
+def _continues(plan: list[split.Slice], n: int) -> bool:
+    """Whether position ``n`` of ``plan`` lies inside one shard read (consecutive slices of a shard):
+    that read's first sample comes before ``n``."""
+    pos, prev = 0, None
+    for s in plan:
+        if pos + len(s) > n:
+            return pos < n or (prev is not None and prev.shard == s.shard)
+        pos, prev = pos + len(s), s
+    return False
 
 
 class _Done:

@@ -75,16 +75,21 @@ class _Messages(IterableDataset):
         batches = self.stream.batches(self.batch_size, start if start["batches"] else None, items=items,
                                       **self.batch_kw)
         if self.lead[worker_id]:
-            yield worker_id, [], [], counters(self.stream)
+            yield worker_id, [], [], []
         for size in order.message_sizes(start["batches"], self.group):
-            got = list(islice(batches, size))  # never next() in a generator: StopIteration would leak
+            got, counts = [], []
+            for pair in islice(batches, size):  # never next() in a generator: StopIteration would leak
+                got.append(pair)
+                counts.append(counters(self.stream))  # after each batch: a state after it holds exactly these
             if not got:
                 return
+            if len(got) < size:  # the epoch's end: what was counted after its last batch (retries) too
+                counts[-1] = counters(self.stream)
             if self.collate_fn is None:  # ours: big arrays narrowed for the pipe (message.py)
                 made = message.pack([b for b, _ in got])
             else:
                 made = [self.collate_fn(b) for b, _ in got]
-            yield worker_id, made, [p for _, p in got], counters(self.stream)
+            yield worker_id, made, [p for _, p in got], counts
             if len(got) < size:
                 return
 
@@ -107,6 +112,7 @@ class BatchLoader:
         self.pin_memory, self.prefetch_factor, self.mp_context = pin_memory, prefetch_factor, multiprocessing_context
         self.batch_kw = dict(batch_kw or {})
         self._epoch, self._delivered, self._last = stream.epoch, 0, 0
+        self._generation = 0  # of the newest iterator: only its batches move the state
         self._positions = self._fresh()
         self._resume: dict | None = None
         self._stats_done: Counter = Counter()
@@ -198,9 +204,8 @@ class BatchLoader:
         self._stats_now = {}
 
     def stats(self) -> dict:
-        """Counters of the stream (retries, skipped_shards, skipped_samples, packing), summed over workers."""
-        if self.num_workers == 0:
-            return dict(self._stats_done + Counter(counters(self.dataset)))
+        """Counters of the stream (retries, skipped_shards, skipped_samples, packing), summed over workers,
+        as of the last batch the newest iterator delivered."""
         total = Counter(self._stats_done)
         for counts in self._stats_now.values():
             total.update(counts)
@@ -220,6 +225,7 @@ class BatchLoader:
         if callable(pending):
             pending()
         self._fold_stats()
+        self._generation += 1  # an older iterator still alive goes on, but moves nothing of this loader
         if self.num_workers == 0:
             reset_stats(self.dataset)
         self._epoch = self.dataset.epoch
@@ -228,12 +234,10 @@ class BatchLoader:
             else self._fresh()
         self._last = int(state.get("last", 0)) if state is not None else 0
         if self.num_workers == 0:
-            return self._local()
-        return self._from_workers()
+            return self._local(self._generation)
+        return self._from_workers(self._generation)
 
     def _fold_stats(self) -> None:
-        if self.num_workers == 0:
-            self._stats_done.update(counters(self.dataset))
         for counts in self._stats_now.values():
             self._stats_done.update(counts)
         self._stats_now = {}
@@ -241,19 +245,36 @@ class BatchLoader:
     def _finish(self, batch):
         return to_tensors(batch, self.pin_memory) if self.collate_fn is None else batch
 
-    def _delivered_one(self, worker_id: int, position: dict) -> None:
+    def _delivered_one(self, generation: int, worker_id: int, position: dict, stats: dict) -> bool:
+        """Move the state past one batch of iterator ``generation``; False (nothing moved) when a newer
+        iterator has been made since: like torch's, each iterator runs on its own, and the state
+        follows the newest one."""
+        if generation != self._generation:
+            return False
         self._positions[worker_id] = {"batches": self._positions[worker_id]["batches"] + 1, **position}
         self._last = worker_id
         self._delivered += 1
+        self._stats_now[worker_id] = stats
+        return True
 
-    def _local(self):
+    def _local(self, generation: int):
         stream = self.dataset
         items = self.collate_fn is not None
         start = self._positions[0] if self._positions[0]["batches"] else None
-        for batch, position in stream.batches(self.batch_size, start, items=items, **self.batch_kw):
-            self._delivered_one(0, position)
-            yield self._finish(batch if not items else self.collate_fn(batch))
-        self._check_end()
+        batches = stream.batches(self.batch_size, start, items=items, **self.batch_kw)
+        mine: Counter = Counter()  # this iterator's counts: an older one alive shares the stream's
+        while True:
+            before = counters(stream)
+            got = next(batches, None)
+            after = counters(stream)
+            mine.update({k: v - before.get(k, 0) for k, v in after.items()})
+            if got is None:
+                break
+            self._delivered_one(generation, 0, got[1], dict(mine))
+            yield self._finish(got[0] if not items else self.collate_fn(got[0]))
+        if generation == self._generation:
+            self._stats_now[0] = dict(mine)  # what the epoch's end counted (retries)
+            self._check_end()
 
     def _check_end(self) -> None:
         counts = self._counts()
@@ -261,7 +282,7 @@ class BatchLoader:
             raise RuntimeError(f"{getattr(self.dataset, 'where', '')}: the epoch ended after {self._delivered} of "
                                f"{sum(counts)} batches; report this bug")
 
-    def _from_workers(self):
+    def _from_workers(self, generation: int):
         nxt = order.next_worker([p["batches"] for p in self._positions], self._last, self.group, self._delivered)
         lead = order.leads(self.num_workers, nxt)
         messages = _Messages(self, [dict(p) for p in self._positions], lead)
@@ -275,12 +296,12 @@ class BatchLoader:
             it = iter(loader)
         finally:
             gc.unfreeze()
-        return self._deliver(it)
+        return self._deliver(it, generation)
 
-    def _deliver(self, it):
+    def _deliver(self, it, generation: int):
         for worker_id, made, positions, stats in it:
-            self._stats_now[worker_id] = stats
-            for batch, position in zip(made, positions):
-                self._delivered_one(worker_id, position)
+            for batch, position, counts in zip(made, positions, stats):
+                self._delivered_one(generation, worker_id, position, counts)
                 yield self._finish(batch)
-        self._check_end()
+        if generation == self._generation:
+            self._check_end()

@@ -174,11 +174,6 @@ def final_stats(make, state_json: str | None, **loader_kw) -> dict:
     return {k: v for k, v in loader.stats().items() if v}
 
 
-@pytest.mark.xfail(strict=True, reason="skipped_shards/skipped_samples are counted twice after a resume: the saved "
-                   "stats include what the worker read ahead of the delivered batches (pipeline/stream.py:_skip_shard "
-                   "counts a shard when read, batch.py:BatchLoader.stats folds them in), and the resumed worker "
-                   "counts the same corrupt shard again; fix: count skips per delivered batch (in the position) "
-                   "or record them in the state only up to the position")
 def test_corrupt_shard_counts_survive_a_resume_exactly(broken, minilm):
     make = shard_maker(broken, minilm, on_corrupt="skip")
     whole = final_stats(make, None, batch_size=4)
@@ -296,10 +291,6 @@ def test_abandoned_iterator_then_a_new_one_restarts_the_epoch_and_the_state_foll
     assert resumed_run(make, state, (0,), batch_size=4, num_workers=workers) == full[1:]
 
 
-@pytest.mark.xfail(strict=True, reason="a stale iterator still moves the loader's position: two live iterators "
-                   "share BatchLoader._positions/_delivered (pipeline/loader/batch.py:_delivered_one), so one "
-                   "next() on the older one corrupts the state of the newer; fix: give each iterator a generation "
-                   "and ignore (or refuse) batches of a superseded one, as torch does for a stale _MultiProcessingDataLoaderIter")
 def test_a_stale_iterator_does_not_move_the_state(plain):
     make = shard_maker(plain)
     loader = make_loader(make(), batch_size=4)
