@@ -5,9 +5,9 @@
     for item in ds: ...   # {"sample_id", "text", "label", "input_ids", "is_pad"}
 
 Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
-shards (with the next one prefetched) → record batches → windows of
-``shuffle_buffer`` samples, each permuted (shuffle.py) → batched tokenization
-→ padded batches (``batches``, the loader's path, each with the worker's position after it;
+shards (with the next one prefetched, corrupt ones raised or skipped: fetch.py) → record
+batches → windows of ``shuffle_buffer`` samples, each permuted (shuffle.py) → batched
+tokenization (tokenize.py) → padded batches (``batches``, the loader's path, each with the worker's position after it;
 with ``group_by_length`` each window is sorted by token length first, group.py), or
 items (``__iter__``, built on the same chunks).
 Every step is a function of integers (seed, epoch, rank, worker, window), so a
@@ -18,25 +18,20 @@ position outside this worker's part, is refused (settings.py).
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from itertools import groupby
+from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 from torch.utils.data import IterableDataset
 
 import shards
-from pipeline import elastic, group, settings, split, world
-from pipeline.chunk import Chunk, concat, from_rows, rechunk
+from pipeline import elastic, fetch, group, settings, split, tokenize, world
+from pipeline.chunk import Chunk, concat, rechunk
 from pipeline.collate import collate_chunk
+from pipeline.fetch import CORRUPT_POLICIES
 from pipeline.shuffle import window_order
-from shards import Ragged
 
-log = logging.getLogger(__name__)
-CORRUPT_POLICIES = ("error", "skip")
+__all__ = ["CORRUPT_POLICIES", "ShardStream", "StreamConfig"]
 
 
 @dataclass(frozen=True)
@@ -340,7 +335,7 @@ class ShardStream(IterableDataset):
             if k == first:
                 chunk = chunk.slice(skip - first * window, len(chunk))
             for part in rechunk([chunk], piece):
-                yield self._tokenized(part, keep_text)
+                yield tokenize.tokenized(self, part, keep_text)
 
     def _grouped(self, worker_id: int, workers: int, batch_size: int, skip: int,
                  keep_text: bool) -> Iterator[Chunk]:
@@ -349,7 +344,7 @@ class ShardStream(IterableDataset):
         window = group.window_size(self.config.shuffle_buffer, batch_size)
         first = skip // window
         for k, chunk in self._windows(worker_id, workers, first, window, keep_text):
-            chunk = concat([self._tokenized(part, keep_text) for part in rechunk([chunk], self.config.tokenize_batch)])
+            chunk = concat([tokenize.tokenized(self, part, keep_text) for part in rechunk([chunk], self.config.tokenize_batch)])
             key = (self.seed, self.epoch, self.world.rank, worker_id, k)
             chunk = chunk.take(group.window_index(chunk.ids.lengths, batch_size, self.shuffle, key))
             if k == first:
@@ -368,132 +363,9 @@ class ShardStream(IterableDataset):
             plan = split.plan(self.manifest.shard_sizes, self.world.rank, self.world.world_size, worker_id,
                               workers, self.seed, self.epoch, self.shuffle, self.config.block_size)
         want_text = keep_text or (self.tokenizer is not None and not self.pretokenized)
-        pieces = self._read(split.skip(plan, first * window), want_text, _continues(plan, first * window))
+        pieces = fetch.read(self, split.skip(plan, first * window), want_text, fetch.continues(plan, first * window))
         return enumerate(rechunk(pieces, window), start=first)
-
-    def _tokenized(self, chunk: Chunk, keep_text: bool) -> Chunk:
-        if self.tokenizer is not None and not self.pretokenized:
-            chunk = chunk.with_ids(shards.encode_ragged(self.tokenizer, chunk.text, self.max_length,
-                                                        self.config.add_special_tokens))
-        elif chunk.ids is not None and self.max_length is not None:
-            chunk = chunk.with_ids(chunk.ids.truncate(self.max_length))
-        return chunk if keep_text else chunk.without_text()
-
-    def _columns(self, want_text: bool) -> tuple[str, ...]:
-        # The rows are counted from the columns read: a set with only texts reads them always.
-        other = tuple(c for c in ("label", "input_ids") if c in self.manifest.fields)
-        return (*other, "text") if want_text or not other else other
-
-    def _fetch(self, shard: int) -> bytes | Exception:
-        info = self.manifest.shards[shard]
-        url = shards.shard_url(self.url, info)
-        try:
-            return shards.fetch_shard(url, info, self.storage_options, self.config.verify, self._get_cache(),
-                                      manifest=self.manifest)
-        except (shards.CorruptShardError, shards.StorageError) as exc:
-            if self.config.on_corrupt == "error":
-                raise
-            return exc
-
-    def _get_cache(self):
-        if self.config.cache_dir is None or not shards.is_remote(self.url):
-            return None
-        if self._cache is None:
-            self._cache = shards.ShardCache(self.config.cache_dir, self.config.cache_limit)
-        return self._cache
-
-    def _read(self, plan: list[split.Slice], want_text: bool, continues: bool = False) -> Iterator[Chunk]:
-        """The plan's records, shard by shard; ``continues``: its first shard read began before the plan
-        (a resume inside it), so a skipped one was counted there already."""
-        groups = [(shard, list(slices)) for shard, slices in groupby(plan, key=lambda s: s.shard)]
-        if not groups:
-            return
-        pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
-        try:
-            window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
-            pending = pool.submit(self._fetch, groups[0][0])
-            for i, (shard, slices) in enumerate(groups):
-                data = pending.result()
-                pending, sent = None, 0
-                if isinstance(data, Exception):
-                    chunks = self._skip_shard(shard, slices, data, want_text, counted=continues and i == 0)
-                else:
-                    chunks = self._shard_chunks(shard, slices, data, want_text)
-                for chunk in chunks:
-                    # the next shard downloads while this one is consumed, but only once a first window
-                    # has gone out: fetching and hashing it would compete with the first batch for the CPU
-                    if pending is None and i + 1 < len(groups) and sent >= window:
-                        pending = self._prefetch(pool, groups[i + 1][0])
-                    sent += len(chunk)
-                    yield chunk
-                if pending is None and i + 1 < len(groups):
-                    pending = self._prefetch(pool, groups[i + 1][0])
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _prefetch(self, pool: ThreadPoolExecutor, shard: int):
-        return pool.submit(self._fetch, shard) if self.config.prefetch else _Done(self._fetch, shard)
-
-    def _shard_chunks(self, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
-        """The slices' records, read in one pass over the shard (a reader call per slice would walk
-        the shard's record batches again for each of a shuffled plan's many slices)."""
-        url = shards.shard_url(self.url, self.manifest.shards[shard])
-        lo, hi = min(s.start for s in slices), max(s.stop for s in slices)
-        parts = [from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
-                 for b in shards.read_batches(self.manifest, url, data, lo, hi, self._columns(want_text))]
-        whole = concat(parts) if parts else None
-        if whole is None or len(whole) != hi - lo:  # never fewer samples than planned: unequal steps
-            raise shards.CorruptShardError(
-                f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {0 if whole is None else len(whole)} of "
-                f"{hi - lo} (manifest says {self.manifest.shards[shard].num_records} records); rebuild it or fix "
-                f"index.json")
-        for s in slices:
-            part = whole.slice(s.start - lo, s.stop - lo)
-            yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
-
-    def _skip_shard(self, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool,
-                    counted: bool = False) -> Iterator[Chunk]:
-        """Keep the step count: the skipped shard's records become flagged pads, marked ``skipped``
-        (counted when delivered, Chunk.skip_counts, not here: reading runs ahead of delivery)."""
-        if shard not in self._skipped:  # logged once per shard
-            log.warning("skipping corrupt shard (on_corrupt='skip'): %s", exc)
-        self._skipped.add(shard)
-        first = not counted
-        for s in slices:
-            k = len(s)
-            ids = Ragged.from_lengths(np.zeros(k, np.int32), np.ones(k, np.int64)) if self.pretokenized else None
-            marks = np.ones(k, np.int8)
-            if first and k:  # the read's first sample counts the shard once
-                marks[0], first = 2, False
-            chunk = from_rows(shard, s.start, k, True, [""] * k if want_text else None,
-                              np.zeros(k, np.int64) if self.label_names else None, ids)
-            yield replace(chunk, skipped=marks)
 
     def _report_epoch(self) -> None:
         self._update_retries()
-        if self.stats["skipped_shards"]:
-            log.warning("epoch %d rank %d: skipped %d corrupt shard read(s), %d samples padded: %s",
-                        self.epoch, self.world.rank, self.stats["skipped_shards"],
-                        self.stats["skipped_samples"], sorted(self._skipped))
-
-
-def _continues(plan: list[split.Slice], n: int) -> bool:
-    """Whether position ``n`` of ``plan`` lies inside one shard read (consecutive slices of a shard):
-    that read's first sample comes before ``n``."""
-    pos, prev = 0, None
-    for s in plan:
-        if pos + len(s) > n:
-            return pos < n or (prev is not None and prev.shard == s.shard)
-        pos, prev = pos + len(s), s
-    return False
-
-
-class _Done:
-    """A future-like result computed on demand (prefetch disabled)."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def result(self):
-        return self.fn(*self.args)
-
+        fetch.report_epoch(self)

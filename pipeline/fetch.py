@@ -1,0 +1,153 @@
+"""The fetch stage of a ShardStream: its shards fetched and verified (``shards.fetch_shard``,
+through the local cache of remote shards), the next one prefetched on a thread, read in one pass
+each, and the corrupt-shard policy (``StreamConfig.on_corrupt``: raise, or skip the shard's
+records as flagged pads, marked ``Chunk.skipped`` and counted where they are delivered).
+
+Functions of the stream (``ds``): it holds the manifest, the settings, the cache and the set of
+shards skipped, so that they travel with it to the DataLoader workers.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from itertools import groupby
+from typing import Iterator
+
+import numpy as np
+
+import shards
+from pipeline import split
+from pipeline.chunk import Chunk, concat, from_rows
+from shards import Ragged
+
+log = logging.getLogger("pipeline.stream")  # the name these messages have always had
+CORRUPT_POLICIES = ("error", "skip")
+
+
+def read(ds, plan: list[split.Slice], want_text: bool, continues: bool = False) -> Iterator[Chunk]:
+    """The plan's records, shard by shard; ``continues``: its first shard read began before the plan
+    (a resume inside it), so a skipped one was counted there already."""
+    groups = [(shard, list(slices)) for shard, slices in groupby(plan, key=lambda s: s.shard)]
+    if not groups:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
+    try:
+        window = ds.config.shuffle_buffer if ds.shuffle else ds.config.tokenize_batch
+        pending = pool.submit(fetch, ds, groups[0][0])
+        for i, (shard, slices) in enumerate(groups):
+            data = pending.result()
+            pending, sent = None, 0
+            if isinstance(data, Exception):
+                chunks = skip_shard(ds, shard, slices, data, want_text, counted=continues and i == 0)
+            else:
+                chunks = shard_chunks(ds, shard, slices, data, want_text)
+            for chunk in chunks:
+                # the next shard downloads while this one is consumed, but only once a first window
+                # has gone out: fetching and hashing it would compete with the first batch for the CPU
+                if pending is None and i + 1 < len(groups) and sent >= window:
+                    pending = _prefetch(ds, pool, groups[i + 1][0])
+                sent += len(chunk)
+                yield chunk
+            if pending is None and i + 1 < len(groups):
+                pending = _prefetch(ds, pool, groups[i + 1][0])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def continues(plan: list[split.Slice], n: int) -> bool:
+    """Whether position ``n`` of ``plan`` lies inside one shard read (consecutive slices of a shard):
+    that read's first sample comes before ``n``."""
+    pos, prev = 0, None
+    for s in plan:
+        if pos + len(s) > n:
+            return pos < n or (prev is not None and prev.shard == s.shard)
+        pos, prev = pos + len(s), s
+    return False
+
+
+def fetch(ds, shard: int) -> bytes | Exception:
+    """The shard's verified bytes; under on_corrupt='skip' the error instead of raising it."""
+    info = ds.manifest.shards[shard]
+    url = shards.shard_url(ds.url, info)
+    try:
+        return shards.fetch_shard(url, info, ds.storage_options, ds.config.verify, cache_of(ds),
+                                  manifest=ds.manifest)
+    except (shards.CorruptShardError, shards.StorageError) as exc:
+        if ds.config.on_corrupt == "error":
+            raise
+        return exc
+
+
+def cache_of(ds):
+    """The stream's ShardCache (made on first use, in the process that reads), or None."""
+    if ds.config.cache_dir is None or not shards.is_remote(ds.url):
+        return None
+    if ds._cache is None:
+        ds._cache = shards.ShardCache(ds.config.cache_dir, ds.config.cache_limit)
+    return ds._cache
+
+
+def _prefetch(ds, pool: ThreadPoolExecutor, shard: int):
+    return pool.submit(fetch, ds, shard) if ds.config.prefetch else _Done(fetch, ds, shard)
+
+
+def columns(ds, want_text: bool) -> tuple[str, ...]:
+    # The rows are counted from the columns read: a set with only texts reads them always.
+    other = tuple(c for c in ("label", "input_ids") if c in ds.manifest.fields)
+    return (*other, "text") if want_text or not other else other
+
+
+def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
+    """The slices' records, read in one pass over the shard (a reader call per slice would walk
+    the shard's record batches again for each of a shuffled plan's many slices)."""
+    url = shards.shard_url(ds.url, ds.manifest.shards[shard])
+    lo, hi = min(s.start for s in slices), max(s.stop for s in slices)
+    parts = [from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
+             for b in shards.read_batches(ds.manifest, url, data, lo, hi, columns(ds, want_text))]
+    whole = concat(parts) if parts else None
+    if whole is None or len(whole) != hi - lo:  # never fewer samples than planned: unequal steps
+        raise shards.CorruptShardError(
+            f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {0 if whole is None else len(whole)} of "
+            f"{hi - lo} (manifest says {ds.manifest.shards[shard].num_records} records); rebuild it or fix "
+            f"index.json")
+    for s in slices:
+        part = whole.slice(s.start - lo, s.stop - lo)
+        yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
+
+
+def skip_shard(ds, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool,
+               counted: bool = False) -> Iterator[Chunk]:
+    """Keep the step count: the skipped shard's records become flagged pads, marked ``skipped``
+    (counted when delivered, Chunk.skip_counts, not here: reading runs ahead of delivery)."""
+    if shard not in ds._skipped:  # logged once per shard
+        log.warning("skipping corrupt shard (on_corrupt='skip'): %s", exc)
+    ds._skipped.add(shard)
+    first = not counted
+    for s in slices:
+        k = len(s)
+        ids = Ragged.from_lengths(np.zeros(k, np.int32), np.ones(k, np.int64)) if ds.pretokenized else None
+        marks = np.ones(k, np.int8)
+        if first and k:  # the read's first sample counts the shard once
+            marks[0], first = 2, False
+        chunk = from_rows(shard, s.start, k, True, [""] * k if want_text else None,
+                          np.zeros(k, np.int64) if ds.label_names else None, ids)
+        yield replace(chunk, skipped=marks)
+
+
+def report_epoch(ds) -> None:
+    """One warning per epoch end naming the shards skipped, when any was."""
+    if ds.stats["skipped_shards"]:
+        log.warning("epoch %d rank %d: skipped %d corrupt shard read(s), %d samples padded: %s",
+                    ds.epoch, ds.world.rank, ds.stats["skipped_shards"], ds.stats["skipped_samples"],
+                    sorted(ds._skipped))
+
+
+class _Done:
+    """A future-like result computed on demand (prefetch disabled)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
