@@ -249,12 +249,6 @@ class MixedStream(IterableDataset):
     def seek(self, position: dict | None) -> None:
         self._resume = dict(position) if position else None
 
-    def start_position(self) -> dict:
-        """The position at the start of an epoch (what a PackedStream of this mixture names it by)."""
-        n = len(self.streams)
-        return {"draws": 0, "items": 0, "ended": False, "passes": [0] * n, "dropped": [False] * n,
-                "sources": [None] * n}
-
     def check_position(self, what: str, position: dict, worker_id: int = 0, workers: int = 1,
                        batch_size: int = 1) -> None:
         """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` items: counters,

@@ -34,10 +34,3 @@ def check_item_position(stream, what: str, position, worker_id: int, workers: in
                           f"the state is damaged: pass the state saved with this loader, or none")
     check(what, {**position, "batches": position[key]}, worker_id, workers, 1)
 
-
-def start_position(stream) -> dict | None:
-    """``stream``'s position at the start of its epoch, when it has a known form (else None)."""
-    found = getattr(stream, "start_position", None)
-    if callable(found):
-        return found()
-    return {"samples": 0} if count_key(stream) == "samples" else None

@@ -74,7 +74,7 @@ import shards
 from pipeline import settings
 from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut, empty_block
-from pipeline.pack.inner import check_item_position, start_position
+from pipeline.pack.inner import check_item_position
 from pipeline.pack.read import make_reader
 
 __all__ = ["ARRAY_KEYS", "IGNORE_INDEX", "BlockCollator", "DocFormat", "PackedStream", "added_specials", "lockstep"]
@@ -172,23 +172,32 @@ class PackedStream(IterableDataset):
     def _check_epoch_start(self, position: dict) -> None:
         """A position counted from the epoch start (inner None) after blocks: only a reader that
         cannot name the start (a lazy item stream) saves one, in its first chunk.  Replay the epoch
-        from its start to that block (about a chunk) and refuse the position if it is not there."""
-        blocks, want = position["blocks"], (position["skip"], position["offset"])
-        probe = copy.copy(self)  # its own counters: the replay is not delivered
+        from its start (about a chunk) and refuse the position unless its next block is the one
+        after that many blocks (positions that differ only by pads between documents are equal)."""
+        blocks = position["blocks"]
+        replayed = self._probe_block(None, blocks)
+        if replayed is not _NO_BLOCK and _same_block(replayed, self._probe_block(position, 0)):
+            return
+        raise settings.ResumeError(f"packed state: inner=None (the epoch start) with skip={position['skip']}, "
+                                   f"offset={position['offset']}, blocks={blocks}: the epoch read from its start "
+                                   f"continues otherwise after {blocks} blocks; the state is damaged: pass the "
+                                   f"state saved with this loader, or none")
+
+    def _probe_block(self, position: dict | None, index: int):
+        """Block ``index`` (0-based) from ``position`` on, read with counters of its own (not
+        delivered); None after the epoch's last block, _NO_BLOCK when the epoch ends before."""
+        probe = copy.copy(self)
         probe.stats = Counter()
-        sets = probe._sets(None)
+        sets = probe._sets(position, checked=True)
         try:
+            seen = 0
             for part in sets:
-                last = int(part.after.blocks[-1])
-                if last >= blocks:
-                    if _from_epoch_start(part.after[len(part) - 1 - (last - blocks)], self.stream) == want:
-                        return
-                    break
+                if index < seen + len(part):
+                    return part.blocks()[index - seen]
+                seen += len(part)
         finally:
             sets.close()
-        raise settings.ResumeError(f"packed state: inner=None (the epoch start) with skip={want[0]}, "
-                                   f"offset={want[1]}, blocks={blocks}: the epoch read from its start has no such "
-                                   f"block end; the state is damaged: pass the state saved with this loader, or none")
+        return None if seen == index else _NO_BLOCK
 
     def position(self) -> dict:
         """The position after the last block ``__iter__`` yielded."""
@@ -233,14 +242,14 @@ class PackedStream(IterableDataset):
         for part in rechunk(self._sets(position), batch_size):
             yield (part.blocks() if items else part.batch()), part.after[-1]
 
-    def _sets(self, position: dict | None) -> Iterator[BlockSet]:
+    def _sets(self, position: dict | None, checked: bool = False) -> Iterator[BlockSet]:
         """Read a chunk of documents, cut every block it completes, carry the rest; repeat.
 
         A position is (inner position at the start of the chunk a document was read in,
         items to skip from there, tokens of the document already emitted, blocks so far):
         the inner position is taken once per chunk, not per document."""
         position = {**START, **(position or {})}
-        if position["inner"] is None and position["blocks"]:
+        if position["inner"] is None and position["blocks"] and not checked:
             self._check_epoch_start(position)
         inner, skip, offset, blocks = position["inner"], position["skip"], position["offset"], position["blocks"]
         reader = make_reader(self.stream, self.format, self.stats, inner, skip)
@@ -296,15 +305,14 @@ class PackedStream(IterableDataset):
                         result.piece_starts, result.piece_bounds, positions)
 
 
-def _from_epoch_start(position: dict, stream) -> tuple[int, int] | None:
-    """(items from the epoch start, offset) of a replayed position, None when its inner position
-    is of a form that does not say how many items precede it."""
-    inner = position["inner"]
-    if inner is None or inner == start_position(stream):
-        return position["skip"], position["offset"]
-    if isinstance(inner, dict) and set(inner) == {"samples"}:  # a ShardStream's: samples of the worker
-        return inner["samples"] + position["skip"], position["offset"]
-    return None
+_NO_BLOCK = object()
+
+
+def _same_block(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return np.array_equal(a["input_ids"], b["input_ids"]) and list(a["sample_ids"]) == list(b["sample_ids"]) \
+        and np.array_equal(a["starts"], b["starts"])
 
 
 def _block_dtypes(tokenizer, seq_len: int, specials: tuple[int, ...]) -> tuple:
