@@ -208,9 +208,17 @@ def test_stream_state_of_another_rank_is_refused_mid_epoch(small_set):
     other = ShardStream(small_set, shuffle=True, rank=1, world_size=2)
     with pytest.raises(ResumeError, match="rank"):
         other.load_state_dict(state)
-    for bad in (True, 2.0, -1, "3"):
+    for bad in (True, 2.0, -1, "3"):  # the worker's position (pipeline.loader/2 state)
+        tampered = json.loads(json.dumps(state))
+        tampered["workers"][0]["samples"] = bad
         with pytest.raises(ResumeError):
-            ShardStream(small_set, shuffle=True, rank=0, world_size=2).load_state_dict({**state, "consumed": bad})
+            ShardStream(small_set, shuffle=True, rank=0, world_size=2).load_state_dict(tampered)
+    tampered = json.loads(json.dumps(state))
+    tampered["workers"][0]["samples"] = 10**6  # past this worker's part: refused where it resumes
+    resumed = ShardStream(small_set, shuffle=True, rank=0, world_size=2)
+    resumed.load_state_dict(tampered)
+    with pytest.raises(ResumeError, match="samples"):
+        next(iter(resumed))
 
 
 def test_loader_with_a_batch_larger_than_the_set_yields_each_sample_once(small_set):
