@@ -154,6 +154,18 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = Non
         if os.path.exists(tmp):  # a full disk must not also keep the half-written temp file
             os.remove(tmp)
         raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))  # the rename itself survives a power cut
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading (some platforms): nothing more to do
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def publish_file(local_path: str, url: str, storage_options: dict | None = None) -> None:

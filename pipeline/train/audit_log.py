@@ -216,12 +216,7 @@ def continued(kept: list[str] | None, rank: int, fields: dict, resume: int) -> l
 
 
 def write_lines(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def truncate(path: str, step: int, fields: dict) -> list[str] | None:

@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,28 +188,9 @@ def _save_torch(obj, url: str, storage_options: dict | None) -> tuple[int, str]:
 
 
 def _put(url: str, data: bytes, storage_options: dict | None) -> tuple[int, str]:
-    """Write ``data`` whole or not at all (local: temp file + fsync + os.replace; remote: one PUT)."""
-    if shards.is_remote(url):
-        shards.write_bytes_atomic(url, data, storage_options)
-    else:
-        _write(url, data)
+    """Write ``data`` whole or not at all (the one atomic write: temp file + fsync + rename, or one PUT)."""
+    shards.write_bytes_atomic(url, data, storage_options)
     return sha256_bytes(data)
-
-
-def _write(path: str, data: bytes) -> None:
-    """Write ``path`` through a temp file and ``os.replace`` (atomic on one filesystem)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync(os.path.dirname(path))
 
 
 def _fsync(path: str) -> None:
