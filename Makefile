@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (~10 min on 2 cores); the slow tests run in CI too (.ci/run).
+# The default suite (~4 min of tests on 2 cores); the slow tests (~15 min) run in CI too (.ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
