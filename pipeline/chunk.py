@@ -147,9 +147,11 @@ def _concat_skipped(chunks: list[Chunk]) -> np.ndarray | None:
     return np.concatenate([np.zeros(len(c), np.int8) if c.skipped is None else c.skipped for c in chunks])
 
 
-def rechunk(chunks, size: int):
-    """The same samples in chunks of exactly ``size`` (the last may be shorter)."""
-    held: list[Chunk] = []
+def rechunk(chunks, size: int, join=None):
+    """The same samples in chunks of exactly ``size`` (the last may be shorter).  Works for any
+    parts with ``len`` and ``slice(start, stop)``; ``join`` concatenates them (default: Chunks)."""
+    join = join or concat
+    held: list = []
     count = 0
     for chunk in chunks:
         while len(chunk):
@@ -158,7 +160,7 @@ def rechunk(chunks, size: int):
             count += take
             chunk = chunk.slice(take, len(chunk))
             if count == size:
-                yield concat(held)
+                yield join(held)
                 held, count = [], 0
     if held:
-        yield concat(held)
+        yield join(held)

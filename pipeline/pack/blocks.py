@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline.chunk import SampleIds
+from pipeline.chunk import rechunk as chunk_rechunk
 from pipeline.pack.cut import IGNORE_INDEX
 
 
@@ -120,19 +121,7 @@ class Positions:
 
 def rechunk(sets: Iterable[BlockSet], size: int) -> Iterator[BlockSet]:
     """The same blocks in sets of exactly ``size`` (the last may be shorter)."""
-    held: list[BlockSet] = []
-    count = 0
-    for part in sets:
-        while len(part):
-            take = min(size - count, len(part))
-            held.append(part.slice(0, take))
-            count += take
-            part = part.slice(take, len(part))
-            if count == size:
-                yield concat(held)
-                held, count = [], 0
-    if held:
-        yield concat(held)
+    return chunk_rechunk(sets, size, concat)
 
 
 class BlockIds:

@@ -37,12 +37,12 @@ from shards.corpus.jsonl_check import (
     UNKNOWN,
     _reasons,
     bool_array,
+    invalid_utf8_lines,
 )
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
 from shards.corpus.txt_block import line_bounds
 
 BLOCK_BYTES = 8 << 20
-MAX_UTF8_ERRORS = 16
 PARSE_BLOCK = 1 << 20
 
 
@@ -69,21 +69,6 @@ class Shape(NamedTuple):
     ends: np.ndarray
     clean: np.ndarray  # clean if the line has the header's number of fields
     fields: np.ndarray
-
-
-def _mark_invalid(block: bytes, starts: np.ndarray, clean: np.ndarray) -> None:
-    view, at = memoryview(block), 0
-    for _ in range(MAX_UTF8_ERRORS):
-        try:
-            str(view[at:], "utf-8")
-            return
-        except UnicodeDecodeError as exc:
-            line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
-            clean[line] = False
-            if line + 1 >= len(starts):
-                return
-            at = int(starts[line + 1])
-    clean[np.searchsorted(starts, at, side="right") - 1:] = False
 
 
 def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
@@ -125,7 +110,7 @@ def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
         if pattern.search(block, int(starts[k]), int(ends[k])) is None:
             clean[k] = False
     if not block.isascii():
-        _mark_invalid(block, starts, clean)
+        clean &= ~invalid_utf8_lines(block, starts)
     return Shape(starts, ends, clean, fields)
 
 

@@ -81,23 +81,27 @@ def line_shape(block: bytes, limit: int) -> Lines:
         where = np.flatnonzero((a < 32) & (a != 10))
         suspect[np.searchsorted(starts, where, side="right") - 1] = True
     if not block.isascii():
-        _mark_invalid_utf8(block, starts, suspect)
+        suspect |= invalid_utf8_lines(block, starts)
     return Lines(starts, ends, suspect)
 
 
-def _mark_invalid_utf8(block: bytes, starts: np.ndarray, suspect: np.ndarray) -> None:
+def invalid_utf8_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
+    """Per line of ``block`` (lines start at ``starts``): True where it may hold invalid UTF-8.
+    The first MAX_UTF8_ERRORS bad lines are located one by one; past that, the rest is marked."""
+    marked = np.zeros(len(starts), dtype=bool)
     view, at = memoryview(block), 0
     for _ in range(MAX_UTF8_ERRORS):
         try:
             str(view[at:], "utf-8")
-            return
+            return marked
         except UnicodeDecodeError as exc:
             line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
-            suspect[line] = True
+            marked[line] = True
             if line + 1 >= len(starts):
-                return
+                return marked
             at = int(starts[line + 1])
-    suspect[np.searchsorted(starts, at, side="right") - 1:] = True
+    marked[np.searchsorted(starts, at, side="right") - 1:] = True
+    return marked
 
 
 def refused_lines(block: bytes, lines: Lines, keys: list[bytes]) -> np.ndarray:
