@@ -40,7 +40,14 @@ read, i.e. ``plan_after(..., segments[:s], ...)``)::
 ``delivered[rank][worker]`` = samples (pads included) of that worker's batches
 the training loop received: whole batches, or the worker's whole part when its
 last batch is short.  ``window`` is StreamConfig.shuffle_buffer (ignored when
-not shuffling).  group_by_length orders a window by token length, which no
+not shuffling).
+
+A PackedStream (pack/stream.py) delivers documents, and its blocks may stop inside
+one: its segments count documents (``batch_size`` 1: every count is whole) and add
+``partial``: ``[[epoch position, tokens emitted], ...]``, the documents a worker
+had begun and not finished.  Such a document is not delivered, so it stays in the
+next sequence; whoever reads it next skips the tokens already emitted
+(``partials``).  group_by_length orders a window by token length, which no
 function of integers knows: a segment cut inside such a window is not covered.
 
 How the loader and stream use it: on a mid-epoch state whose world_size,
@@ -66,6 +73,7 @@ from pipeline.shuffle import window_order
 from pipeline.split import Slice, epoch_blocks, per_rank, worker_counts, worker_range
 
 _FIELDS = ("world", "workers", "batch_size", "window", "delivered")
+_OPTIONAL = ("partial",)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Segment:
     batch_size: int
     window: int                              # StreamConfig.shuffle_buffer in effect (unused without shuffle)
     delivered: tuple[tuple[int, ...], ...]   # delivered[rank][worker]: samples received, pads included
+    partial: tuple[tuple[int, int], ...] = ()  # (epoch position, tokens emitted): documents begun, not finished
 
     def __post_init__(self):
         for name in ("world", "workers", "batch_size", "window"):
@@ -89,10 +98,14 @@ class Segment:
             raise ValueError(f"Segment.delivered: shape {[len(r) for r in rows]}, expected {self.world} rows "
                              f"(ranks) of {self.workers} counts (workers); record one count per (rank, worker)")
         object.__setattr__(self, "delivered", rows)
+        object.__setattr__(self, "partial", _partial_pairs(self.partial))
 
     def to_json(self) -> dict:
-        return {**{name: getattr(self, name) for name in _FIELDS[:-1]},
-                "delivered": [list(row) for row in self.delivered]}
+        out = {**{name: getattr(self, name) for name in _FIELDS[:-1]},
+               "delivered": [list(row) for row in self.delivered]}
+        if self.partial:  # only a PackedStream's segments have any
+            out["partial"] = [list(pair) for pair in self.partial]
+        return out
 
     @classmethod
     def from_json(cls, entry: dict) -> Segment:
@@ -103,7 +116,11 @@ class Segment:
         if missing:
             raise ValueError(f"elastic segment {entry!r}: missing {', '.join(missing)}; "
                              f"each entry needs {', '.join(_FIELDS)}")
-        return cls(**{name: entry[name] for name in _FIELDS})
+        unknown = [name for name in entry if name not in _FIELDS + _OPTIONAL]
+        if unknown:
+            raise ValueError(f"elastic segment: unknown field(s) {', '.join(map(str, unknown))}; valid: "
+                             f"{', '.join(_FIELDS + _OPTIONAL)}")
+        return cls(**{name: entry[name] for name in _FIELDS + _OPTIONAL if name in entry})
 
 
 def _is_int(value) -> bool:
@@ -121,6 +138,18 @@ def _count_rows(delivered) -> tuple[tuple[int, ...], ...]:
         raise ValueError(f"Segment.delivered: count {bad[0]!r} is not an integer; record whole samples "
                          f"delivered per (rank, worker)")
     return tuple(tuple(int(d) for d in row) for row in rows)
+
+
+def _partial_pairs(partial) -> tuple[tuple[int, int], ...]:
+    """``partial`` as (epoch position >= 0, tokens emitted >= 1) pairs of plain ints, nothing coerced."""
+    pairs = partial.tolist() if isinstance(partial, np.ndarray) else partial
+    ok = isinstance(pairs, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(v) for v in p) and p[0] >= 0 and p[1] >= 1
+        for p in pairs)
+    if not ok:
+        raise ValueError(f"Segment.partial={partial!r:.80}: must be a list of [epoch position >= 0, tokens "
+                         f"emitted >= 1] pairs; pass the saved state's segments")
+    return tuple((int(p), int(t)) for p, t in pairs)
 
 
 def _check_sizes(shard_sizes) -> None:
@@ -237,3 +266,58 @@ def _slices(blocks: list[Slice], positions: np.ndarray, pads: np.ndarray) -> lis
         out.append(Slice(b.shard, first, first + end - begin, bool(pads[begin])))
     return out
 
+
+
+def position_at(total: int, earlier: list[Segment], segment: Segment, seed: int, epoch: int, shuffle: bool,
+                rank: int, worker: int, index: int) -> int | None:
+    """The epoch position of the ``index``-th sample (0-based, in delivery order) that (rank, worker)
+    reads in ``segment``, which follows ``earlier``; None for a pad.  Where a PackedStream worker
+    stopped inside a document: ``index`` = the documents (items) it finished."""
+    sequence = remaining(total, earlier, seed, epoch, shuffle)
+    for r, w, first, count in _parts(len(sequence), segment):
+        if (r, w) != (rank, worker):
+            continue
+        if not 0 <= index < count:
+            raise ValueError(f"elastic segment: rank {rank} worker {worker} reads {count} samples, no "
+                             f"sample {index}; the state is damaged")
+        local = index
+        if shuffle:
+            k, rest = divmod(index, segment.window)
+            start = k * segment.window
+            local = start + int(window_order(min(segment.window, count - start), seed, epoch, rank, worker, k)[rest])
+        at = first + local
+        return int(sequence[at]) if at < len(sequence) else None
+    raise ValueError(f"rank {rank}/{segment.world}, worker {worker}/{segment.workers}: out of range")
+
+
+def partials(total: int, segments: list[Segment], seed: int, epoch: int, shuffle: bool) -> dict[int, int]:
+    """Epoch position -> tokens already emitted, for the documents begun and not finished by the end of
+    ``segments`` (a later segment's count wins; one it finished is gone).  A pair naming a position
+    its own segment delivered, or out of range, is a ValueError (a damaged state)."""
+    found: dict[int, int] = {}
+    sequence = np.arange(total, dtype=np.int64)
+    for segment in segments:
+        sequence = sequence[~delivered_mask(len(sequence), segment, seed, epoch, shuffle)]
+        for position, tokens in segment.partial:
+            at = np.searchsorted(sequence, position)
+            if at >= len(sequence) or sequence[at] != position:
+                raise ValueError(f"elastic segment: partial document at epoch position {position} was delivered "
+                                 f"whole or is out of range (epoch of {total}); the state is damaged")
+            found[position] = tokens
+    left = set(sequence.tolist()) if found else set()
+    return {p: t for p, t in found.items() if p in left}
+
+
+def records_at(shard_sizes: list[int], block_size: int, seed: int, epoch: int, shuffle: bool,
+               positions) -> tuple[np.ndarray, np.ndarray]:
+    """(shard, record) of each epoch position: the inverse of the epoch's layout (split.epoch_blocks)."""
+    _check_sizes(shard_sizes)
+    positions = np.asarray(positions, dtype=np.int64)
+    blocks = epoch_blocks(shard_sizes, block_size, seed, epoch, shuffle)
+    starts = np.fromiter(accumulate((len(b) for b in blocks), initial=0), np.int64, len(blocks) + 1)
+    if len(positions) and (positions.min() < 0 or positions.max() >= starts[-1]):
+        raise ValueError(f"epoch positions {positions.tolist()!r:.80}: outside the epoch of {int(starts[-1])}")
+    which = np.searchsorted(starts, positions, side="right") - 1
+    shard = np.array([blocks[b].shard for b in which.tolist()], dtype=np.int64)
+    first = np.array([blocks[b].start for b in which.tolist()], dtype=np.int64)
+    return shard, first + positions - starts[which]

@@ -10,8 +10,10 @@ checks the old states against each other (same epoch, same settings but the rank
 rank r at index r, same earlier segments) and builds the new ``Segment`` from their
 per-worker positions.  Every other setting (seed, shuffle, shuffle window, block
 size, identity, group_by_length, tokenizer, max_length) must match, as for any
-mid-epoch resume (settings.check).  Only a ShardStream resumes elastically; a
-packed or mixed stream is refused with one line naming what changed.
+mid-epoch resume (settings.check).  A ShardStream and a PackedStream over one
+resume elastically (the packed one counts documents, and names those it left
+half-emitted: ``Segment.partial``); any other stream is refused with one line
+naming what changed.
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ def refuse_other_changes(what: str, state: dict, now: dict, stream) -> None:
     diffs = settings.changes(saved, now, [k for k in now if k not in TOPOLOGY + FOLLOWS])
     if diffs:
         settings.check(what, saved, {k: now[k] for k in now if k not in TOPOLOGY + FOLLOWS}, mid_epoch=True)
-    if not callable(getattr(stream, "set_segments", None)):
+    if not callable(getattr(stream, "set_segments", None)) or getattr(stream, "elastic_base", stream) is None:
         moved = "; ".join(settings.changes(saved, now, [k for k in TOPOLOGY if k in now]))
         raise ResumeError(f"cannot resume mid-epoch: {what}: {moved}: a {type(stream).__name__} resumes mid-epoch "
-                          f"only with the saved world size, workers and batch size (only a ShardStream resumes "
-                          f"elastically); resume with the saved ones, or from a checkpoint at an epoch boundary")
+                          f"only with the saved world size, workers and batch size (a ShardStream, or a "
+                          f"PackedStream over one, resumes elastically); "
+                          f"resume with the saved ones, or from a checkpoint at an epoch boundary")
 
 
 def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
@@ -58,15 +61,26 @@ def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
                           f"old rank's state ({have} given, {world} needed); pass "
                           f"load_state_dict(state, all_ranks=[rank 0's state, ..., rank {world - 1}'s])")
     earlier = parse_segments(what, state.get("segments", []))
-    rows = [_rank_row(f"{what} (all_ranks[{r}])", other, state, r) for r, other in enumerate(all_ranks)]
+    progress = [_rank_row(f"{what} (all_ranks[{r}])", other, state, r, stream) for r, other in enumerate(all_ranks)]
     workers = max(settings.count(what, "num_workers", saved.get("num_workers")), 1)
     batch = settings.count(what, "batch_size", saved.get("batch_size"), low=1)
     window = settings.count(what, "shuffle_buffer", saved.get("shuffle_buffer"), low=1)
+    packed = callable(getattr(stream, "elastic_progress", None))
+    base = getattr(stream, "elastic_base", stream)  # the ShardStream whose samples the segments count
+    epoch = int(state["epoch"])
     try:
-        segment = Segment(world, workers, batch, window, rows)
+        rows = [[done for done, _ in row] for row in progress]
+        segment = Segment(world, workers, 1 if packed else batch, window, rows)  # a packed one: whole documents
+        begun = [(r, w, done, tokens) for r, row in enumerate(progress) for w, (done, tokens) in enumerate(row)
+                 if tokens]
+        if begun:
+            args = (base.manifest.num_records, earlier, segment, base.seed, epoch, base.shuffle)
+            segment = Segment(world, workers, 1, window, rows,
+                              [(elastic.position_at(*args, r, w, done), tokens) for r, w, done, tokens in begun])
         segments = [*earlier, segment]
-        elastic.remaining(stream.manifest.num_records, segments, stream.seed, int(state["epoch"]), stream.shuffle)
-    except ValueError as exc:  # counts that no run of this loader delivers
+        elastic.remaining(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
+        elastic.partials(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
+    except (ValueError, TypeError) as exc:  # counts that no run of this loader delivers
         raise ResumeError(f"{what}: {exc}; the states are damaged or from another run") from None
     return segments
 
@@ -79,8 +93,9 @@ def parse_segments(what: str, entries: list) -> list[Segment]:
         raise ResumeError(f"{what}: {exc}") from None
 
 
-def _rank_row(what: str, other, state: dict, rank: int) -> list[int]:
-    """Rank ``rank``'s delivered samples per worker, its state checked against ``state``'s."""
+def _rank_row(what: str, other, state: dict, rank: int, stream) -> list[tuple[int, int]]:
+    """Rank ``rank``'s (items delivered, tokens of the next one emitted) per worker, its state checked
+    against ``state``'s."""
     if not isinstance(other, dict) or other.get("kind") != settings.STATE_KIND:
         raise ResumeError(f"{what}: not a {settings.STATE_KIND!r} state; pass every old rank's loader.state_dict()")
     saved, mine = state["settings"], settings.entry(what, other, "settings")
@@ -95,4 +110,8 @@ def _rank_row(what: str, other, state: dict, rank: int) -> list[int]:
     positions = settings.entry(what, other, "workers")
     if not isinstance(positions, list) or len(positions) != workers or not all(isinstance(p, dict) for p in positions):
         raise ResumeError(f"{what}: workers={positions!r:.80} must list {workers} positions; the state is damaged")
-    return [settings.count(what, "samples", p.get("samples", 0)) if p.get("batches") else 0 for p in positions]
+    progress = getattr(stream, "elastic_progress", None)
+    if callable(progress):  # a PackedStream: documents finished, tokens of the one begun
+        return [progress(what, p) if p.get("batches") else (0, 0) for p in positions]
+    return [(settings.count(what, "samples", p.get("samples", 0)), 0) if p.get("batches") else (0, 0)
+            for p in positions]

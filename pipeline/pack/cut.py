@@ -154,16 +154,41 @@ class Docs:
                     self.items[first:])
 
     def skip_first(self, n: int) -> "Docs":
-        """Without the first ``n`` tokens of the first document (emitted before a resume)."""
+        """Resumed ``n`` tokens into the first document (``n`` counted from the document's start,
+        so tokens an elastic resume already skipped, ``offsets``, count too)."""
         if n <= 0 or not len(self):
             return self
-        if n >= int(self.lengths[0]):
-            raise ValueError(f"resume offset {n} is past the end of document {int(self.shard[0]):05d}:"
-                             f"{int(self.record[0]):06d} ({int(self.lengths[0])} tokens): the state belongs to "
-                             f"other data")
+        done, length = int(self.offsets[0]), int(self.offsets[0] + self.lengths[0])
+        if not done <= n < length:
+            raise ValueError(f"resume offset {n} is outside document {int(self.shard[0]):05d}:"
+                             f"{int(self.record[0]):06d} ({length} tokens, {done} emitted before): the state "
+                             f"belongs to other data")
+        first = np.zeros(len(self), dtype=_I64)
+        first[0] = n - done
+        return self.part(0, n - done, first)
+
+    def skip_begun(self, begun: dict[tuple[int, int], int]) -> "Docs":
+        """Without the tokens already emitted of documents begun before an elastic resume:
+        ``begun`` maps (shard, record) to those tokens (pack/stream.py)."""
+        if not begun or not len(self):
+            return self
+        keys = self.shard * (1 << 32) + self.record
+        wanted = np.array([s * (1 << 32) + r for s, r in begun], dtype=_I64)
+        hit = np.flatnonzero(np.isin(keys, wanted) & (self.offsets == 0))
+        if not len(hit):
+            return self
         done = np.zeros(len(self), dtype=_I64)
-        done[0] = n
-        return self.part(0, n, done)
+        for i in hit.tolist():
+            done[i] = begun[(int(self.shard[i]), int(self.record[i]))]
+            if done[i] >= self.lengths[i]:
+                raise ValueError(f"elastic resume: {int(done[i])} tokens of document {int(self.shard[i]):05d}:"
+                                 f"{int(self.record[i]):06d} emitted, but it has {int(self.lengths[i])}: the state "
+                                 f"belongs to other data")
+        keep = np.ones(len(self.tokens), dtype=bool)
+        for i, start in zip(hit.tolist(), exclusive_cumsum(self.lengths)[hit].tolist()):
+            keep[start:start + int(done[i])] = False
+        return Docs(self.tokens[keep], self.lengths - done, self.offsets + done, self.shard, self.record,
+                    self.source, self.chunks, self.items)
 
 
 # -- cutting ---------------------------------------------------------------------------

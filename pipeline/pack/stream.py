@@ -68,7 +68,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 import shards
-from pipeline import settings
+from pipeline import elastic, settings
 from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.collate import BlockCollator, lockstep  # noqa: F401  (lockstep: its public home is here too)
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut
@@ -120,6 +120,7 @@ class PackedStream(IterableDataset):
         self._dtypes = _block_dtypes(self.tokenizer, self.seq_len, (self.pad_id, self.format.sep_id))
         self._seek: dict | None = None
         self._position: dict = dict(START)
+        self._begun: tuple[int, dict] = (-1, {})  # (epoch, (shard, record) -> tokens emitted before an elastic resume)
 
     @property
     def where(self) -> str:
@@ -219,6 +220,52 @@ class PackedStream(IterableDataset):
         self.set_epoch(epoch)
         self.seek({k: v for k, v in positions[0].items() if k != "batches"} if positions else None)
 
+    # -- elastic resume (pipeline/elastic.py): documents are its unit ----------------------------
+    @property
+    def elastic_base(self):
+        """The ShardStream whose samples (documents) elastic segments count; None for another inner stream."""
+        inner = self.stream
+        if callable(getattr(inner, "read_chunks", None)) and callable(getattr(inner, "set_segments", None)):
+            return getattr(inner, "elastic_base", inner)
+        return None
+
+    def elastic_progress(self, what: str, position: dict) -> tuple[int, int]:
+        """A worker's saved position as (documents finished, tokens of the next one emitted)."""
+        inner = position.get("inner") or {}
+        if not isinstance(inner, dict):
+            raise settings.ResumeError(f"{what}: inner={inner!r:.60} is not a position; the state is damaged")
+        done = settings.count(what, "inner.samples", inner.get("samples", 0))
+        return done + settings.count(what, "skip", position.get("skip", 0)), \
+            settings.count(what, "offset", position.get("offset", 0))
+
+    def segments(self) -> list:
+        return self.stream.segments() if self.elastic_base is not None else []
+
+    def segments_json(self, epoch: int) -> list[dict]:
+        return self.stream.segments_json(epoch) if self.elastic_base is not None else []
+
+    def set_segments(self, epoch: int, segments: list) -> None:
+        """Epoch ``epoch`` continues after ``segments``: the inner stream reads what they left, and the
+        documents they left begun (``Segment.partial``) resume after the tokens already emitted."""
+        base = self.elastic_base
+        if base is None:
+            if segments:
+                raise settings.ResumeError(f"{self.where}: an elastic resume of a PackedStream needs a ShardStream "
+                                           f"inside (this one reads a {type(self.stream).__name__}); resume with the "
+                                           f"saved world size, workers and batch size")
+            return
+        self.stream.set_segments(epoch, segments)
+        begun: dict = {}
+        try:
+            found = elastic.partials(base.manifest.num_records, segments, base.seed, int(epoch), base.shuffle)
+            if found:
+                shard, record = elastic.records_at(base.manifest.shard_sizes, base.config.block_size, base.seed,
+                                                   int(epoch), base.shuffle, list(found))
+                begun = {(int(s), int(r)): t for s, r, t in zip(shard.tolist(), record.tolist(), found.values())}
+        except ValueError as exc:
+            raise settings.ResumeError(f"{self.where}: {exc}") from None
+        self._begun = (int(epoch), begun)
+
     # -- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
         """One dict per block (see the module docstring), from the sets of the loader's path."""
@@ -254,6 +301,7 @@ class PackedStream(IterableDataset):
         # chunk number -> inner position before its first item; the epoch start as the inner stream
         # names it (None only for a stream of unknown form), so that None mid-epoch is refused
         states = {0: reader.start}
+        begun = self._begun[1] if self._begun[0] == self.epoch else {}
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
@@ -263,6 +311,7 @@ class PackedStream(IterableDataset):
             else:
                 states[chunk + 1] = reader.position()
                 after = (states[chunk + 1], 0, 0)
+            new = new.skip_begun(begun)
             if offset and len(new):    # the resumed document: its first tokens were emitted before
                 new, offset = new.skip_first(offset), 0
             elif offset and exhausted:
