@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.train import checkpoint
 from shards import audit
-from tests.helpers.data import build_set
-from tests.helpers.trainkit import run_torchrun, tiny_bert, train_args
+from tests.helpers.data import build_set, minilm_path
+from tests.helpers.trainkit import run_torchrun, tiny_bert, tiny_gpt2, train_args
 
 N = 41  # records: 2 ranks need a pad, 3 ranks two
 # (processes, workers, batch, --steps): each stretch but the last stops mid-epoch 0; the last finishes it
@@ -56,3 +56,37 @@ def test_two_one_three_processes_train_every_sample_once(tmp_path, capsys):
     assert re.search(r"epoch 0 \(complete\): .* 0 duplicated, 0 unknown", report), report[-3000:]
     with capsys.disabled():
         print(f"\n[elastic train] 2 -> 1 -> 3 processes; mappings: {lines}\n{report.strip()}")
+
+
+# packed LM: (processes, workers, blocks per batch, --steps); 41 documents of ~8 tokens make ~28 blocks of 12
+LM_STRETCHES = [(2, 2, 2, 2), (1, 0, 3, 4), (3, 2, 2, 8)]
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.timeout(900)
+def test_packed_lm_two_one_three_trains_every_token_once(tmp_path, capsys):
+    train = build_set(tmp_path, n=N, max_records=5, name="train", labels=False, tokenizer=minilm_path())
+    model = tiny_gpt2(tmp_path / "model")
+    out = tmp_path / "run"
+    begun = 0
+    for i, (nproc, workers, batch, steps) in enumerate(LM_STRETCHES):
+        extra = ["--num-workers", str(workers), "--audit", "--seed", "3", "--log-every", "1", "--pack", "12"]
+        extra += ["--resume"] if i else []
+        run_torchrun(nproc, train_args(train, None, model, out, steps, batch, "lm", *extra), timeout=400)
+        ckpt = checkpoint.load(str(out), checkpoint.step_name(steps)).state
+        assert (ckpt["step"], ckpt["world_size"], len(ckpt["ranks"])) == (steps, nproc, nproc)
+        segments = ckpt["ranks"][0]["loader"].get("segments", [])
+        assert len(segments) == min(i, 2) or ckpt["ranks"][0]["loader"]["epoch"] > 0
+        begun += sum(len(s.get("partial", [])) for s in segments)
+    status = audit.main([str(out)])
+    report = capsys.readouterr().out
+    assert status == 0, report[-3000:]
+    assert "1 complete epoch(s)" in report, report[-3000:]
+    assert f"epoch 0 (complete): {N}/{N} documents whole" in report, report[-3000:]
+    assert re.search(r"epoch 0 \(complete\): .* 0 duplicated, 0 overlapping, 0 unknown", report), report[-3000:]
+    assert "each token of each document trained exactly once per complete epoch" in report, report[-3000:]
+    assert begun > 0, "no change fell inside a document: the run proves nothing about partial documents"
+    with capsys.disabled():
+        print(f"\n[elastic train, packed LM] 2 -> 1 -> 3 processes, {begun} document(s) begun across a change\n"
+              f"{report.strip()}")
