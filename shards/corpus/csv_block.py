@@ -24,21 +24,10 @@ import pyarrow.csv as pcsv
 
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
+from shards.corpus.column_checks import blank_texts, int64_array, label_codes, text_chars
 from shards.corpus.csv_rows import END, Rows, _lines
 from shards.corpus.decode import Where, line_blocks
-from shards.corpus.jsonl_check import (
-    BAD_LABEL,
-    EMPTY,
-    LABEL_BAD_RE2,
-    NO_LABEL,
-    OK,
-    PY_WHITESPACE,
-    REASONS,
-    UNKNOWN,
-    _reasons,
-    bool_array,
-    invalid_utf8_lines,
-)
+from shards.corpus.jsonl_check import BAD_LABEL, EMPTY, NO_LABEL, OK, REASONS, UNKNOWN, _reasons, bool_array, invalid_utf8_lines
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
 from shards.corpus.txt_block import line_bounds
 
@@ -169,14 +158,14 @@ class _Source:
                 return None
         return self.first + self.i
 
-    def clean_run(self) -> tuple[bytes, int] | None:
-        """(the clean lines from the next one on, in this block; number of the first), if it is clean."""
+    def clean_run(self) -> tuple[bytes, int, int] | None:
+        """(the clean lines from the next one on, in this block; number of the first; how many), if it is clean."""
         if self.line_number() is None or self.strict_lines is not None or self.run_end[self.i] == self.i:
             return None
         i, j = self.i, int(self.run_end[self.i])
         self.i = j
         end = int(self.starts[j]) if j < self.n else len(self.block)
-        return self.block[int(self.starts[i]):end], self.first + i
+        return self.block[int(self.starts[i]):end], self.first + i, j - i
 
 
 def scan_labels(unit: Unit, spec: CorpusSpec, delimiter: str, storage_options: dict | None = None) -> set[str]:
@@ -213,10 +202,9 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
         if source.fields and feed.held is None and feed.expect not in dropped and source.line_number() == feed.expect:
             run = source.clean_run()
         if run is not None:
-            block, first = run
+            block, first, n = run
             yield from pending.flush()
-            yield from parser.columns(block, first, rows, pending)
-            n = block.count(b"\n") + (not block.endswith(b"\n"))
+            yield from parser.columns(block, first, n, rows, pending)
             feed.expect = first + n
             continue
         record = rows.next_row()
@@ -296,8 +284,8 @@ class _Parser:
         except (pa.ArrowInvalid, ValueError):
             return None
 
-    def columns(self, block: bytes, first: int, rows: Rows, pending: _Pending) -> Iterator[Columns]:
-        n = block.count(b"\n") + (not block.endswith(b"\n"))
+    def columns(self, block: bytes, first: int, n: int, rows: Rows, pending: _Pending) -> Iterator[Columns]:
+        """The ``n`` clean lines of ``block`` (the first numbered ``first``) as Columns."""
         table = self._parse(block)
         if table is None or table.num_rows != n:
             yield from self._strict(block, first, rows, pending)
@@ -305,15 +293,17 @@ class _Parser:
         spec = self.spec
         cols = [table.column(f) for f in spec.text_fields]
         text = cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\n")
-        masks = [(EMPTY, pc.equal(pc.binary_length(pc.utf8_trim(text, PY_WHITESPACE)), 0))]
+        masks = [(EMPTY, blank_texts(text))]
         label = ids = None
         if spec.label_field is not None:
-            label = pc.utf8_trim(table.column(spec.label_field), PY_WHITESPACE)
-            masks.append((NO_LABEL, pc.equal(pc.binary_length(label), 0)))
-            masks.append((BAD_LABEL, pc.match_substring_regex(label, LABEL_BAD_RE2)))
-            if self.label_set is not None and not self.for_scan:
-                ids = pc.index_in(label, value_set=self.label_set)
-                masks.append((UNKNOWN, pc.is_null(ids)))
+            codes = label_codes(table.column(spec.label_field))
+            masks += [(NO_LABEL, codes.missing()), (BAD_LABEL, codes.bad())]
+            if self.for_scan:
+                label = codes.strings()
+            elif self.label_set is not None:
+                label_ids = codes.ids(self.label_set)
+                masks.append((UNKNOWN, label_ids < 0))
+                ids = int64_array(label_ids)
         reason = _reasons(n, masks)
         bad = rows.bad
         chars_of = text
@@ -329,7 +319,7 @@ class _Parser:
             text = pc.filter(text, good)
             label = pc.filter(label, good) if label is not None else None
             ids = pc.filter(ids, good) if ids is not None else None
-        chars = pc.sum(pc.utf8_length(chars_of)).as_py() or 0
+        chars = text_chars(chars_of)
         if self.for_scan:
             yield Columns(text, label, chars)
         else:

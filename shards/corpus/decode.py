@@ -237,8 +237,9 @@ class _Blocks:
                 yield self.buf[:q], self.line
                 return
             if cut:
-                yield self.buf[:cut], self.line
-                self.line += count_lines(self.buf[:cut])
+                block = self.buf[:cut] if cut < len(self.buf) else self.buf
+                yield block, self.line
+                self.line += count_lines(block)
                 self.pos, self.buf = self.pos + cut, self.buf[cut:]
             if content_length(self.buf) > self.limit:
                 self.bad.add("too_long", self.where(self.line), f"over {self.limit} bytes (--max-record-bytes)")

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
+from shards.corpus.column_checks import text_chars
 from shards.corpus.decode import Where, count_lines, line_blocks, split_lines
 from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, Lines, bool_array, line_shape
 from shards.corpus.records import jsonl_records
@@ -140,7 +141,7 @@ class _Reader:
             text = pc.filter(text, good)
             label_ids = pc.filter(label_ids, good) if label_ids is not None else None
         else:
-            chars = pc.sum(pc.utf8_length(text)).as_py() or 0
+            chars = text_chars(text)
         if self.scan:
             yield Columns(text, label_ids, chars)
             return

@@ -19,18 +19,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from shards.corpus.records import EXACT_FLOAT, LABEL_BAD_CHARS
+from shards.corpus.column_checks import (  # noqa: F401 - PY_WHITESPACE, LABEL_BAD_RE2: named here too
+    LABEL_BAD_RE2,
+    LABEL_TYPES,
+    PY_WHITESPACE,
+    LabelCodes,
+    blank_texts,
+    int64_array,
+    label_codes,
+    utf8_valid,
+)
 from shards.corpus.spec import CorpusSpec
 
 PARSE_BLOCK = 1 << 20  # pyarrow's own block (one parallel task)
 MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the rest is suspect
-# What Python's str.strip() strips (every c with c.isspace(); a test checks the list):
-# "empty after strip" must mean the same here.
-PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-                 "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-# label types read column-wise (the label rule of corpus_records: strings stripped, integers in
-# decimal); booleans and floats are left to the per-line path, which refuses or converts them
-LABEL_TYPES = (pa.string(), pa.int64(), pa.float64())
 # reason codes, in the order the per-line path checks them
 OK, NO_TEXT, EMPTY, NUL, NO_LABEL, UNKNOWN, BAD_LABEL = range(7)
 REASONS = {NO_TEXT: "missing_field", EMPTY: "empty_text", NUL: "nul_byte", NO_LABEL: "missing_field",
@@ -39,7 +41,6 @@ REASONS = {NO_TEXT: "missing_field", EMPTY: "empty_text", NUL: "nul_byte", NO_LA
 LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
                             rb"|(?<![uU][dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
                             rb"|(?<=\\)\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F]")
-LABEL_BAD_RE2 = "[" + LABEL_BAD_CHARS.replace("\u2028", "\\x{2028}").replace("\u2029", "\\x{2029}") + "]"
 
 
 class Lines(NamedTuple):
@@ -92,7 +93,8 @@ def invalid_utf8_lines(block: bytes, starts: np.ndarray) -> np.ndarray:
     view, at = memoryview(block), 0
     for _ in range(MAX_UTF8_ERRORS):
         try:
-            str(view[at:], "utf-8")
+            if not utf8_valid(view[at:]):
+                str(view[at:], "utf-8")  # raises where the first invalid sequence is
             return marked
         except UnicodeDecodeError as exc:
             line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
@@ -159,34 +161,28 @@ class Checker:
         cols = [table.column(f) for f in spec.text_fields]
         text = cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\n")
         masks = [(NO_TEXT, pc.is_null(c)) for c in cols if c.null_count]
-        masks.append((EMPTY, pc.equal(pc.binary_length(pc.utf8_trim(text, PY_WHITESPACE)), 0)))
+        masks.append((EMPTY, blank_texts(text)))
         if b"\\u0000" in data:  # raw NUL bytes are in suspect lines
             masks.append((NUL, pc.match_substring(text, "\x00")))
-        label = ids = None
+        label = None
         if spec.label_field is not None:
-            label = self._label_strings(table)
-            if label is None:
+            codes = self._label_codes(table)
+            if codes is None:
                 return None
-            masks.append((NO_LABEL, pc.or_kleene(pc.is_null(label), pc.equal(pc.binary_length(label), 0))))
-            masks.append((BAD_LABEL, pc.match_substring_regex(label, LABEL_BAD_RE2)))
-            if self.label_set is not None and not for_scan:
-                ids = pc.index_in(label, value_set=self.label_set)
-                masks.append((UNKNOWN, pc.is_null(ids)))
-        return Checked(lines, text, label if for_scan else ids, _reasons(table.num_rows, masks))
+            masks += [(NO_LABEL, codes.missing()), (BAD_LABEL, codes.bad())]
+            if for_scan:
+                label = codes.strings()
+            elif self.label_set is not None:
+                ids = codes.ids(self.label_set)
+                masks.append((UNKNOWN, ids < 0))
+                label = int64_array(ids)
+        return Checked(lines, text, label, _reasons(table.num_rows, masks))
 
-    def _label_strings(self, table: pa.Table) -> pa.ChunkedArray | None:
+    def _label_codes(self, table: pa.Table) -> LabelCodes | None:
         name = self.spec.label_field
-        if name not in table.column_names or table.column(name).type == pa.null():
-            return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
-        col = table.column(name)
-        if col.type not in LABEL_TYPES:
-            return None  # a boolean, list, ...: the per-line path words these its own way
-        if col.type == pa.float64():  # 1.0 -> "1"; any other float: the per-line path refuses it
-            exact = pc.and_kleene(pc.equal(pc.floor(col), col), pc.less(pc.abs(col), EXACT_FLOAT))
-            if not pc.all(pc.or_kleene(pc.is_null(col), exact)).as_py():
-                return None
-            col = pc.cast(col, pa.int64())
-        return pc.utf8_trim(col, PY_WHITESPACE) if col.type == pa.string() else pc.cast(col, pa.string())
+        if name not in table.column_names:
+            return label_codes(pa.nulls(table.num_rows))
+        return label_codes(table.column(name))
 
     def _parse(self, data: bytes, lines: int, longest: int) -> pa.Table | None:
         """The lines as a table with the text and label fields, or None if pyarrow refuses them."""
@@ -214,12 +210,18 @@ class Checker:
 
 
 def _reasons(n: int, masks: list) -> np.ndarray | None:
-    """Per-record reason codes, the first failing check winning; None if every record is good."""
+    """Per-record reason codes, the first failing check winning; None if every record is good.
+    A mask is a numpy bool array or an Arrow boolean array (null: False)."""
     reason = None
     for code, mask in masks:
-        if not pc.any(mask).as_py():
-            continue
-        hit = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        if isinstance(mask, np.ndarray):
+            if not mask.any():
+                continue
+            hit = mask
+        else:
+            if not pc.any(mask).as_py():
+                continue
+            hit = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
         if reason is None:
             reason = np.zeros(n, np.int8)
         reason[hit & (reason == OK)] = code

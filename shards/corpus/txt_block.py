@@ -17,14 +17,13 @@ import pyarrow as pa
 
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
+from shards.corpus.column_checks import utf8_chars, utf8_valid
 from shards.corpus.decode import Where, line_blocks, split_lines
 from shards.corpus.records import txt_records
 from shards.corpus.spec import BLANK, BadRecords, CorpusSpec, Unit, kind_of
 
 BLOCK_BYTES = 8 << 20
 MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the block goes per line
-ASCII_SPACE = np.zeros(256, bool)
-ASCII_SPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() strips
 
 
 def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options: dict | None = None
@@ -59,7 +58,8 @@ def block_columns(block: bytes, first: int, limit: int, bad: BadRecords, where) 
     starts, ends = line_bounds(a, block.endswith(b"\n"))
     too_long = (ends - starts) > limit
     # per line: does it hold a byte other than whitespace (a NUL)? one pass over the bytes each
-    blank = ~np.logical_or.reduceat(~ASCII_SPACE[a], starts) & ~too_long
+    space = (a == 32) | ((a - np.uint8(9)) <= 4)  # bytes.strip()'s whitespace: 9-13 and 32
+    blank = ~np.logical_or.reduceat(~space, starts) & ~too_long
     nul = np.zeros(len(starts), bool)
     if b"\0" in block:
         nul = np.logical_or.reduceat(a == 0, starts) & ~too_long & ~blank
@@ -80,7 +80,8 @@ def _mark_invalid(block: bytes, starts: np.ndarray, invalid: np.ndarray) -> bool
     view, at = memoryview(block), 0
     for _ in range(MAX_UTF8_ERRORS):
         try:
-            str(view[at:], "utf-8")
+            if not utf8_valid(view[at:]):
+                str(view[at:], "utf-8")  # raises where the first invalid sequence is
             return True
         except UnicodeDecodeError as exc:
             line = int(np.searchsorted(starts, at + exc.start, side="right")) - 1
@@ -92,22 +93,19 @@ def _mark_invalid(block: bytes, starts: np.ndarray, invalid: np.ndarray) -> bool
 
 
 def _strings(block: bytes, keep: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Columns:
-    """Lines ``keep`` of a block of LF-ended lines as an Arrow string array: each run of kept
-    lines is one slice of the block with its line feeds removed (no per-line object)."""
+    """Lines ``keep`` of a block of LF-ended lines as an Arrow string array: the kept lines' bytes
+    without their line feeds, picked by one byte mask (numpy, no per-line object)."""
+    a = np.frombuffer(block, np.uint8)
     offsets = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
     np.cumsum((ends - starts)[keep], out=offsets[1:])
-    edges = np.flatnonzero(np.diff(keep.view(np.int8))) + 1
-    bounds = [0, *edges.tolist(), len(keep)]
-    data = b"".join(block[starts[lo]:ends[hi - 1]].replace(b"\n", b"")
-                    for lo, hi in zip(bounds, bounds[1:]) if keep[lo])
+    if keep.all():
+        data = a[a != 10]  # kept lines hold no line feed but their ends
+    else:
+        spans = np.diff(starts, append=len(a))  # each line with its line feed
+        picked = np.repeat(keep, spans)
+        picked[ends[ends < len(a)]] = False
+        data = a[picked]
     text = pa.Array.from_buffers(pa.string(), len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)),
                                                                pa.py_buffer(data)])
-    return Columns(text, None, _characters(data))
+    return Columns(text, None, utf8_chars(data))
 
-
-def _characters(data: bytes) -> int:
-    """UTF-8 characters in valid UTF-8 ``data`` (bytes that are not continuation bytes)."""
-    if data.isascii():
-        return len(data)
-    a = np.frombuffer(data, np.uint8)
-    return len(data) - int(np.count_nonzero((a & 0xC0) == 0x80))
