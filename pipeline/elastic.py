@@ -123,6 +123,30 @@ class Segment:
         return cls(**{name: entry[name] for name in _FIELDS + _OPTIONAL if name in entry})
 
 
+@dataclass(frozen=True)
+class MixedSegment:
+    """One stretch of a MixedStream's epoch: a Segment per source (pipeline/mix_elastic.py)."""
+
+    sources: tuple[Segment, ...]
+
+    def to_json(self) -> dict:
+        return {"sources": [s.to_json() for s in self.sources]}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> MixedSegment:
+        found = entry.get("sources") if isinstance(entry, dict) else None
+        if not isinstance(found, list) or not found or set(entry) != {"sources"}:
+            raise ValueError(f"elastic mixture segment {entry!r:.80}: expected {{'sources': [one segment per "
+                             f"source]}}; pass the saved state's segments")
+        return cls(tuple(Segment.from_json(s) for s in found))
+
+
+def segment_from_json(entry) -> Segment | MixedSegment:
+    """A saved ``segments`` entry: a mixture's (``{"sources": [...]}``) or one stream's."""
+    return MixedSegment.from_json(entry) if isinstance(entry, dict) and "sources" in entry else \
+        Segment.from_json(entry)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

@@ -34,22 +34,19 @@ Sources whose length differs per rank (PackedStream) need ``pack.lockstep``.
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 from collections import Counter
 from itertools import islice
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
-import numpy as np
 from torch.utils.data import IterableDataset
 
-from pipeline import settings, world
+from pipeline import mix_elastic, settings, world
+from pipeline.mix_draws import STOP_RULES, Draws, Table, choose  # noqa: F401  (choose: its public home is here too)
 from pipeline.pack.inner import check_item_position
 
 log = logging.getLogger(__name__)
-STOP_RULES = ("first_exhausted", "cycle", "drain")
-CHUNK = 4096  # uniform draws generated at once; resume regenerates one chunk and indexes into it
 _END = object()
 
 
@@ -92,42 +89,6 @@ def open_mixture(text: str, make_stream: Callable[[str], object], *, seed: int =
     return MixedStream(sources, seed=seed, stop=stop)
 
 
-def choose(weights: Sequence[float], live: Sequence[bool], u: float) -> int:
-    """Index of the live source whose share of [0, 1) contains ``u`` (weights renormalised)."""
-    return _Table(weights, live).pick(u)
-
-
-class _Table:
-    """Cumulative weights of the live sources, built once per change of the live set."""
-
-    def __init__(self, weights: Sequence[float], live: Sequence[bool]):
-        self.live = tuple(bool(x) for x in live)
-        self.idx = [i for i, ok in enumerate(self.live) if ok]
-        self.cum = [float(c) for c in np.cumsum([weights[i] for i in self.idx])]
-
-    def pick(self, u: float) -> int:
-        k = bisect.bisect_right(self.cum, u * self.cum[-1])
-        return self.idx[min(k, len(self.idx) - 1)]
-
-
-class Draws:
-    """The uniform draws of one (seed, epoch, worker), addressable by their index."""
-
-    def __init__(self, seed: int, epoch: int, worker: int, start: int = 0):
-        self.key = (int(seed), int(epoch), int(worker))
-        self.count = int(start)
-        self._chunk, self._values = -1, None
-
-    def next(self) -> float:
-        chunk, k = divmod(self.count, CHUNK)
-        if chunk != self._chunk:
-            seed, epoch, worker = self.key
-            self._values = np.random.default_rng([seed, epoch, worker, chunk, 0x6D6978]).random(CHUNK)
-            self._chunk = chunk
-        self.count += 1
-        return float(self._values[k])
-
-
 class MixedStream(IterableDataset):
     """Items from several streams in proportion to weights; see the module docstring.
 
@@ -156,6 +117,7 @@ class MixedStream(IterableDataset):
         self.stats: Counter = Counter()
         self._check_compatible()
         self._resume: dict | None = None
+        self._elastic: tuple[int, list] = (-1, [])  # (epoch, MixedSegments before this stretch)
         self._reset()
 
     def _check_compatible(self) -> None:
@@ -302,6 +264,36 @@ class MixedStream(IterableDataset):
         self.set_epoch(epoch)
         self.seek({k: v for k, v in positions[0].items() if k != "batches"} if items else None)
 
+    # -- elastic resume (mix_elastic.py): a Segment per source ---------------------------
+    @property
+    def elastic_base(self):
+        """Itself when every source can follow an elastic resume (ShardStreams), else None."""
+        ok = all(callable(getattr(s, "read_chunks", None)) and callable(getattr(s, "set_segments", None))
+                 for s in self.streams)
+        return self if ok else None
+
+    def elastic_segment(self, what: str, saved: dict, epoch: int, earlier: list, positions: list):
+        return mix_elastic.mixed_segment(self, what, saved, epoch, earlier, positions)
+
+    def segments(self) -> list:
+        epoch, segments = self._elastic
+        return segments if epoch == self.epoch else []
+
+    def segments_json(self, epoch: int) -> list[dict]:
+        epoch_of, segments = self._elastic
+        return [s.to_json() for s in segments] if epoch_of == epoch else []
+
+    def set_segments(self, epoch: int, segments: list) -> None:
+        """Epoch ``epoch`` continues after ``segments``: each source reads what its segments left."""
+        if segments and self.elastic_base is None:
+            raise settings.ResumeError("MixedStream: an elastic resume needs ShardStream sources; resume with the "
+                                       "saved world size, workers and batch size")
+        mix_elastic.check_segments("MixedStream", segments, len(self.streams))
+        for i, source in enumerate(self.streams):
+            if callable(getattr(source, "set_segments", None)):
+                source.set_segments(epoch, [m.sources[i] for m in segments])
+        self._elastic = (int(epoch), list(segments))
+
     # -- iteration -------------------------------------------------------------
     def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False, pad_id: int = 0,
                 pad_to_multiple_of: int | None = None) -> Iterator[tuple]:
@@ -341,7 +333,7 @@ class MixedStream(IterableDataset):
                 self._ended = True
                 return
             if table is None or table.live != live:
-                table = _Table(self.weights, live)
+                table = Table(self.weights, live)
             i = table.pick(draws.next())
             self._draws = draws.count
             item = next(iters[i], _END)

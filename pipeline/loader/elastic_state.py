@@ -10,19 +10,39 @@ checks the old states against each other (same epoch, same settings but the rank
 rank r at index r, same earlier segments) and builds the new ``Segment`` from their
 per-worker positions.  Every other setting (seed, shuffle, shuffle window, block
 size, identity, group_by_length, tokenizer, max_length) must match, as for any
-mid-epoch resume (settings.check).  A ShardStream and a PackedStream over one
-resume elastically (the packed one counts documents, and names those it left
-half-emitted: ``Segment.partial``); any other stream is refused with one line
-naming what changed.
+mid-epoch resume (settings.check).  A ShardStream, a PackedStream over one (it
+counts documents, and names those it left half-emitted: ``Segment.partial``) and
+a MixedStream of ShardStreams (a Segment per source: its ``elastic_segment``,
+pipeline/mix_elastic.py) resume elastically; any other stream is refused with
+one line naming what changed.  A mixture records its world size and rank per
+source (``sources[i].world_size``): those are its topology keys.
 """
 from __future__ import annotations
 
+import re
+
 from pipeline import elastic, settings
-from pipeline.elastic import Segment
+from pipeline.elastic import MixedSegment, Segment
 from pipeline.settings import ResumeError
 
 TOPOLOGY = ("world_size", "num_workers", "batch_size")   # what an elastic resume may change
 FOLLOWS = ("rank", "group")                              # and what changes with them
+_SOURCE_KEY = re.compile(r"sources\[\d+\]\.(world_size|rank)")  # a mixture's, per source
+
+
+def _is_topology(key: str) -> bool:
+    found = _SOURCE_KEY.fullmatch(key)
+    return key in TOPOLOGY or (found is not None and found.group(1) == "world_size")
+
+
+def _follows(key: str) -> bool:
+    found = _SOURCE_KEY.fullmatch(key)
+    return key in FOLLOWS or (found is not None and found.group(1) == "rank")
+
+
+def _saved(saved: dict, key: str):
+    """A topology value of a state: its own, or its first mixture source's."""
+    return saved.get(key, saved.get(f"sources[0].{key}"))
 
 
 def topology_changed(state, now: dict) -> bool:
@@ -30,29 +50,30 @@ def topology_changed(state, now: dict) -> bool:
     if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not settings.mid_epoch(state):
         return False
     saved = state["settings"]
-    if any(k not in saved for k in TOPOLOGY):
+    keys = [k for k in now if _is_topology(k)]
+    if any(k not in saved for k in keys):
         return False  # an older state: the plain check names what it did not record
-    return any(saved.get(k) != now.get(k) for k in TOPOLOGY)
+    return any(saved.get(k) != now.get(k) for k in keys)
 
 
 def refuse_other_changes(what: str, state: dict, now: dict, stream) -> None:
     """An elastic resume changes only the topology, and only over a stream that can follow it."""
     saved = state["settings"]
-    diffs = settings.changes(saved, now, [k for k in now if k not in TOPOLOGY + FOLLOWS])
-    if diffs:
-        settings.check(what, saved, {k: now[k] for k in now if k not in TOPOLOGY + FOLLOWS}, mid_epoch=True)
+    others = {k: v for k, v in now.items() if not _is_topology(k) and not _follows(k)}
+    if settings.changes(saved, others):
+        settings.check(what, saved, others, mid_epoch=True)
     if not callable(getattr(stream, "set_segments", None)) or getattr(stream, "elastic_base", stream) is None:
-        moved = "; ".join(settings.changes(saved, now, [k for k in TOPOLOGY if k in now]))
+        moved = "; ".join(settings.changes(saved, now, [k for k in now if _is_topology(k)]))
         raise ResumeError(f"cannot resume mid-epoch: {what}: {moved}: a {type(stream).__name__} resumes mid-epoch "
-                          f"only with the saved world size, workers and batch size (a ShardStream, or a "
-                          f"PackedStream over one, resumes elastically); "
+                          f"only with the saved world size, workers and batch size (a ShardStream, a "
+                          f"PackedStream over one or a MixedStream of them resumes elastically); "
                           f"resume with the saved ones, or from a checkpoint at an epoch boundary")
 
 
-def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
+def segments_after(what: str, state: dict, all_ranks, stream) -> list:
     """The epoch's segments once the stretch ``all_ranks`` recorded is done: theirs plus a new one."""
     saved = state["settings"]
-    world = settings.count(what, "world_size", saved.get("world_size"), low=1)
+    world = settings.count(what, "world_size", _saved(saved, "world_size"), low=1)
     if not isinstance(all_ranks, (list, tuple)) or len(all_ranks) != world:
         have = len(all_ranks) if isinstance(all_ranks, (list, tuple)) else "none"
         raise ResumeError(f"cannot resume mid-epoch: {what}: saved at world size {world}, workers "
@@ -61,48 +82,60 @@ def segments_after(what: str, state: dict, all_ranks, stream) -> list[Segment]:
                           f"old rank's state ({have} given, {world} needed); pass "
                           f"load_state_dict(state, all_ranks=[rank 0's state, ..., rank {world - 1}'s])")
     earlier = parse_segments(what, state.get("segments", []))
-    progress = [_rank_row(f"{what} (all_ranks[{r}])", other, state, r, stream) for r, other in enumerate(all_ranks)]
-    workers = max(settings.count(what, "num_workers", saved.get("num_workers")), 1)
-    batch = settings.count(what, "batch_size", saved.get("batch_size"), low=1)
-    window = settings.count(what, "shuffle_buffer", saved.get("shuffle_buffer"), low=1)
-    packed = callable(getattr(stream, "elastic_progress", None))
-    base = getattr(stream, "elastic_base", stream)  # the ShardStream whose samples the segments count
+    positions = [_rank_positions(f"{what} (all_ranks[{r}])", other, state, r) for r, other in enumerate(all_ranks)]
     epoch = int(state["epoch"])
     try:
-        rows = [[done for done, _ in row] for row in progress]
-        segment = Segment(world, workers, 1 if packed else batch, window, rows)  # a packed one: whole documents
-        begun = [(r, w, done, tokens) for r, row in enumerate(progress) for w, (done, tokens) in enumerate(row)
-                 if tokens]
-        if begun:
-            args = (base.manifest.num_records, earlier, segment, base.seed, epoch, base.shuffle)
-            segment = Segment(world, workers, 1, window, rows,
-                              [(elastic.position_at(*args, r, w, done), tokens) for r, w, done, tokens in begun])
-        segments = [*earlier, segment]
-        elastic.remaining(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
-        elastic.partials(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
+        build = getattr(stream, "elastic_segment", None)
+        if callable(build):  # a mixture: a Segment per source
+            return [*earlier, build(what, saved, epoch, earlier, positions)]
+        return [*earlier, _stream_segment(what, saved, epoch, earlier, positions, stream)]
     except (ValueError, TypeError) as exc:  # counts that no run of this loader delivers
         raise ResumeError(f"{what}: {exc}; the states are damaged or from another run") from None
-    return segments
 
 
-def parse_segments(what: str, entries: list) -> list[Segment]:
-    """A state's ``segments`` as elastic.Segments; a one-line ResumeError for a damaged entry."""
+def _stream_segment(what: str, saved: dict, epoch: int, earlier: list, positions: list, stream) -> Segment:
+    """The Segment of a ShardStream (whole batches) or a PackedStream (documents, and those begun)."""
+    world, workers = len(positions), len(positions[0])
+    batch = settings.count(what, "batch_size", saved.get("batch_size"), low=1)
+    window = settings.count(what, "shuffle_buffer", saved.get("shuffle_buffer"), low=1)
+    packed = getattr(stream, "elastic_progress", None)
+    base = getattr(stream, "elastic_base", stream)  # the ShardStream whose samples the segments count
+    if callable(packed):  # a PackedStream: documents finished, tokens of the one begun
+        progress = [[packed(what, p) if p else (0, 0) for p in row] for row in positions]
+    else:
+        progress = [[(settings.count(what, "samples", p.get("samples", 0)), 0) if p else (0, 0) for p in row]
+                    for row in positions]
+    rows = [[done for done, _ in row] for row in progress]
+    segment = Segment(world, workers, 1 if callable(packed) else batch, window, rows)
+    begun = [(r, w, done, tokens) for r, row in enumerate(progress) for w, (done, tokens) in enumerate(row) if tokens]
+    if begun:
+        args = (base.manifest.num_records, earlier, segment, base.seed, epoch, base.shuffle)
+        segment = Segment(world, workers, 1, window, rows,
+                          [(elastic.position_at(*args, r, w, done), tokens) for r, w, done, tokens in begun])
+    segments = [*earlier, segment]
+    elastic.remaining(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
+    elastic.partials(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
+    return segment
+
+
+def parse_segments(what: str, entries: list) -> list[Segment | MixedSegment]:
+    """A state's ``segments`` as elastic segments; a one-line ResumeError for a damaged entry."""
     try:
-        return [Segment.from_json(entry) for entry in entries]
+        return [elastic.segment_from_json(entry) for entry in entries]
     except ValueError as exc:
         raise ResumeError(f"{what}: {exc}") from None
 
 
-def _rank_row(what: str, other, state: dict, rank: int, stream) -> list[tuple[int, int]]:
-    """Rank ``rank``'s (items delivered, tokens of the next one emitted) per worker, its state checked
+def _rank_positions(what: str, other, state: dict, rank: int) -> list[dict | None]:
+    """Rank ``rank``'s worker positions (None for a worker that delivered nothing), its state checked
     against ``state``'s."""
     if not isinstance(other, dict) or other.get("kind") != settings.STATE_KIND:
         raise ResumeError(f"{what}: not a {settings.STATE_KIND!r} state; pass every old rank's loader.state_dict()")
     saved, mine = state["settings"], settings.entry(what, other, "settings")
-    if not isinstance(mine, dict) or mine.get("rank") != rank:
-        found = mine.get("rank") if isinstance(mine, dict) else None
+    if not isinstance(mine, dict) or _saved(mine, "rank") != rank:
+        found = _saved(mine, "rank") if isinstance(mine, dict) else None
         raise ResumeError(f"{what}: the state of rank {found!r} at index {rank}; pass the states in rank order")
-    settings.check(what, mine, {k: v for k, v in saved.items() if k != "rank"}, mid_epoch=True)
+    settings.check(what, mine, {k: v for k, v in saved.items() if not _follows(k)}, mid_epoch=True)
     if other.get("epoch") != state.get("epoch") or other.get("segments", []) != state.get("segments", []):
         raise ResumeError(f"{what}: epoch {other.get('epoch')!r} / segments differ from the other ranks' "
                           f"(epoch {state.get('epoch')!r}); pass the states of one checkpoint")
@@ -110,8 +143,4 @@ def _rank_row(what: str, other, state: dict, rank: int, stream) -> list[tuple[in
     positions = settings.entry(what, other, "workers")
     if not isinstance(positions, list) or len(positions) != workers or not all(isinstance(p, dict) for p in positions):
         raise ResumeError(f"{what}: workers={positions!r:.80} must list {workers} positions; the state is damaged")
-    progress = getattr(stream, "elastic_progress", None)
-    if callable(progress):  # a PackedStream: documents finished, tokens of the one begun
-        return [progress(what, p) if p.get("batches") else (0, 0) for p in positions]
-    return [(settings.count(what, "samples", p.get("samples", 0)), 0) if p.get("batches") else (0, 0)
-            for p in positions]
+    return [p if p.get("batches") else None for p in positions]
