@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from shards.build.writer import Columns
 from shards.corpus import jsonl as corpus_jsonl
+from shards.corpus.column_checks import int64_array
 from shards.corpus.read import BLANK, BadRecords, CorpusSpec, Unit, kind_of, scan_labels
 from shards.storage import is_remote
 
@@ -89,14 +90,13 @@ def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> s
     with _SpillWriter(spill) as writer:
         for col in columns:
             label = col.label.combine_chunks() if isinstance(col.label, pa.ChunkedArray) else col.label
-            text = col.text.combine_chunks() if isinstance(col.text, pa.ChunkedArray) else col.text
-            found.update(pc.unique(label).to_pylist())
+            found.update(_distinct(label))
             if not keep:
                 continue
-            size += text.nbytes
+            size += col.text.nbytes
             keep = size <= MAX_SPILL_BYTES
             if keep:
-                writer.write(pa.RecordBatch.from_arrays([text, label], schema=SCHEMA), size)
+                writer.write((col.text, label), size)
                 spill.chars.append(col.text_chars)
     spill.bad, spill.continued = dict(bad.counts), bad.continued
     if keep:
@@ -106,25 +106,35 @@ def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> s
     return found
 
 
+def _distinct(label: pa.Array) -> list[str]:
+    """The label strings of a scanned Columns (a dictionary array's: the values its rows use)."""
+    if isinstance(label, pa.DictionaryArray):
+        used = np.flatnonzero(np.bincount(label.indices.to_numpy(zero_copy_only=False), minlength=len(label.dictionary)))
+        return label.dictionary.take(int64_array(used)).to_pylist()
+    return pc.unique(label).to_pylist()
+
+
 class _SpillWriter:
-    """Keeps a spill's batches in memory up to MEMORY_SPILL_BYTES of text, then writes them all to
-    its file (an Arrow IPC stream) and the rest after them."""
+    """Keeps a spill's (text, label) columns in memory, as the reader made them, up to
+    MEMORY_SPILL_BYTES of text; then writes them all to its file (an Arrow IPC stream of plain
+    string columns, a batch per Columns) and the rest after them."""
 
     def __init__(self, spill: Spill):
         self.spill = spill
         self._sink = self._writer = None
 
-    def write(self, batch: pa.RecordBatch, size: int) -> None:
+    def write(self, item: tuple, size: int) -> None:
+        """Keep ``item`` (a Columns' text and label columns); ``size``: the spill's text bytes so far."""
         if self.spill.batches is not None and size > MEMORY_SPILL_BYTES:
             self._sink = pa.OSFile(self.spill.path, "wb")
             self._writer = pa.ipc.new_stream(self._sink, SCHEMA)
             for kept in self.spill.batches:
-                self._writer.write_batch(kept)
+                self._writer.write_batch(_record_batch(*kept))
             self.spill.batches = None
         if self.spill.batches is not None:
-            self.spill.batches.append(batch)
+            self.spill.batches.append(item)
         else:
-            self._writer.write_batch(batch)
+            self._writer.write_batch(_record_batch(*item))
 
     def __enter__(self) -> "_SpillWriter":
         return self
@@ -133,6 +143,12 @@ class _SpillWriter:
         if self._writer is not None:
             self._writer.close()
             self._sink.close()
+
+
+def _record_batch(text, label: pa.Array) -> pa.RecordBatch:
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    label = label.dictionary_decode() if isinstance(label, pa.DictionaryArray) else label
+    return pa.RecordBatch.from_arrays([text, label], schema=SCHEMA)
 
 
 def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels: list[str]
@@ -152,7 +168,8 @@ def take(unit: Unit, spec: CorpusSpec, storage_options, bad: BadRecords, labels:
     return _read(spill, pa.array(labels, pa.string()))
 
 
-def _batches(spill: Spill) -> Iterator[pa.RecordBatch]:
+def _batches(spill: Spill) -> Iterator[tuple]:
+    """The spill's (text, label) columns, in order."""
     if spill.batches is not None:
         batches, spill.batches = spill.batches, []  # handed over: each goes once the writer is done with it
         while batches:
@@ -161,15 +178,25 @@ def _batches(spill: Spill) -> Iterator[pa.RecordBatch]:
     # not closed here: the writer may still hold slices of the last batches; the map goes with them
     source = pa.memory_map(spill.path)
     os.remove(spill.path)  # the map keeps the data; nothing is left behind whatever happens next
-    yield from pa.ipc.open_stream(source)
+    for batch in pa.ipc.open_stream(source):
+        yield batch.column(0), batch.column(1)
 
 
 def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
-    for batch, chars in zip(_batches(spill), spill.chars):
-        ids = pc.index_in(batch.column(1), value_set=label_set)
-        if ids.null_count:
-            raise RuntimeError(f"spill {spill.path}: a label outside the scanned set (a bug)")
-        yield Columns(batch.column(0), ids.to_numpy().astype(np.int64), chars)
+    for (text, label), chars in zip(_batches(spill), spill.chars):
+        yield Columns(text, _label_ids(label, label_set, spill.path), chars)
+
+
+def _label_ids(label: pa.Array, label_set: pa.Array, path: str) -> np.ndarray:
+    """Label ids by ``label_set`` of the spilled label strings (a dictionary array: looked up per value)."""
+    if isinstance(label, pa.DictionaryArray):
+        per_value = pc.fill_null(pc.index_in(label.dictionary, value_set=label_set), -1).to_numpy(zero_copy_only=False)
+        ids = per_value.astype(np.int64)[label.indices.to_numpy(zero_copy_only=False)]
+    else:
+        ids = pc.fill_null(pc.index_in(label, value_set=label_set), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(ids) and ids.min() < 0:
+        raise RuntimeError(f"spill {path}: a label outside the scanned set (a bug)")
+    return ids
 
 
 def use_folder(folder: str | None) -> None:

@@ -118,11 +118,12 @@ class LabelCodes(NamedTuple):
         found = pc.fill_null(pc.index_in(self.values, value_set=label_set), -1).to_numpy(zero_copy_only=False)
         return self.per_row(found.astype(np.int64), -1)
 
-    def strings(self) -> pa.Array:
-        """Per row: the label string (a null row: "")."""
-        padded = pa.concat_arrays([self.values, pa.array([""], pa.string())])
-        return padded.take(int64_array(np.where(self.index < 0, len(self.values), self.index)))
-
+    def strings(self) -> pa.DictionaryArray:
+        """Per row: the label string, as a dictionary array over the distinct values (a null row: "")."""
+        values = pa.concat_arrays([self.values, pa.array([""], pa.string())])
+        index = np.where(self.index < 0, len(self.values), self.index).astype(np.int32)
+        return pa.DictionaryArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(index), [None, pa.py_buffer(index)]),
+                                              values)
 
 def label_codes(column: pa.Array | pa.ChunkedArray) -> LabelCodes | None:
     """The column's :class:`LabelCodes`, or None for a type the per-line path words its own way

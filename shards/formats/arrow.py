@@ -17,6 +17,7 @@ from shards.formats.sink import HashingSink
 
 EXT = ".arrow"
 MAGIC = b"ARROW1"
+SINK_BUFFER = 1 << 20
 ACCEPTS_ARROW = True  # Writer.write takes an Arrow string array and a numpy label array as they are
 
 
@@ -39,9 +40,11 @@ def schema(fields: list[str]) -> pa.Schema:
 class Writer:
     def __init__(self, path: str, fields: list[str]):
         self.fields = fields
-        self._file = HashingSink(path)
-        # buffered: the IPC writer's many small writes reach Python as few large ones
-        self._sink = pa.BufferedOutputStream(pa.PythonFile(self._file, mode="w"), 1 << 16)
+        # background: sha256 and write(2) run on threads of their own while the next batches are laid out
+        self._file = HashingSink(path, background=True)
+        # buffered: the IPC writer's many small writes reach Python as few large ones (each one a copy,
+        # so the sink may hash it after write() returns)
+        self._sink = pa.BufferedOutputStream(pa.PythonFile(self._file, mode="w"), SINK_BUFFER)
         self._schema = schema(fields)
         self._writer = pa.ipc.new_file(self._sink, self._schema)
 
