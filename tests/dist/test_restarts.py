@@ -3,9 +3,7 @@ from the newest complete checkpoint by itself (``--resume auto``, the default) a
 batches of an uninterrupted run: audit logs equal rank by rank, final weights equal bit for bit, audit passes."""
 from __future__ import annotations
 
-import pathlib
 import subprocess
-import time
 
 import pytest
 
@@ -23,6 +21,7 @@ from tests.helpers.trainkit import (
     tiny_bert,
     torchrun,
     train_args,
+    wait_for_step,
 )
 
 STEPS, EVERY, KILL_AFTER = 30, 5, 12
@@ -44,11 +43,7 @@ def test_sigkilled_rank_is_restarted_by_torchrun_and_continues_from_the_checkpoi
         proc = subprocess.Popen(torchrun(2, train_args(train, None, model, run, STEPS, 4, "classify", *extra), launch),
                                 env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while logged_step(run) < KILL_AFTER:
-                assert proc.poll() is None, pathlib.Path(log_path).read_text()[-3000:]
-                assert time.monotonic() < deadline, "step not reached in 300 s"
-                time.sleep(0.01)
+            wait_for_step(proc, run, KILL_AFTER, log_path, 300)
             victim = rank_process(proc, 1)
             killed_at = logged_step(run)
             victim.kill()  # SIGKILL: no handler, no cleanup

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import torch
@@ -82,6 +83,20 @@ def logged_step(run: pathlib.Path) -> int:
         except json.JSONDecodeError:
             break  # a line being written right now
     return last
+
+
+def wait_for_step(proc: subprocess.Popen, run: pathlib.Path, target: int, log_path, seconds: float = 240) -> int:
+    """Wait until rank 0 of the job ``proc`` has logged step ``target``; returns the step then seen.  The
+    run ending first, or ``seconds`` passing, fails the test with the tail of its log."""
+    deadline = time.monotonic() + seconds
+    while logged_step(run) < target:
+        if proc.poll() is not None:
+            tail = pathlib.Path(log_path).read_text()[-3000:]
+            raise AssertionError(f"the run ended (status {proc.returncode}) before step {target}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"step {target} not reached in {seconds:.0f} s")
+        time.sleep(0.01)
+    return logged_step(run)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

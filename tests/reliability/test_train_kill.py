@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import time
 
 import pytest
 
@@ -21,12 +20,12 @@ from tests.helpers.trainkit import (
     audit_lines,
     final_weights,
     kill_tree,
-    logged_step,
     run_torchrun,
     same_weights,
     tiny_bert,
     torchrun,
     train_args,
+    wait_for_step,
 )
 
 STEPS, EVERY = 60, 10
@@ -38,15 +37,7 @@ def run_until_killed(args: list[str], run: pathlib.Path, target: int) -> int:
     log = open(run.parent / f"{run.name}-to-{target}.log", "w")
     proc = subprocess.Popen(torchrun(2, args), env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
-        while logged_step(run) < target:
-            if proc.poll() is not None:
-                tail = pathlib.Path(log.name).read_text()[-3000:]
-                raise AssertionError(f"the run ended (status {proc.returncode}) before step {target}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"step {target} not reached in 240 s")
-            time.sleep(0.01)
-        seen = logged_step(run)
+        seen = wait_for_step(proc, run, target, log.name)
     finally:
         kill_tree(proc)
         log.close()
