@@ -138,3 +138,11 @@ def test_first_batch_tool_times_a_full_first_batch(tmp_path, minilm):
     short.mkdir()
     with pytest.raises(RuntimeError, match="first batch has 30 rows, expected 64"):
         first_batch.child_ours(tar_set(short, [f"review {i}" for i in range(30)]), 0, minilm)
+
+
+def test_first_batch_tool_reports_each_case_over_webdataset_with_as_many_workers():
+    from tools.bench.first_batch import vs_peer
+
+    medians = {"arrow-w0": 0.2, "tar-w0": 0.3, "tar-w2": 1.0, "webdataset-w0": 0.1, "webdataset-w2": 0.5}
+    assert vs_peer(medians) == {"arrow-w0": 2.0, "tar-w0": 3.0, "tar-w2": 2.0}
+    assert vs_peer({"arrow-w0": 0.2}) == {}  # no peer in this run: no ratio, rather than one against nothing

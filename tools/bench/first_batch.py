@@ -7,7 +7,8 @@ Each case (format x workers, and webdataset's first batch from the same tar shar
 webdataset is importable) runs ``--reps`` times, interleaved, each in a fresh process;
 the clock starts after the imports, before the stream is made (manifest, tokenizer,
 workers, first shard fetched and verified), as the benchmark's ``ttfb_s`` does.  The
-medians are printed as one JSON object.  The peer runs under ``.venv-bench``'s python
+medians, and each one over webdataset's with as many workers (``vs_webdataset``: the
+figure to report, as the machine may be shared), are printed as one JSON object.  The peer runs under ``.venv-bench``'s python
 when it exists (the benchmark's peer venv), else under this python when it has
 webdataset, else it is skipped with the reason.
 """
@@ -113,8 +114,17 @@ def measure(sets: dict[str, str], workers: list[int], reps: int, tokenizer: str,
     for _ in range(reps):  # interleaved, so load on the shared machine falls on every case alike
         for name, py, kind, url, w in cases:
             times[name].append(run_child(py, kind, url, w, tokenizer))
-    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "runs_s": times, "peer": why,
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {"median_s": medians, "vs_webdataset": vs_peer(medians), "runs_s": times, "peer": why,
             "reps": reps, "sets": sets}
+
+
+def vs_peer(medians: dict[str, float]) -> dict[str, float]:
+    """Each case's median over webdataset's with as many workers, in this run (load on the shared
+    machine falls on both alike, so this ratio is what is reported; absolute times are not)."""
+    return {name: round(seconds / medians[f"webdataset-{name.rsplit('-', 1)[1]}"], 2)
+            for name, seconds in medians.items()
+            if not name.startswith("webdataset-") and f"webdataset-{name.rsplit('-', 1)[1]}" in medians}
 
 
 def main(argv=None) -> None:
