@@ -10,8 +10,10 @@ times, interleaved, ``--reps`` times each and in a fresh process each:
   column, no quoting) + an Arrow IPC file write, no checks, no manifest, no sha256;
 * the whole command a user runs: ``shards build INPUT --out OUT --format arrow|tar --workers N``.
 
-It prints medians in MB/s of input and each build's ratio to its format's floor.  Timings on a
-shared machine are noisy: only the ratios within one run mean something.
+It prints medians in MB/s of input and each build's ratio to its format's floor, by wall time and
+by CPU time (user + system of the process and its threads and children: on a machine shared with
+other work the wall ratio moves with the load, the CPU ratio much less).  Only the ratios within
+one run mean something.
 
 The ``shards`` package is byte-compiled first (``compileall``), as an installed package is:
 with ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` each build would compile its ~80
@@ -24,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -110,13 +113,19 @@ def build_command(kind: str, path: str, out: str, fmt: str, workers: int, labell
     return cmd
 
 
-def _timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of ``cmd``."""
+    t0, cpu0 = time.perf_counter(), _cpu_of_children()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_of_children() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return seconds
+    return seconds, cpu
 
 
 def compile_package() -> None:
@@ -141,23 +150,28 @@ def run(args) -> dict:
             for w in workers:
                 cases.append((kind, f"{fmt} w{w}", build_command(kind, paths[kind], out, fmt, w, not args.unlabelled)))
     times: dict[tuple[str, str], list[float]] = {(k, n): [] for k, n, _ in cases}
+    cpus: dict[tuple[str, str], list[float]] = {(k, n): [] for k, n, _ in cases}
     for rep in range(args.reps):
         for kind, name, cmd in cases:  # interleaved: every case once per repetition
             shutil.rmtree(os.path.join(args.dir, f"out-{kind}"), ignore_errors=True)
-            times[(kind, name)].append(_timed(cmd))
-            print(f"  rep {rep + 1} {kind:5s} {name:14s} {times[(kind, name)][-1]:.2f} s", file=sys.stderr, flush=True)
+            seconds, cpu = _timed(cmd)
+            times[(kind, name)].append(seconds)
+            cpus[(kind, name)].append(cpu)
+            print(f"  rep {rep + 1} {kind:5s} {name:14s} {seconds:.2f} s ({cpu:.2f} CPU s)", file=sys.stderr, flush=True)
     report = {}
     for kind in kinds:
         size = os.path.getsize(paths[kind])
         floor_s = statistics.median(times[(kind, "pyarrow floor")])
+        floor_cpu = statistics.median(cpus[(kind, "pyarrow floor")])
         print(f"{kind}: {size / 1e6:.1f} MB, {paths[kind]}")
         for (k, name), ts in times.items():
             if k != kind:
                 continue
-            med = statistics.median(ts)
-            report[f"{kind} {name}"] = {"mb_per_s": size / 1e6 / med, "ratio": floor_s / med, "seconds": ts}
-            print(f"  {name:14s} {size / 1e6 / med:7.1f} MB/s  {floor_s / med:5.2f}x floor  "
-                  f"(median of {', '.join(f'{t:.2f}' for t in ts)} s)")
+            med, cpu = statistics.median(ts), statistics.median(cpus[(k, name)])
+            report[f"{kind} {name}"] = {"mb_per_s": size / 1e6 / med, "ratio": floor_s / med, "seconds": ts,
+                                        "cpu_ratio": floor_cpu / cpu, "cpu_seconds": cpus[(k, name)]}
+            print(f"  {name:14s} {size / 1e6 / med:7.1f} MB/s  {floor_s / med:5.2f}x floor  {floor_cpu / cpu:5.2f}x floor CPU  "
+                  f"(median of {', '.join(f'{t:.2f}' for t in ts)} s; {cpu:.2f} CPU s)")
     return report
 
 
