@@ -159,9 +159,8 @@ def read_batches(data, url: str, start: int = 0, stop: int | None = None,
     index = shard_index(data, url, key)
     stop = index.n if stop is None else min(stop, index.n)
     labels = _labels(data, index, url) if "cls" in index.spans and "label" in columns else None
-    view = memoryview(data)
     for lo in range(start, stop, BATCH_ROWS):
-        yield _to_batch(view, index, labels, lo, min(lo + BATCH_ROWS, stop), columns, url)
+        yield _to_batch(data, index, labels, lo, min(lo + BATCH_ROWS, stop), columns, url)
 
 
 def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
@@ -180,13 +179,21 @@ def _load_npy(payload: memoryview, url: str, record: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-def _to_batch(view: memoryview, index: Index, labels, lo: int, hi: int, columns, url: str) -> Batch:
+def _texts(data, spans: list) -> list[str]:
+    if isinstance(data, bytes):  # a bytes slice decodes in ~0.65x the time of str() over a memoryview slice
+        return [data[a:b].decode("utf-8") for a, b in spans]
+    view = memoryview(data)
+    return [str(view[a:b], "utf-8") for a, b in spans]
+
+
+def _to_batch(data, index: Index, labels, lo: int, hi: int, columns, url: str) -> Batch:
     def spans(ext: str, column: str):
         return index.spans[ext][lo:hi].tolist() if ext in index.spans and column in columns else None
 
     txt, npy = spans("txt", "text"), spans("input_ids.npy", "input_ids")
+    view = memoryview(data)
     try:
-        text = [str(view[a:b], "utf-8") for a, b in txt] if txt is not None else None
+        text = _texts(data, txt) if txt is not None else None
         ids = [_load_npy(view[a:b], url, lo + i) for i, (a, b) in enumerate(npy)] if npy is not None else None
         ids = Ragged.from_lists(ids) if ids is not None else None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -174,3 +174,14 @@ def test_damage_at_the_end_of_a_shard_is_skipped_whole(tmp_path, kind):
     real = [i["sample_id"] for i in items if not i["is_pad"]]
     assert len(items) == 3008 and real == [f"00001:{r:06d}" for r in range(8)]
     assert ds.stats["skipped_samples"] == 3000
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_texts_decode_alike_from_bytes_and_buffers_and_bad_utf8_is_named(wrap):
+    """Texts are read from bytes slices (the fast path) or buffer views: the same strings, and the
+    same one-line error for a text that is not UTF-8."""
+    good = raw_tar([("0.txt", "héllo".encode()), ("0.cls", b"1"), ("1.txt", b"two"), ("1.cls", b"0")])
+    assert [t for b in tar_read.read_batches(wrap(good), "s.tar") for t in b.text] == ["héllo", "two"]
+    bad = raw_tar([("0.txt", b"ok"), ("0.cls", b"1"), ("1.txt", b"\xff\xfe"), ("1.cls", b"0")])
+    with pytest.raises(shards.CorruptShardError, match=r"shard s\.tar: malformed sample in records 0\.\.1 .*rebuild it"):
+        list(tar_read.read_batches(wrap(bad), "s.tar"))
