@@ -154,11 +154,12 @@ def rechunk(chunks, size: int, join=None):
     held: list = []
     count = 0
     for chunk in chunks:
-        while len(chunk):
-            take = min(size - count, len(chunk))
-            held.append(chunk.slice(0, take))
+        start, end = 0, len(chunk)
+        while start < end:  # pieces cut from the chunk itself: no slice of the rest per piece
+            take = min(size - count, end - start)
+            held.append(chunk.slice(start, start + take))
             count += take
-            chunk = chunk.slice(take, len(chunk))
+            start += take
             if count == size:
                 yield join(held)
                 held, count = [], 0

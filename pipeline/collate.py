@@ -7,7 +7,9 @@ out ranks; the training loop leaves them out of the loss and the audit.
 Inside DataLoader workers the batch stays numpy: a few small arrays pickle
 through the worker pipe about 3x faster than tensors, each of which costs a
 shared-memory segment and a file-descriptor handshake.  ``to_tensors`` turns
-it into tensors in the main process (zero-copy).
+it into tensors in the main process (zero-copy).  The loader's batches carry
+their ids unpadded (``RaggedIds``: the rows end to end and their lengths, a
+quarter of the padded bytes for SST-2), padded once, by ``to_tensors``.
 """
 from __future__ import annotations
 
@@ -44,15 +46,44 @@ class Collator:
         return batch if self.as_numpy else to_tensors(batch)
 
 
-def collate_chunk(chunk, pad_id: int, multiple: int | None = None, keep_text: bool = False) -> dict:
-    """``Collator``'s batch, as numpy, from a columnar Chunk in a few array operations."""
+class RaggedIds:
+    """A batch's token ids unpadded: ``values`` (the rows end to end), ``lengths`` (one per row),
+    the ``width`` and ``pad_id`` to pad them to.  ``to_tensors`` makes ``input_ids`` and
+    ``attention_mask`` of it; over the worker pipe it moves a quarter of the padded bytes."""
+
+    __slots__ = ("values", "lengths", "width", "pad_id")
+
+    def __init__(self, values: np.ndarray, lengths: np.ndarray, width: int, pad_id: int):
+        self.values, self.lengths, self.width, self.pad_id = values, lengths, width, pad_id
+
+    def __reduce__(self):
+        return RaggedIds, (self.values, self.lengths, self.width, self.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def padded(self, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """``[rows, width]`` ids (``pad_id`` past each row) and the 0/1 attention mask."""
+        mask = np.arange(self.width) < self.lengths[:, None]
+        ids = np.full(mask.shape, self.pad_id, dtype=dtype)
+        ids[mask] = self.values
+        return ids, mask.astype(dtype)
+
+
+def collate_chunk(chunk, pad_id: int, multiple: int | None = None, keep_text: bool = False,
+                  ragged: bool = False) -> dict:
+    """``Collator``'s batch, as numpy, from a columnar Chunk in a few array operations; with
+    ``ragged`` its ids are one ``RaggedIds`` under ``input_ids`` (to_tensors pads them)."""
     batch: dict = {"sample_id": SampleIds(chunk.shard, chunk.record), "is_pad": chunk.is_pad}
     if chunk.ids is not None:
-        width = int(chunk.ids.lengths.max()) if len(chunk) else 0
+        lengths = chunk.ids.lengths
+        width = int(lengths.max()) if len(chunk) else 0
         if multiple:
             width = -(-width // multiple) * multiple
-        # int32 over the worker pipe (a third of int64's bytes); to_tensors widens them
-        batch["input_ids"], batch["attention_mask"] = chunk.ids.padded(width, pad_id, np.int32)
+        if ragged:
+            batch["input_ids"] = RaggedIds(chunk.ids.values, lengths, width, pad_id)
+        else:  # int32: to_tensors widens them
+            batch["input_ids"], batch["attention_mask"] = chunk.ids.padded(width, pad_id, np.int32)
     if chunk.label is not None:
         batch["labels"] = chunk.label.astype(np.int64, copy=False)
     if keep_text and chunk.text is not None:
@@ -79,6 +110,10 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
         batch = with_lm_targets(batch)
     out = {}
     for key, value in batch.items():
+        if isinstance(value, RaggedIds):  # padded here, once, straight to int64
+            ids, mask = value.padded()
+            out["input_ids"], out["attention_mask"] = _tensor(ids, pin_memory), _tensor(mask, pin_memory)
+            continue
         if isinstance(value, torch.Tensor):  # a view of a worker message's shared memory (loader/message.py)
             value = value.long() if key in LONG_KEYS and value.dtype != torch.int64 else value
             if pin_memory:
@@ -95,6 +130,11 @@ def to_tensors(batch: dict, pin_memory: bool = False) -> dict:
                 value = value.pin_memory()
         out[key] = value
     return out
+
+
+def _tensor(array: np.ndarray, pin_memory: bool) -> torch.Tensor:
+    value = torch.from_numpy(array)
+    return value.pin_memory() if pin_memory else value
 
 
 def with_lm_targets(batch: dict) -> dict:

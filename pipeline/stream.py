@@ -302,9 +302,11 @@ class ShardStream(IterableDataset):
         return skip
 
     def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False, pad_id: int = 0,
-                pad_to_multiple_of: int | None = None, keep_text: bool = False) -> Iterator[tuple]:
+                pad_to_multiple_of: int | None = None, keep_text: bool = False,
+                ragged: bool = False) -> Iterator[tuple]:
         """This worker's samples as padded numpy batches (collate.collate_chunk; ``items``: lists
-        of item dicts), from ``position`` on, each with the position after it."""
+        of item dicts; ``ragged``: ids unpadded, collate.RaggedIds), from ``position`` on, each
+        with the position after it."""
         worker_id, workers = world.worker()
         if items:
             self._per_sample_only()
@@ -318,7 +320,7 @@ class ShardStream(IterableDataset):
             consumed += len(chunk)
             self._consumed = consumed
             self._count_skips(chunk.skip_counts())  # per delivered batch: a state holds exactly its skips
-            batch = chunk.items() if items else collate_chunk(chunk, pad_id, pad_to_multiple_of, keep_text)
+            batch = chunk.items() if items else collate_chunk(chunk, pad_id, pad_to_multiple_of, keep_text, ragged)
             yield batch, {"samples": consumed}
         self._report_epoch()
 

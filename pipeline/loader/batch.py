@@ -23,6 +23,7 @@ the uninterrupted one exactly, whether or not the batch counts are known in adva
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 from collections import Counter
 from itertools import islice
@@ -42,6 +43,14 @@ SAMPLES_PER_MESSAGE = 2048
 
 def default_group(batch_size: int) -> int:
     return max(1, min(64, round(SAMPLES_PER_MESSAGE / max(batch_size, 1))))
+
+
+def batch_kwargs(stream, batch_kw: dict, items: bool) -> dict:
+    """``stream.batches``'s options: ``batch_kw``, and ids unpadded (collate.RaggedIds: padded once, by
+    to_tensors, so the workers neither pad nor pickle the padding) where its ``batches`` offers it."""
+    if items or "ragged" not in inspect.signature(stream.batches).parameters:
+        return batch_kw
+    return {**batch_kw, "ragged": True}
 
 
 def reset_stats(stream) -> None:
@@ -73,7 +82,7 @@ class _Messages(IterableDataset):
         start = self.positions[worker_id]
         items = self.collate_fn is not None
         batches = self.stream.batches(self.batch_size, start if start["batches"] else None, items=items,
-                                      **self.batch_kw)
+                                      **batch_kwargs(self.stream, self.batch_kw, items))
         if self.lead[worker_id]:
             yield worker_id, [], [], []
         for size in order.message_sizes(start["batches"], self.group):
@@ -261,7 +270,7 @@ class BatchLoader:
         stream = self.dataset
         items = self.collate_fn is not None
         start = self._positions[0] if self._positions[0]["batches"] else None
-        batches = stream.batches(self.batch_size, start, items=items, **self.batch_kw)
+        batches = stream.batches(self.batch_size, start, items=items, **batch_kwargs(stream, self.batch_kw, items))
         mine: Counter = Counter()  # this iterator's counts: an older one alive shares the stream's
         while True:
             before = counters(stream)
