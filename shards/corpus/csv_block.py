@@ -75,7 +75,8 @@ def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
     if np.count_nonzero(a < 32) != len(starts) - (not block.endswith(b"\n")) + block.count(b"\t"):
         clean &= ~np.logical_or.reduceat((a < 32) & (a != 10) & (a != 9), starts)
     qpos, dpos = np.flatnonzero(a == 34), np.flatnonzero(a == delim)
-    dline = np.searchsorted(starts, dpos, side="right") - 1
+    # delimiters per line: the lines' bounds looked up among the delimiters (fewer lookups than the other way)
+    fields = np.diff(np.searchsorted(dpos, np.append(starts, len(a)))) + 1
     if len(qpos):
         qline = np.searchsorted(starts, qpos, side="right") - 1
         q_before = np.searchsorted(qpos, starts)  # quotes before each line's start
@@ -87,9 +88,11 @@ def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
                       (qpos + 1 == ends[qline]) | (nxt == delim) | (nxt == 34))
         clean &= np.bincount(qline, minlength=n) % 2 == 0
         clean[qline[~ok]] = False
-        inside = (np.searchsorted(qpos, dpos) - q_before[dline]) % 2 == 1  # a quoted delimiter separates nothing
-        dline = dline[~inside]
-    fields = np.bincount(dline, minlength=n) + 1
+        # a quoted delimiter separates nothing: those between an opening quote and the next quote (in a
+        # line with an odd number of quotes the count runs on past it, but such a line is never clean)
+        before = np.append(np.searchsorted(dpos, qpos), len(dpos))  # delimiters before each quote
+        inside = (before[1:] - before[:-1])[opens]
+        fields -= np.bincount(qline[opens], weights=inside, minlength=n).astype(np.int64)
     # a row of only whitespace, quotes and delimiters may be blank (the strict reader decides): the
     # first and last bytes settle nearly every line, a regex the rest
     meaningful = MEANINGFUL[ord(delimiter)]

@@ -56,9 +56,19 @@ class _Feed:
         self.ended = item is None
         return item
 
+    def more(self) -> bool:
+        """Whether a line follows (held for the next read).  A drained line is known as soon as the
+        block reader passes it, which a reader on its own thread does early: whether it is the file's
+        last must not depend on that timing."""
+        item = self.next_line()
+        self.held = item
+        return item is not None
+
     def __next__(self) -> str:
         while True:
             if self.dropped and self.expect in self.dropped:  # drained by line_blocks (too_long, counted there)
+                if not self.more():
+                    raise StopIteration  # drained last lines end the data as the end of the file does
                 self.row.append((self.expect, self.dropped.pop(self.expect), True))
                 self.expect += 1
                 raise _Cut
@@ -199,6 +209,8 @@ def _drain_too_long(feed: _Feed, bad: BadRecords, where, limit: int, in_header: 
     count = sum(quotes(q) for _, q, _ in feed.row)
     while count % 2:
         if feed.expect in feed.dropped:
+            if not feed.more():
+                break
             count += feed.dropped.pop(feed.expect)
             feed.row.append((feed.expect, 0, True))
             feed.expect += 1
