@@ -2,6 +2,7 @@
 
     python -m tools.bench.group                          # SST-2 train, batch 64, max_length 128
     python -m tools.bench.group --corpus data.tsv --text-field text --train-batches 0
+    python -m tools.bench.group --accuracy --seeds 3       # dev accuracy with and without (group_accuracy.py)
 
 Builds the corpus into pre-tokenized Arrow shards in a temp dir (the bundled
 MiniLM tokenizer), then for ``group_by_length`` False and True:
@@ -13,7 +14,9 @@ MiniLM tokenizer), then for ``group_by_length`` False and True:
   classifier on the loader's batches (where the padding costs).
 
 Prints one table; ``--out`` writes the figures as JSON.  Skips, saying so,
-when the corpus is absent.
+when the corpus is absent.  ``--accuracy`` hands every other option to
+``tools.bench.group_accuracy``: MiniLM trained the same steps with and without
+grouping over several seeds, on SST-2 and Rotten Tomatoes, dev accuracy mean ± sd.
 """
 from __future__ import annotations
 
@@ -27,20 +30,15 @@ import time
 import torch
 
 from pipeline import ShardStream, StreamConfig, make_loader
-from pipeline.train.models import classify_loss, load_model, minilm_dir
-from shards.build.driver import BuildConfig
-from shards.build.driver import build as build_shards
-from shards.corpus.read import CorpusSpec
+from pipeline.train.models import classify_loss, load_model
+from tools.bench import group_accuracy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SST2 = ROOT.parent / "shared" / "corpora" / "sst2" / "train.tsv"
 
 
 def build(corpus: pathlib.Path, out: pathlib.Path, text_field: str, max_length: int) -> str:
-    build_shards([str(corpus)], BuildConfig(out=str(out), format="arrow", tokenizer=minilm_dir(),
-                                            max_length=max_length,
-                                            spec=CorpusSpec(text_fields=(text_field,), label_field="label")))
-    return str(out)
+    return group_accuracy.build_set(corpus, out, text_field, max_length)
 
 
 def loader_for(url: str, grouped: bool, args):
@@ -87,15 +85,23 @@ def train_figures(url: str, grouped: bool, args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--accuracy" in argv:  # its own options (--seeds, --steps, --corpora ...): see group_accuracy.py
+        return group_accuracy.main([a for a in argv if a != "--accuracy"])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--accuracy", action="store_true",
+                   help="dev accuracy with and without grouping over seeds; the other options are "
+                        "tools.bench.group_accuracy's (python -m tools.bench.group_accuracy --help)")
     p.add_argument("--corpus", type=pathlib.Path, default=SST2, help="TSV/CSV/JSONL with a label column")
     p.add_argument("--text-field", default="sentence")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--train-batches", type=int, default=20, help="model steps per setting (0: skip)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (why 1: group_accuracy.py --help)")
     p.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if not args.corpus.is_file():
         print(f"group_bench: skipped: corpus {args.corpus} not found (SST-2 lives in ../shared/corpora/sst2; "
               f"pass --corpus FILE)")

@@ -1,0 +1,249 @@
+"""Length grouping and dev accuracy: the same training steps with and without it, over several seeds.
+
+    python -m tools.bench.group_accuracy                       # SST-2 + Rotten Tomatoes, 3 seeds, 150 steps of 16
+    python -m tools.bench.group --accuracy --seeds 5           # the same, through the group bench
+    python -m tools.bench.group_accuracy --corpora sst2 --steps 50 --out acc.json
+
+For each corpus, each seed and ``group_by_length`` False and True, trains the
+bundled MiniLM classifier from the same start (``torch.manual_seed(seed)``,
+stream seed ``seed``) for ``--steps`` steps of ``--batch`` (AdamW, the
+project's classify LR and linear warm-up/decay), then scores the dev set.  The
+two settings of a seed run back to back, their order alternating from seed to
+seed, so machine load falls on both alike and each seed gives a paired
+difference.  Per setting it prints the pad fraction of the trained batches,
+train samples/s (forward+backward+step only, like ``tools.bench.group``) and
+dev accuracy mean ± sd; per corpus the paired accuracy difference.
+
+Corpora: SST-2 (``sst2/train.tsv``, dev = ``sst2/dev.tsv``) and Rotten
+Tomatoes (``rt-polarity/rt-polarity.{pos,neg}``; no official split, so a line
+whose CRC-32 is 0 mod 10 is held out as dev: deterministic, ~10 %, duplicate
+lines on one side).  A corpus that is absent is skipped, saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from pipeline import ShardStream, StreamConfig, make_loader
+from pipeline.train.config import DEFAULT_LR
+from pipeline.train.evaluate import evaluate
+from pipeline.train.models import classify_loss, load_model, minilm_dir
+from pipeline.train.schedule import Schedule
+from shards.build.driver import BuildConfig
+from shards.build.driver import build as build_shards
+from shards.corpus.read import CorpusSpec
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CORPORA_DIR = ROOT.parent / "shared" / "corpora"
+CORPUS_NAMES = ("sst2", "rt")
+SETTINGS = {False: "random", True: "grouped"}
+DEV_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    train: pathlib.Path
+    dev: pathlib.Path
+    text_field: str
+
+
+def build_set(corpus: pathlib.Path, out: pathlib.Path, text_field: str, max_length: int,
+              label_names: list[str] | None = None) -> str:
+    """Pre-tokenized Arrow shards (MiniLM tokenizer) of a labelled corpus; ``label_names`` fixes the label ids."""
+    names = tuple(label_names) if label_names else None
+    build_shards([str(corpus)], BuildConfig(out=str(out), format="arrow", tokenizer=minilm_dir(),
+                                            max_length=max_length, label_names=names,
+                                            spec=CorpusSpec(text_fields=(text_field,), label_field="label")))
+    return str(out)
+
+
+def split_rt(folder: pathlib.Path, out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Rotten Tomatoes as train/dev JSONL: a line is dev when its CRC-32 is 0 mod 10 (same split on every run)."""
+    rows = {"train": [], "dev": []}
+    for label in ("neg", "pos"):
+        for line in (folder / f"rt-polarity.{label}").read_text(encoding="utf-8").splitlines():
+            text = line.strip()
+            if text:
+                part = "dev" if zlib.crc32(text.encode()) % 10 == 0 else "train"
+                rows[part].append(json.dumps({"text": text, "label": label}))
+    paths = []
+    for part in ("train", "dev"):
+        path = out / f"rt-{part}.jsonl"
+        path.write_text("\n".join(rows[part]) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def find_corpora(names: list[str], corpora_dir: pathlib.Path, tmp: pathlib.Path) -> list[Corpus]:
+    """The requested corpora that exist; each missing one is reported on stderr."""
+    found = []
+    for name in names:
+        if name == "sst2":
+            train, dev = corpora_dir / "sst2" / "train.tsv", corpora_dir / "sst2" / "dev.tsv"
+            if train.is_file() and dev.is_file():
+                found.append(Corpus("SST-2", train, dev, "sentence"))
+                continue
+        else:
+            folder = corpora_dir / "rt-polarity"
+            if (folder / "rt-polarity.pos").is_file() and (folder / "rt-polarity.neg").is_file():
+                found.append(Corpus("RottenTomatoes", *split_rt(folder, tmp), "text"))
+                continue
+        print(f"group_accuracy: skipped {name}: not found under {corpora_dir} "
+              f"(pass --corpora-dir DIR holding sst2/ and rt-polarity/)", file=sys.stderr)
+    return found
+
+
+def train_batches(url: str, grouped: bool, seed: int, args):
+    """Batches of the shuffled train stream, epoch after epoch, until the caller stops."""
+    ds = ShardStream(url, shuffle=True, seed=seed, max_length=args.max_length,
+                     config=StreamConfig(keep_text=False, group_by_length=grouped))
+    loader = make_loader(ds, args.batch, num_workers=args.workers)
+    epoch = 0
+    while True:
+        ds.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train_once(urls: tuple[str, str], label_names: list[str], grouped: bool, seed: int, args) -> dict:
+    """``--steps`` steps from the seed's start, then the dev figures: pad fraction, samples/s, accuracy."""
+    torch.manual_seed(seed)  # the classifier head and dropout: the same for both settings of a seed
+    model = load_model("classify", "minilm", label_names=label_names)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    schedule = Schedule(total=args.steps, warmup=int(args.steps * 0.1), peak=args.lr)
+    pad = tokens = samples = 0
+    seconds = 0.0
+    for step, batch in enumerate(train_batches(urls[0], grouped, seed, args)):
+        if step == args.steps:
+            break
+        mask = batch["attention_mask"]
+        pad, tokens, samples = pad + int((mask == 0).sum()), tokens + mask.numel(), samples + len(mask)
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr(step)
+        start = time.perf_counter()
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask).logits
+        loss, _ = classify_loss(logits, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds += time.perf_counter() - start
+    # dev batches grouped by length too: accuracy does not depend on the order, and it pads (and costs) less
+    dev = ShardStream(urls[1], shuffle=False, max_length=args.max_length,
+                      config=StreamConfig(keep_text=False, group_by_length=True))
+    figures = evaluate(model, make_loader(dev, DEV_BATCH), "classify", torch.device("cpu"))
+    return {"seed": seed, "setting": SETTINGS[grouped], "pad_fraction": pad / tokens,
+            "train_samples_per_s": samples / seconds, "dev_accuracy": figures["eval_accuracy"],
+            "dev_samples": figures.get("eval_samples")}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per setting: means (and sd) over seeds; plus the paired grouped - random accuracy difference."""
+    out = {}
+    for setting in SETTINGS.values():
+        rows = [r for r in runs if r["setting"] == setting]
+        acc_mean, acc_sd = mean_sd([r["dev_accuracy"] for r in rows])
+        speed_mean, speed_sd = mean_sd([r["train_samples_per_s"] for r in rows])
+        out[setting] = {"pad_fraction": statistics.fmean(r["pad_fraction"] for r in rows),
+                        "train_samples_per_s": speed_mean, "train_samples_per_s_sd": speed_sd,
+                        "dev_accuracy": acc_mean, "dev_accuracy_sd": acc_sd,
+                        "dev_accuracy_by_seed": [r["dev_accuracy"] for r in rows]}
+    by_seed = {(r["seed"], r["setting"]): r["dev_accuracy"] for r in runs}
+    diffs = [by_seed[(s, "grouped")] - by_seed[(s, "random")] for s in sorted({r["seed"] for r in runs})]
+    diff_mean, diff_sd = mean_sd(diffs)
+    out["paired_accuracy_diff"] = {"mean": diff_mean, "sd": diff_sd, "by_seed": diffs,
+                                   "se": diff_sd / len(diffs) ** 0.5}
+    out["speed_ratio"] = out["grouped"]["train_samples_per_s"] / out["random"]["train_samples_per_s"]
+    return out
+
+
+def render(corpus: str, summary: dict, args) -> str:
+    """One table per corpus: the figures the README quotes."""
+    lines = [f"{corpus}: {args.seeds} seeds x {args.steps} steps of batch {args.batch}, max_length "
+             f"{args.max_length}, lr {args.lr:g}, {args.threads} torch thread(s)",
+             f"{'batches':<10}{'pad fraction':>14}{'train samples/s':>18}{'dev accuracy':>20}   by seed"]
+    for setting in SETTINGS.values():
+        row = summary[setting]
+        seeds = " ".join(f"{a:.1%}" for a in row["dev_accuracy_by_seed"])
+        lines.append(f"{setting:<10}{row['pad_fraction']:>14.3f}"
+                     f"{row['train_samples_per_s']:>11.1f} ± {row['train_samples_per_s_sd']:<4.1f}"
+                     f"{row['dev_accuracy']:>12.1%} ± {row['dev_accuracy_sd']:.1%}   {seeds}")
+    diff = summary["paired_accuracy_diff"]
+    lines.append(f"grouped - random, paired by seed: dev accuracy {diff['mean']:+.1%} ± {diff['sd']:.1%} "
+                 f"(standard error {diff['se']:.1%}); train samples/s x{summary['speed_ratio']:.2f}")
+    return "\n".join(lines)
+
+
+def run_corpus(corpus: Corpus, tmp: pathlib.Path, args) -> list[dict]:
+    """Build the corpus's train and dev shards, then every seed with both settings, interleaved."""
+    t0 = time.perf_counter()
+    train_url = build_set(corpus.train, tmp / f"{corpus.name}-train", corpus.text_field, args.max_length)
+    label_names = ShardStream(train_url).label_names
+    dev_url = build_set(corpus.dev, tmp / f"{corpus.name}-dev", corpus.text_field, args.max_length, label_names)
+    print(f"built {corpus.name} train + dev shards in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    runs = []
+    for seed in range(args.seeds):
+        order = (False, True) if seed % 2 == 0 else (True, False)  # neither setting always runs first
+        for grouped in order:
+            runs.append(train_once((train_url, dev_url), label_names, grouped, seed, args))
+            r = runs[-1]
+            print(f"  {corpus.name} seed {seed} {r['setting']:<8} dev {r['dev_accuracy']:.1%}  "
+                  f"{r['train_samples_per_s']:.1f} samples/s  pad {r['pad_fraction']:.3f}", file=sys.stderr)
+    return runs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpora", nargs="+", choices=CORPUS_NAMES, default=list(CORPUS_NAMES))
+    p.add_argument("--corpora-dir", type=pathlib.Path, default=CORPORA_DIR,
+                   help="folder holding sst2/{train,dev}.tsv and rt-polarity/rt-polarity.{pos,neg}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each trained with and without grouping")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR["classify"], help="peak learning rate")
+    p.add_argument("--workers", type=int, default=0, help="loader workers (the shards are pre-tokenized)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 because on a busy 2-core machine 2 threads ran a step ~4x slower (waiting "
+                        "on each other)")
+    p.add_argument("--out", type=pathlib.Path, help="write every run and the summaries as JSON here")
+    args = p.parse_args(argv)
+    for name in ("seeds", "steps", "batch", "max_length", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="group-accuracy-") as tmp:
+        for corpus in find_corpora(args.corpora, args.corpora_dir, pathlib.Path(tmp)):
+            runs = run_corpus(corpus, pathlib.Path(tmp), args)
+            results[corpus.name] = {"runs": runs, "summary": summarize(runs)}
+            print(render(corpus.name, results[corpus.name]["summary"], args))
+    if not results:
+        print("group_accuracy: skipped: no corpus found; nothing measured")
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
