@@ -8,7 +8,9 @@ webdataset is importable) runs ``--reps`` times, interleaved, each in a fresh pr
 the clock starts after the imports, before the stream is made (manifest, tokenizer,
 workers, first shard fetched and verified), as the benchmark's ``ttfb_s`` does.  The
 medians, and each one over webdataset's with as many workers (``vs_webdataset``: the
-figure to report, as the machine may be shared), are printed as one JSON object.  The peer runs under ``.venv-bench``'s python
+figure to report, as the machine may be shared), are printed as one JSON object, with the
+same for the CPU seconds the process and its loader workers spent (``median_cpu_s``,
+``cpu_vs_webdataset``), which other work on a shared machine disturbs less.  The peer runs under ``.venv-bench``'s python
 when it exists (the benchmark's peer venv), else under this python when it has
 webdataset, else it is skipped with the reason.
 """
@@ -30,21 +32,30 @@ BATCH, MAX_LENGTH, SHARDS = 64, 128, 8
 MARK = "FIRST_BATCH "
 
 
-def child_ours(url: str, workers: int, tokenizer: str) -> float:
-    """Seconds from creating the stream to holding its first batch (imports excluded)."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and its live children (the loader's workers,
+    forked after the clock started): on a shared machine a steadier figure than the wall clock."""
+    import psutil
+
+    me = psutil.Process()
+    return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)])
+
+
+def child_ours(url: str, workers: int, tokenizer: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) from creating the stream to holding its first batch (imports excluded)."""
     import pipeline  # noqa: F401  (imports outside the clock, as a training script has them)
     from pipeline import ShardStream, make_loader
 
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     ds = ShardStream(url, tokenizer=tokenizer, max_length=MAX_LENGTH, shuffle=True, seed=0)
     batch = next(iter(make_loader(ds, BATCH, num_workers=workers)))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     if len(batch["input_ids"]) != BATCH:
         raise RuntimeError(f"first batch has {len(batch['input_ids'])} rows, expected {BATCH}")
-    return seconds
+    return seconds, cpu
 
 
-def child_webdataset(url: str, workers: int, tokenizer: str) -> float:
+def child_webdataset(url: str, workers: int, tokenizer: str) -> tuple[float, float]:
     """webdataset's first batch from the same tar shards, as tools.bench.peers streams them."""
     import glob
 
@@ -54,15 +65,15 @@ def child_webdataset(url: str, workers: int, tokenizer: str) -> float:
     from tools.bench.common import SHUFFLE_BUFFER, PadCollate
 
     urls = sorted(glob.glob(os.path.join(url, "*.tar")))
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     ds = (wds.WebDataset(urls, shardshuffle=len(urls), seed=0, workersplitter=wds.split_by_worker,
                          nodesplitter=wds.single_node_only, empty_check=False)
           .shuffle(SHUFFLE_BUFFER).decode().to_tuple("txt", "cls"))
     batch = next(iter(DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=PadCollate(tokenizer))))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     if len(batch["input_ids"]) != BATCH:
         raise RuntimeError(f"webdataset's first batch has {len(batch['input_ids'])} rows, expected {BATCH}")
-    return seconds
+    return seconds, cpu
 
 
 CHILDREN = {"ours": child_ours, "webdataset": child_webdataset}
@@ -77,7 +88,8 @@ def peer_python() -> tuple[str | None, str]:
     return None, f"skipped: webdataset is not importable from {PEER_PYTHON} or {sys.executable}"
 
 
-def run_child(python: str, kind: str, url: str, workers: int, tokenizer: str) -> float:
+def run_child(python: str, kind: str, url: str, workers: int, tokenizer: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) to the first batch in a fresh process."""
     cmd = [python, "-m", "tools.bench.first_batch", "--child", kind, "--url", url,
            "--workers", str(workers), "--tokenizer", tokenizer]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -86,7 +98,8 @@ def run_child(python: str, kind: str, url: str, workers: int, tokenizer: str) ->
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"first_batch child {kind} {url} workers={workers} failed (exit {done.returncode}): "
                            f"{done.stderr.strip()[-2000:]}")
-    return float(lines[-1][len(MARK):])
+    seconds, cpu = lines[-1][len(MARK):].split()
+    return float(seconds), float(cpu)
 
 
 def build_sets(work: str, scale: float) -> dict[str, str]:
@@ -111,11 +124,16 @@ def measure(sets: dict[str, str], workers: list[int], reps: int, tokenizer: str,
     if python is not None and "tar" in sets:
         cases += [(f"webdataset-w{w}", python, "webdataset", sets["tar"], w) for w in workers]
     times: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    cpu: dict[str, list[float]] = {name: [] for name, *_ in cases}
     for _ in range(reps):  # interleaved, so load on the shared machine falls on every case alike
         for name, py, kind, url, w in cases:
-            times[name].append(run_child(py, kind, url, w, tokenizer))
+            seconds, cpu_s = run_child(py, kind, url, w, tokenizer)
+            times[name].append(seconds)
+            cpu[name].append(cpu_s)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    return {"median_s": medians, "vs_webdataset": vs_peer(medians), "runs_s": times, "peer": why,
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
+    return {"median_s": medians, "vs_webdataset": vs_peer(medians), "median_cpu_s": cpu_medians,
+            "cpu_vs_webdataset": vs_peer(cpu_medians), "runs_s": times, "runs_cpu_s": cpu, "peer": why,
             "reps": reps, "sets": sets}
 
 
@@ -143,7 +161,8 @@ def main(argv=None) -> None:
         from tools.bench.corpus import minilm_path
         a.tokenizer = minilm_path()
     if a.child:
-        print(f"{MARK}{CHILDREN[a.child](a.url, a.workers[0], a.tokenizer)!r}", flush=True)
+        seconds, cpu = CHILDREN[a.child](a.url, a.workers[0], a.tokenizer)
+        print(f"{MARK}{seconds!r} {cpu!r}", flush=True)
         return
     sets = {k: v for k, v in (("arrow", a.arrow), ("tar", a.tar)) if v} or build_sets(a.work, a.scale)
     print(json.dumps(measure(sets, a.workers, a.reps, a.tokenizer, not a.no_peer), indent=1))
