@@ -315,6 +315,16 @@ def test_a_damaged_old_rank_position_is_refused_at_the_elastic_load(url, after_c
     assert "\n" not in str(info.value)
 
 
+def test_a_refused_elastic_load_leaves_the_loader_as_it_was(url, after_change):
+    old, _ = after_change
+    first, _, _ = run_stretch(url, 2, 0, 1, None, 1)
+    bad = edited(old, lambda s: s[1]["workers"][0].__setitem__("skip", 50))
+    loader = load_packed(url, old[0], old)
+    with pytest.raises(ResumeError):
+        loader.load_state_dict(bad[0], all_ranks=bad)
+    assert_every_token_once(url, merged(first, rest_of(loader)))  # still the good load
+
+
 # == packed: holes ===============================================================================================
 @pytest.mark.xfail(strict=True, reason="hole: a partial's tokens are never checked against its document's length at "
                    "load (PackedStream.set_segments, elastic.partials): Docs.skip_begun raises a plain ValueError "
@@ -427,7 +437,8 @@ def test_first_exhausted_trains_none_twice_and_cycle_resumes_with_defined_behavi
     seen, _ = mix_chain(mix_urls, stretches, stop="first_exhausted")
     assert max(seen.values()) == 1 and set(seen) <= every_sample(mix_urls)
     seen, _ = mix_chain(mix_urls, stretches, stop="cycle")  # a source that ran out counts whole; what is left cycles
-    assert set(seen) == every_sample(mix_urls) and all(n == 1 for (source, _), n in seen.items() if source == 0)
+    assert set(seen) == every_sample(mix_urls) and all(n == 1 for (source, _), n in seen.items() if source == 0), \
+        "here the small source runs out first in every worker: only it may repeat"
 
 
 @pytest.mark.parametrize("key, value, match", [
@@ -542,6 +553,6 @@ def test_mixture_chains_keep_their_stopping_rule(mix_urls, workers, stops, examp
             assert_every_sample_once(mix_urls, seen)
         elif stop == "first_exhausted":
             assert max(seen.values()) == 1 and set(seen) <= every_sample(mix_urls)
-        else:  # cycle: every sample at least once, the largest source (relative to its weight) once
-            assert set(seen) == every_sample(mix_urls) and all(n == 1 for (s, _), n in seen.items() if s == 0)
+        else:  # cycle: every sample at least once (which source repeats depends on each worker's draws)
+            assert set(seen) == every_sample(mix_urls)
     check()
