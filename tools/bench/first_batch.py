@@ -34,11 +34,23 @@ MARK = "FIRST_BATCH "
 
 def cpu_seconds() -> float:
     """CPU seconds of this process (all its threads) and its live children (the loader's workers,
-    forked after the clock started): on a shared machine a steadier figure than the wall clock."""
-    import psutil
+    forked after the clock started): on a shared machine a steadier figure than the wall clock.
+    Read from Linux's /proc: importing psutil in the child made webdataset's first batch ~3x slower."""
+    return time.process_time() + sum(_proc_cpu_seconds(pid) for pid in _children(os.getpid()))
 
-    # process_time: ns resolution for this process; /proc's 10 ms ticks for the workers
-    return time.process_time() + sum(sum(p.cpu_times()[:2]) for p in psutil.Process().children(recursive=True))
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(x) for x in f.read().split()]
+    return kids + [grandchild for kid in kids for grandchild in _children(kid)]
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state is field 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
 def child_ours(url: str, workers: int, tokenizer: str) -> tuple[float, float]:
