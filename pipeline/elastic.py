@@ -297,37 +297,60 @@ def position_at(total: int, earlier: list[Segment], segment: Segment, seed: int,
     """The epoch position of the ``index``-th sample (0-based, in delivery order) that (rank, worker)
     reads in ``segment``, which follows ``earlier``; None for a pad.  Where a PackedStream worker
     stopped inside a document: ``index`` = the documents (items) it finished."""
+    if not (0 <= rank < segment.world and 0 <= worker < segment.workers):
+        raise ValueError(f"rank {rank}/{segment.world}, worker {worker}/{segment.workers}: out of range")
     sequence = remaining(total, earlier, seed, epoch, shuffle)
     for r, w, first, count in _parts(len(sequence), segment):
-        if (r, w) != (rank, worker):
-            continue
-        if not 0 <= index < count:
-            raise ValueError(f"elastic segment: rank {rank} worker {worker} reads {count} samples, no "
-                             f"sample {index}; the state is damaged")
-        local = index
-        if shuffle:
-            k, rest = divmod(index, segment.window)
-            start = k * segment.window
-            local = start + int(window_order(min(segment.window, count - start), seed, epoch, rank, worker, k)[rest])
-        at = first + local
-        return int(sequence[at]) if at < len(sequence) else None
-    raise ValueError(f"rank {rank}/{segment.world}, worker {worker}/{segment.workers}: out of range")
+        if (r, w) == (rank, worker):
+            if not 0 <= index < count:
+                raise ValueError(f"elastic segment: rank {rank} worker {worker} reads {count} samples, no "
+                                 f"sample {index}")
+            return _sample_at(sequence, segment, (seed, epoch, r, w), first, count, index, shuffle)
+    return None
+
+
+def _sample_at(sequence: np.ndarray, segment: Segment, key: tuple, first: int, count: int, index: int,
+               shuffle: bool) -> int | None:
+    """The epoch position of a part's ``index``-th delivered sample (None: a pad)."""
+    local = index
+    if shuffle:
+        k, rest = divmod(index, segment.window)
+        start = k * segment.window
+        local = start + int(window_order(min(segment.window, count - start), *key, k)[rest])
+    at = first + local
+    return int(sequence[at]) if at < len(sequence) else None
+
+
+def _next_samples(sequence: np.ndarray, segment: Segment, seed: int, epoch: int, shuffle: bool) -> set[int]:
+    """The epoch positions each (rank, worker) of ``segment`` was to deliver next (none once its
+    part was done, or when that is a pad): the only documents it can have begun."""
+    out = set()
+    for r, w, first, count in _parts(len(sequence), segment):
+        done = segment.delivered[r][w]
+        if done < count:
+            found = _sample_at(sequence, segment, (seed, epoch, r, w), first, count, done, shuffle)
+            if found is not None:
+                out.add(found)
+    return out
 
 
 def partials(total: int, segments: list[Segment], seed: int, epoch: int, shuffle: bool) -> dict[int, int]:
     """Epoch position -> tokens already emitted, for the documents begun and not finished by the end of
-    ``segments`` (a later segment's count wins; one it finished is gone).  A pair naming a position
-    its own segment delivered, or out of range, is a ValueError (a damaged state)."""
+    ``segments`` (a later segment's count wins; one it finished is gone).  A pair that no worker of its
+    segment can have begun (not the sample one of them was to deliver next), or named twice, is a
+    ValueError (a damaged state)."""
     found: dict[int, int] = {}
     sequence = np.arange(total, dtype=np.int64)
     for segment in segments:
+        begun = _next_samples(sequence, segment, seed, epoch, shuffle) if segment.partial else set()
         sequence = sequence[~delivered_mask(len(sequence), segment, seed, epoch, shuffle)]
-        for position, tokens in segment.partial:
-            at = np.searchsorted(sequence, position)
-            if at >= len(sequence) or sequence[at] != position:
-                raise ValueError(f"elastic segment: partial document at epoch position {position} was delivered "
-                                 f"whole or is out of range (epoch of {total}); the state is damaged")
-            found[position] = tokens
+        named = [position for position, _ in segment.partial]
+        if len(set(named)) < len(named) or not set(named) <= begun:
+            wrong = next((p for p in named if p not in begun), named[0])
+            where = "is out of range" if not 0 <= wrong < total else "is not one a worker was in the middle of"
+            raise ValueError(f"elastic segment: partial document at epoch position {wrong} {where} (epoch of "
+                             f"{total}), or is named twice")
+        found.update(segment.partial)
     left = set(sequence.tolist()) if found else set()
     return {p: t for p, t in found.items() if p in left}
 

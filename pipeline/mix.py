@@ -215,6 +215,13 @@ class MixedStream(IterableDataset):
                        batch_size: int = 1) -> None:
         """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` items: counters,
         flags, and each source's own position checked by that source."""
+        self.check_form(what, position, worker_id, batch_size)
+        for i, (stream, sub) in enumerate(zip(self.streams, position["sources"])):
+            if sub is not None:  # None: the source has not yielded in this pass (it starts afresh)
+                check_item_position(stream, f"{what}: sources[{i}]", sub, worker_id, workers)
+
+    def check_form(self, what: str, position: dict, worker_id: int = 0, batch_size: int = 1) -> None:
+        """Counters, flags and one entry per source, whatever the topology."""
         draws = settings.count(what, "draws", position.get("draws"))
         self._check_items(what, position, draws, batch_size)
         n = len(self.streams)
@@ -228,9 +235,6 @@ class MixedStream(IterableDataset):
         if not all(isinstance(d, bool) for d in position["dropped"]):
             raise settings.ResumeError(f"{what}: dropped={position['dropped']!r} must be true/false per source; "
                                        f"pass the state saved by this mixture")
-        for i, (stream, sub) in enumerate(zip(self.streams, position["sources"])):
-            if sub is not None:  # None: the source has not yielded in this pass (it starts afresh)
-                check_item_position(stream, f"{what}: sources[{i}]", sub, worker_id, workers)
 
     @staticmethod
     def _check_items(what: str, position: dict, draws: int, batch_size: int) -> None:

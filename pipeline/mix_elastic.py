@@ -11,7 +11,10 @@ delivered in a stretch, per (rank, worker):
 Samples are the unit (``batch_size`` 1): a mixture batch takes any number from each source.
 The next stretch reads, per source, what no stretch delivered (pipeline/elastic.py), and its
 draws start at 0 again under the new worker layout; the stopping rule applies to what is left
-(with ``first_exhausted``, a source that had run out ends the new stretch at its first draw).
+(with ``first_exhausted``, a source that had run out ends the new stretch at its first draw;
+with ``cycle``, a source that runs out restarts over what the earlier stretches left of it, so
+its repeats fall there rather than over its whole part).  Under ``drain`` a source that ran out
+is dropped and holds no position: a state that says otherwise is refused.
 Equal steps on every rank still hold: every rank's workers read equal counts of each source.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ def mixed_segment(mixture, what: str, saved: dict, epoch: int, earlier: list, po
         window = settings.count(what, f"sources[{i}].shuffle_buffer", saved.get(f"sources[{i}].shuffle_buffer"), low=1)
         total = source.manifest.num_records
         per = split.per_rank(len(elastic.remaining(total, before, source.seed, epoch, source.shuffle)), world)
-        rows = [[_delivered(what, p, i, split.worker_range(per, w, workers)) for w, p in enumerate(row)]
+        rows = [[_delivered(what, p, i, split.worker_range(per, w, workers), mixture.stop) for w, p in enumerate(row)]
                 for row in positions]
         segment = Segment(world, workers, 1, window, rows)
         elastic.remaining(total, [*before, segment], source.seed, epoch, source.shuffle)  # checks the counts
@@ -47,7 +50,7 @@ def check_segments(what: str, segments: list, n_sources: int) -> None:
                                        f"{n_sources} sources; pass the state saved by this mixture")
 
 
-def _delivered(what: str, position: dict | None, i: int, part: tuple[int, int]) -> int:
+def _delivered(what: str, position: dict | None, i: int, part: tuple[int, int], stop: str) -> int:
     if position is None:
         return 0
     lists = [position.get(key) for key in ("passes", "dropped", "sources")]
@@ -56,6 +59,11 @@ def _delivered(what: str, position: dict | None, i: int, part: tuple[int, int]) 
                                    f"the state is damaged: pass the state saved by this mixture")
     passes, dropped, sources = lists
     count = part[1] - part[0]
+    if stop == "drain" and (settings.count(what, f"passes[{i}]", passes[i]) >= 1) != (dropped[i] is True
+                                                                                     and sources[i] is None):
+        raise settings.ResumeError(f"{what}: source {i} has passes={passes[i]!r}, dropped={dropped[i]!r} and a "
+                                   f"position: under stop='drain' a source that ran out is dropped with none; "
+                                   f"the state is damaged")
     if settings.count(what, f"passes[{i}]", passes[i]) >= 1 or dropped[i] is True:
         return count
     if sources[i] is None:

@@ -156,6 +156,13 @@ class ShardStream(IterableDataset):
             raise settings.ResumeError(f"{self.where}: an elastic resume (world size, workers or batch size "
                                        f"changed mid-epoch) cannot follow group_by_length windows (sorted by "
                                        f"token length); resume with the saved ones, or at an epoch boundary")
+        try:  # counts no run of this set delivers would fail mid-epoch, in a worker
+            if not all(isinstance(s, elastic.Segment) for s in segments):
+                raise ValueError("an entry is not one stream's segment (a mixture's?)")
+            elastic.remaining(self.manifest.num_records, segments, self.seed, int(epoch), self.shuffle)
+        except ValueError as exc:
+            raise settings.ResumeError(f"{self.where}: elastic segments of epoch {epoch}: {exc}; the state is damaged "
+                                       f"or from another run") from None
         self._elastic = (int(epoch), list(segments))
         self._counts_cache = {}
 
@@ -202,6 +209,13 @@ class ShardStream(IterableDataset):
             raise settings.ResumeError(f"{what}: worker {worker_id} at samples={samples}, batches="
                                        f"{position['batches']}: not a batch boundary of batch_size {batch_size}; "
                                        f"the state is damaged or from another loader")
+
+    def check_form(self, what: str, position: dict, worker_id: int, batch_size: int) -> None:
+        """A position's form, whatever the topology: samples a count, batches the whole batches holding them."""
+        samples = settings.count(what, f"workers[{worker_id}].samples", position.get("samples", 0))
+        if position["batches"] != -(-samples // batch_size):
+            raise settings.ResumeError(f"{what}: worker {worker_id} at samples={samples}, batches="
+                                       f"{position['batches']}: not {batch_size} samples a batch; the state is damaged")
 
     def state_dict(self) -> dict:
         """The per-sample iterator's state (``__iter__``): a one-worker state of batch size 1."""

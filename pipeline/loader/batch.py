@@ -166,7 +166,7 @@ class BatchLoader:
         order (``state`` is any of them); the rest of the epoch is then spread over this topology."""
         what = f"loader state for {getattr(self.dataset, 'where', type(self.dataset).__name__)}"
         now = self._settings()
-        if elastic_state.topology_changed(state, now):
+        if elastic_state.topology_changed(state, now, all_ranks):
             elastic_state.refuse_other_changes(what, state, now, self.dataset)
             self._load_elastic(what, state, all_ranks, now)
             return
@@ -182,6 +182,10 @@ class BatchLoader:
         self._resume = dict(state)
         self._stats_done = Counter(state.get("stats", {}))
         self._stats_now = {}
+
+    def resumes_elastically(self, state: dict, all_ranks: list[dict] | None = None) -> bool:
+        """Whether ``load_state_dict(state, all_ranks)`` is an elastic resume (another topology mid-epoch)."""
+        return elastic_state.topology_changed(state, self._settings(), all_ranks)
 
     def _saved_segments(self, what: str, state) -> None:
         """The elastic segments a state of this topology carries, set on the stream (its counts use them)."""

@@ -45,9 +45,13 @@ def _saved(saved: dict, key: str):
     return saved.get(key, saved.get(f"sources[0].{key}"))
 
 
-def topology_changed(state, now: dict) -> bool:
-    """A mid-epoch state whose saved world size, workers or batch size differ from ``now``."""
-    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not settings.mid_epoch(state):
+def topology_changed(state, now: dict, all_ranks=None) -> bool:
+    """A mid-epoch state whose saved world size, workers or batch size differ from ``now``.  With
+    ``all_ranks`` the epoch is mid-way when any old rank's state is (``state`` itself may hold no batch)."""
+    states = [x for x in ([state, *all_ranks] if isinstance(all_ranks, (list, tuple)) else [state])
+              if isinstance(x, dict) and isinstance(x.get("settings"), dict)]
+    if not states or not isinstance(state, dict) or not isinstance(state.get("settings"), dict) \
+            or not any(settings.mid_epoch(x) for x in states):
         return False
     saved = state["settings"]
     keys = [k for k in now if _is_topology(k)]
@@ -82,7 +86,8 @@ def segments_after(what: str, state: dict, all_ranks, stream) -> list:
                           f"old rank's state ({have} given, {world} needed); pass "
                           f"load_state_dict(state, all_ranks=[rank 0's state, ..., rank {world - 1}'s])")
     earlier = parse_segments(what, state.get("segments", []))
-    positions = [_rank_positions(f"{what} (all_ranks[{r}])", other, state, r) for r, other in enumerate(all_ranks)]
+    positions = [_rank_positions(f"{what} (all_ranks[{r}])", other, state, r, stream)
+                 for r, other in enumerate(all_ranks)]
     epoch = int(state["epoch"])
     try:
         build = getattr(stream, "elastic_segment", None)
@@ -126,9 +131,9 @@ def parse_segments(what: str, entries: list) -> list[Segment | MixedSegment]:
         raise ResumeError(f"{what}: {exc}") from None
 
 
-def _rank_positions(what: str, other, state: dict, rank: int) -> list[dict | None]:
+def _rank_positions(what: str, other, state: dict, rank: int, stream) -> list[dict | None]:
     """Rank ``rank``'s worker positions (None for a worker that delivered nothing), its state checked
-    against ``state``'s."""
+    against ``state``'s, each position in the form the stream saves (``check_form``)."""
     if not isinstance(other, dict) or other.get("kind") != settings.STATE_KIND:
         raise ResumeError(f"{what}: not a {settings.STATE_KIND!r} state; pass every old rank's loader.state_dict()")
     saved, mine = state["settings"], settings.entry(what, other, "settings")
@@ -139,8 +144,17 @@ def _rank_positions(what: str, other, state: dict, rank: int) -> list[dict | Non
     if other.get("epoch") != state.get("epoch") or other.get("segments", []) != state.get("segments", []):
         raise ResumeError(f"{what}: epoch {other.get('epoch')!r} / segments differ from the other ranks' "
                           f"(epoch {state.get('epoch')!r}); pass the states of one checkpoint")
+    equal_steps = not callable(getattr(stream, "elastic_progress", None))  # packed ranks differ by a few blocks
+    if equal_steps and other.get("batches") != state.get("batches"):
+        raise ResumeError(f"{what}: {other.get('batches')!r} batches, another rank's state {state.get('batches')!r}; "
+                          f"every rank takes the same steps: pass the states of one checkpoint")
     workers = max(saved.get("num_workers") or 0, 1)
     positions = settings.entry(what, other, "workers")
     if not isinstance(positions, list) or len(positions) != workers or not all(isinstance(p, dict) for p in positions):
         raise ResumeError(f"{what}: workers={positions!r:.80} must list {workers} positions; the state is damaged")
+    check = getattr(stream, "check_form", None)
+    batch = settings.count(what, "batch_size", saved.get("batch_size"), low=1)
+    for worker, p in enumerate(positions):
+        if p.get("batches") and callable(check):
+            check(what, p, worker, batch)
     return [p if p.get("batches") else None for p in positions]

@@ -155,13 +155,17 @@ class PackedStream(IterableDataset):
     def check_position(self, what: str, position: dict, worker_id: int, workers: int, batch_size: int) -> None:
         """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` blocks: counters, and
         the inner position checked by the inner stream (a bad one would fail later, or resume elsewhere)."""
+        self.check_form(what, position, worker_id, batch_size)
+        self._check_inner(what, position.get("inner"), worker_id, workers)
+
+    def check_form(self, what: str, position: dict, worker_id: int, batch_size: int) -> None:
+        """Counters, and as many blocks as ``batches`` batches of ``batch_size`` hold (any topology)."""
         for key in ("skip", "offset", "blocks"):
             settings.count(what, f"workers[{worker_id}].{key}", position.get(key, 0))
         blocks, batches = position.get("blocks", 0), position["batches"]
         if not (batches - 1) * batch_size < blocks <= batches * batch_size:
             raise settings.ResumeError(f"{what}: worker {worker_id} has {blocks} blocks in {batches} batches of "
                                        f"{batch_size}; the state is damaged: pass the state saved with this loader")
-        self._check_inner(what, position.get("inner"), worker_id, workers)
 
     def _check_inner(self, what: str, inner, worker_id: int, workers: int) -> None:
         # None (the epoch start) after blocks: checked where it resumes (_check_epoch_start), in its worker
@@ -311,9 +315,15 @@ class PackedStream(IterableDataset):
             else:
                 states[chunk + 1] = reader.position()
                 after = (states[chunk + 1], 0, 0)
-            new = new.skip_begun(begun)
+            try:
+                new = new.skip_begun(begun)
+            except ValueError as exc:
+                raise settings.ResumeError(f"{self.where}: {exc}") from None
             if offset and len(new):    # the resumed document: its first tokens were emitted before
-                new, offset = new.skip_first(offset), 0
+                try:
+                    new, offset = new.skip_first(offset), 0
+                except ValueError as exc:
+                    raise settings.ResumeError(f"{self.where}: {exc}") from None
             elif offset and exhausted:
                 raise settings.ResumeError(f"packed state: offset={offset} tokens into a document, but the "
                                            f"stream has none left: the state belongs to other data")

@@ -168,10 +168,14 @@ def restore(ckpt: checkpoint.Checkpoint, parts, ds, loader, world: World, mapped
     ranks = ckpt.state["ranks"]
     mine = ranks[world.rank] if world.rank < len(ranks) else ranks[0]
     ds.set_epoch(mine["epoch"])
-    if not mine.get("exhausted"):  # a spent loader's state would replay the epoch (see batches.py)
-        loader.load_state_dict(mine["loader"], all_ranks=[r["loader"] for r in ranks])
+    every = [r["loader"] for r in ranks]
+    # a spent loader's state would replay the epoch (see batches.py); under another topology every new
+    # rank takes a share of what the old ranks left, a spent one's included
+    spent = bool(mine.get("exhausted")) and not loader.resumes_elastically(mine["loader"], every)
+    if not spent:
+        loader.load_state_dict(mine["loader"], all_ranks=every)
     log.info("resumed from %s (step %d, epoch %d)", ckpt.path, step, mine["epoch"])
-    position = {"epoch": mine["epoch"], "exhausted": bool(mine.get("exhausted"))}
+    position = {"epoch": mine["epoch"], "exhausted": spent}
     return step, position, list(ckpt.state.get("history", []))
 
 
