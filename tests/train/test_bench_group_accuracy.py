@@ -65,10 +65,12 @@ def test_missing_corpora_are_skipped_saying_so(tmp_path, capsys):
     assert "no corpus found; nothing measured" in captured.out
 
 
-@pytest.mark.parametrize("option", ["--seeds", "--steps", "--threads"])
-def test_counts_below_one_are_refused(option):
+@pytest.mark.parametrize(("option", "value"), [("--seeds", "0"), ("--steps", "0"), ("--threads", "0"),
+                                               ("--first-seed", "-1")])
+def test_counts_out_of_range_are_refused(option, value, capsys):
     with pytest.raises(SystemExit):
-        ga.parse_args([option, "0"])
+        ga.parse_args([option, value])
+    assert f"{option} {value}: must be" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(600)
