@@ -297,16 +297,24 @@ def position_at(total: int, earlier: list[Segment], segment: Segment, seed: int,
     """The epoch position of the ``index``-th sample (0-based, in delivery order) that (rank, worker)
     reads in ``segment``, which follows ``earlier``; None for a pad.  Where a PackedStream worker
     stopped inside a document: ``index`` = the documents (items) it finished."""
-    if not (0 <= rank < segment.world and 0 <= worker < segment.workers):
-        raise ValueError(f"rank {rank}/{segment.world}, worker {worker}/{segment.workers}: out of range")
+    return positions_at(total, earlier, segment, seed, epoch, shuffle, [(rank, worker, index)])[0]
+
+
+def positions_at(total: int, earlier: list[Segment], segment: Segment, seed: int, epoch: int, shuffle: bool,
+                 wanted: list[tuple[int, int, int]]) -> list[int | None]:
+    """``position_at`` of each (rank, worker, index) in ``wanted``, the sequence computed once."""
+    for rank, worker, _ in wanted:
+        if not (0 <= rank < segment.world and 0 <= worker < segment.workers):
+            raise ValueError(f"rank {rank}/{segment.world}, worker {worker}/{segment.workers}: out of range")
     sequence = remaining(total, earlier, seed, epoch, shuffle)
-    for r, w, first, count in _parts(len(sequence), segment):
-        if (r, w) == (rank, worker):
-            if not 0 <= index < count:
-                raise ValueError(f"elastic segment: rank {rank} worker {worker} reads {count} samples, no "
-                                 f"sample {index}")
-            return _sample_at(sequence, segment, (seed, epoch, r, w), first, count, index, shuffle)
-    return None
+    parts = {(r, w): (first, count) for r, w, first, count in _parts(len(sequence), segment)}
+    out = []
+    for rank, worker, index in wanted:
+        first, count = parts[(rank, worker)]
+        if not 0 <= index < count:
+            raise ValueError(f"elastic segment: rank {rank} worker {worker} reads {count} samples, no sample {index}")
+        out.append(_sample_at(sequence, segment, (seed, epoch, rank, worker), first, count, index, shuffle))
+    return out
 
 
 def _sample_at(sequence: np.ndarray, segment: Segment, key: tuple, first: int, count: int, index: int,

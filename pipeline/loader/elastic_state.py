@@ -114,9 +114,9 @@ def _stream_segment(what: str, saved: dict, epoch: int, earlier: list, positions
     segment = Segment(world, workers, 1 if callable(packed) else batch, window, rows)
     begun = [(r, w, done, tokens) for r, row in enumerate(progress) for w, (done, tokens) in enumerate(row) if tokens]
     if begun:
-        args = (base.manifest.num_records, earlier, segment, base.seed, epoch, base.shuffle)
-        segment = Segment(world, workers, 1, window, rows,
-                          [(elastic.position_at(*args, r, w, done), tokens) for r, w, done, tokens in begun])
+        at = elastic.positions_at(base.manifest.num_records, earlier, segment, base.seed, epoch, base.shuffle,
+                                  [(r, w, done) for r, w, done, _ in begun])
+        segment = Segment(world, workers, 1, window, rows, [(p, t) for p, (*_, t) in zip(at, begun)])
     segments = [*earlier, segment]
     elastic.remaining(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
     elastic.partials(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
