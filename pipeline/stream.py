@@ -159,7 +159,8 @@ class ShardStream(IterableDataset):
         try:  # counts no run of this set delivers would fail mid-epoch, in a worker
             if not all(isinstance(s, elastic.Segment) for s in segments):
                 raise ValueError("an entry is not one stream's segment (a mixture's?)")
-            elastic.remaining(self.manifest.num_records, segments, self.seed, int(epoch), self.shuffle)
+            if segments:
+                elastic.remaining(self.manifest.num_records, segments, self.seed, int(epoch), self.shuffle)
         except ValueError as exc:
             raise settings.ResumeError(f"{self.where}: elastic segments of epoch {epoch}: {exc}; the state is damaged "
                                        f"or from another run") from None

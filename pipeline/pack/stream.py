@@ -261,7 +261,8 @@ class PackedStream(IterableDataset):
         self.stream.set_segments(epoch, segments)
         begun: dict = {}
         try:
-            found = elastic.partials(base.manifest.num_records, segments, base.seed, int(epoch), base.shuffle)
+            found = elastic.partials(base.manifest.num_records, segments, base.seed, int(epoch), base.shuffle) \
+                if segments else {}
             if found:
                 shard, record = elastic.records_at(base.manifest.shard_sizes, base.config.block_size, base.seed,
                                                    int(epoch), base.shuffle, list(found))
