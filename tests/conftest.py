@@ -1,12 +1,24 @@
 """Shared fixtures: the bundled MiniLM, the real corpora (skipped when absent), tiny shard sets."""
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import pytest
 
 # the helpers live in tests/helpers/data.py; the names stay importable from here for older tests
 from tests.helpers.data import CORPORA, ROOT, build_set, labelled_records, minilm_path, write_jsonl  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """An in-process ``pipeline.train`` main() points the root logger at the test's captured stdout, which
+    pytest closes after the test; later warnings would hit a closed file ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
