@@ -205,8 +205,15 @@ def remove_leftovers(cfg, manifest: Manifest) -> None:
     listed = {s.path for s in manifest.shards}
     for name in fs.ls(path, detail=False):
         base = name.rsplit("/", 1)[-1]
-        if (shard_file.fullmatch(base) and base not in listed) or base.startswith(f"{MANIFEST_NAME}.tmp-"):
+        if (shard_file.fullmatch(base) and base not in listed) or base.startswith(f"{MANIFEST_NAME}.tmp-") \
+                or _dead_lock_temp(base):
             fs.rm(name)
+
+
+def _dead_lock_temp(base: str) -> bool:
+    """A lock's temp file (``.lock.PID-TOKEN``) whose builder was killed between writing and removing it."""
+    found = _LOCK_TEMP.fullmatch(base)
+    return found is not None and not _alive(int(found.group(1)), None)
 
 
 def commit(cfg, manifest: Manifest, staging: str) -> Manifest:
@@ -218,6 +225,9 @@ def commit(cfg, manifest: Manifest, staging: str) -> Manifest:
     storage.remove(staging, cfg.storage_options, recursive=True)
     remove_leftovers(cfg, manifest)
     return manifest
+
+
+_LOCK_TEMP = re.compile(r"\.lock\.(\d+)-[0-9a-f]{32}")
 
 
 def _stat(pid: int) -> list[bytes]:
@@ -307,7 +317,7 @@ class OutputLock:
     def _try_local(self) -> dict | None:
         """None when the lock is now ours, else what the holder wrote."""
         path = storage.filesystem(self.url)[1]
-        tmp = f"{path}.{self.token}"
+        tmp = f"{path}.{os.getpid()}-{self.token}"  # the pid: a builder killed before it removed this is known
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:

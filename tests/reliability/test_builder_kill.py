@@ -85,3 +85,19 @@ def test_random_sigkills_never_publish_a_partial_set(tmp_path):
     print(f"\n{KILLS} SIGKILLs over a {full:.1f} s build ({len(reference) - 1} shards): "
           f"index.json after kill {dict(states)}; kill points {dict(sorted(phases.items()))}; "
           f"final rerun: {run.stdout.strip().rsplit('; ', 1)[-1]}, output identical to an uninterrupted build")
+
+
+def test_a_lock_temp_file_of_a_killed_builder_is_removed_by_the_next_build(tmp_path):
+    """A builder SIGKILLed between writing its lock's temp file and removing it leaves ``.lock.PID-TOKEN``;
+    the next build removes it (its pid is dead) and leaves a live builder's alone."""
+    inputs = [write_jsonl(tmp_path / "in.jsonl", labelled_records(30))]
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out.mkdir()
+    stale, live = out / f".lock.{dead.pid}-{'a' * 32}", out / f".lock.{1}-{'b' * 32}"  # pid 1 is alive
+    stale.write_text("{}")
+    live.write_text("{}")
+    subprocess.run(command(inputs, out), cwd=ROOT, check=True, capture_output=True)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".lock")) == [live.name]
