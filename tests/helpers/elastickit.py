@@ -8,6 +8,8 @@ import pathlib
 from collections import Counter, defaultdict
 from itertools import islice
 
+import pytest
+
 from pipeline import PackedStream, ShardStream, StreamConfig, make_loader
 from pipeline.mix import MixedStream
 from tests.helpers.data import write_jsonl
@@ -16,6 +18,7 @@ N = 37            # documents: not a multiple of the worlds, workers or shards b
 SEQ = 5           # tokens per block: long documents span many blocks, short ones share a block
 SIZES = (23, 11)  # mixture sources
 EMPTY = "\u0301"  # a combining accent: MiniLM strips it, so the document is its specials only (no tokens)
+SLOW = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the heavy hypothesis variants
 
 
 # -- data -------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pipeline import ResumeError, make_loader
 from tests.helpers.data import build_set
 from tests.helpers.elastickit import (
     SIZES,
+    SLOW,
     assert_every_sample_once,
     drain,
     edited,
@@ -21,8 +22,6 @@ from tests.helpers.elastickit import (
     mix_stretch,
     mixture,
 )
-
-SLOW = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pipeline import ResumeError, elastic, make_loader
 from pipeline.elastic import Segment
 from tests.helpers.elastickit import (
+    SLOW,
     N,
     assert_every_token_once,
     blocks_into,
@@ -28,8 +29,6 @@ from tests.helpers.elastickit import (
     rest_of,
     run_stretch,
 )
-
-SLOW = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
