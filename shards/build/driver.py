@@ -356,7 +356,7 @@ def _label_counts(results: list[UnitResult], labels) -> list[int] | None:
 
 def _schema(fmt: str, fields: list[str]) -> dict[str, str]:
     if fmt == "arrow":
-        from shards.formats.arrow import schema
+        from shards.formats.arrow_write import schema
         return {f.name: str(f.type) for f in schema(fields)}
     names = {"text": "KEY.txt (utf-8)", "label": "KEY.cls (decimal id)", "input_ids": "KEY.input_ids.npy (int32)"}
     return {f: names[f] for f in fields}
