@@ -34,14 +34,19 @@ A state written before a setting was recorded reads it as ``NOT_RECORDED``: a
 mid-epoch one is refused (it cannot be checked), an epoch-boundary one is
 accepted.  A setting added with a default that reproduces the older
 behaviour (``ADDED``: ``group_by_length`` is False) reads as that default
-instead, so older states keep resuming.
+instead, so older states keep resuming.  ``group_batches`` (batches per sorted
+sub-window, pipeline/group.py) is recorded with ``group_by_length`` on; a state
+without it was grouped over whole windows (0), so a mid-epoch one is refused
+under sub-windows rather than resumed into another order.
 """
 from __future__ import annotations
+
+from pipeline import group
 
 NOT_RECORDED = "not recorded"
 DATA_KEYS = ("identity", "identities")   # what the data is: checked at epoch boundaries too
 _SHORT = ("identity", "tokenizer")       # sha256 hex: the first 16 digits name it in a message
-ADDED = {"group_by_length": False}       # settings added later: what a state without them did
+ADDED = {"group_by_length": False, "group_batches": 0}  # settings added later: what a state without them did
 
 
 STATE_KIND = "pipeline.loader/2"
@@ -54,7 +59,7 @@ class ResumeError(ValueError):
 def make_state(epoch: int, batches: int, workers: list, last: int, now: dict, stats: dict,
                segments: list | None = None) -> dict:
     state = {"kind": STATE_KIND, "epoch": epoch, "batches": batches, "last": last, "workers": workers,
-             "settings": now, "stats": dict(stats)}
+             "settings": group.recorded(now), "stats": dict(stats)}
     if segments:  # an elastic stretch: the epoch's earlier topologies (pipeline/elastic.py)
         state["segments"] = list(segments)
     return state
@@ -76,6 +81,7 @@ def read_state(what: str, state, now: dict, most: int | None = None) -> tuple[in
     epoch = count(what, "epoch", entry(what, state, "epoch"))
     batches = count(what, "batches", entry(what, state, "batches"))
     saved = entry(what, state, "settings")
+    now = group.recorded(now)
     segments = state.get("segments", [])
     if not isinstance(segments, list):
         raise ResumeError(f"{what}: segments={segments!r:.60} must be a list of elastic segments; pass the saved state")
@@ -109,6 +115,8 @@ def read_stats(what: str, state: dict) -> dict:
 def _show(key: str, value) -> str:
     if value is NOT_RECORDED:
         return NOT_RECORDED
+    if key == "group_batches" and value == 0:
+        return "0 (whole windows: a state from before sub-windows)"
     if key in _SHORT and isinstance(value, str):
         return repr(value[:16])
     if key == "identities" and isinstance(value, list):

@@ -1,4 +1,7 @@
-"""StreamConfig(group_by_length=True): exactly once, equal steps, exact resume, less padding."""
+"""StreamConfig(group_by_length=True): exactly once, equal steps, exact resume, less padding.
+
+The properties are drawn over group.GROUP_BATCHES too (patched: it is a module constant), since the
+small windows here hold fewer batches than its default and would otherwise sort whole windows only."""
 import json
 from collections import Counter
 from unittest import mock
@@ -52,13 +55,31 @@ def worker_batches(url, rank, world, worker, workers, batch, config, seed, epoch
         return out
 
 
+def assert_sorted_runs(batches: list, ref: list, sub: int) -> None:
+    """Each batch lies in one sub-window of ``sub`` samples of the window's ungrouped order ``ref`` (all
+    of it when ``sub`` is 0), and the batches of a sub-window are runs of its sorted lengths."""
+    where = {(sid, pad): i // sub if sub else 0 for i, (sid, pad, _) in enumerate(ref)}
+    spans: dict[int, list] = {}
+    for b in batches:
+        parts = {where[sid, pad] for sid, pad, _ in b}
+        assert len(parts) == 1, f"a batch across sub-windows {sorted(parts)}"
+        spans.setdefault(parts.pop(), []).append((min(x[2] for x in b), max(x[2] for x in b)))
+    for runs in spans.values():
+        runs.sort()
+        assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:])), runs
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.sampled_from(COUNTS), world=st.integers(1, 4), workers=st.integers(1, 4), batch=st.integers(1, 9),
        buffer=st.integers(1, 40), seed=st.integers(0, 2**31), epoch=st.integers(0, 3), shuffle=st.booleans(),
-       data=st.data())
-def test_grouped_epoch_is_exactly_once_with_equal_steps_and_resumes_anywhere(sets, n, world, workers, batch,
-                                                                            buffer, seed, epoch, shuffle, data):
-    url = sets[n]
+       group_batches=st.integers(0, 4), data=st.data())
+def test_grouped_epoch_is_exactly_once_with_equal_steps_and_resumes_anywhere(sets, n, world, workers, batch, buffer,
+                                                                            seed, epoch, shuffle, group_batches, data):
+    with mock.patch.object(group, "GROUP_BATCHES", group_batches):
+        check_grouped_epoch(sets[n], n, world, workers, batch, buffer, seed, epoch, shuffle, data)
+
+
+def check_grouped_epoch(url, n, world, workers, batch, buffer, seed, epoch, shuffle, data):
     grouped = StreamConfig(shuffle_buffer=buffer, block_size=5, group_by_length=True)
     window = group.window_size(buffer, batch)
     plain = StreamConfig(shuffle_buffer=window, block_size=5)
@@ -76,11 +97,9 @@ def test_grouped_epoch_is_exactly_once_with_equal_steps_and_resumes_anywhere(set
                    for x in b]
             per_window = window // batch
             for k in range(0, len(got), per_window):
-                mine = got[k:k + per_window]
-                assert sorted(x for b in mine for x in b) == sorted(ref[k * batch:(k + per_window) * batch])
-                # batches of one window are runs of the sorted lengths: their ranges do not interleave
-                spans = sorted((min(x[2] for x in b), max(x[2] for x in b)) for b in mine)
-                assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+                mine, theirs = got[k:k + per_window], ref[k * batch:(k + per_window) * batch]
+                assert sorted(x for b in mine for x in b) == sorted(theirs)
+                assert_sorted_runs(mine, theirs, group.GROUP_BATCHES * batch)
             cut = data.draw(st.integers(0, len(got)), label="resume batch")
             assert worker_batches(url, rank, world, w, workers, batch, grouped, seed, epoch, shuffle, cut) == got[cut:]
     assert set(real.values()) == {1} and len(real) == n
@@ -93,21 +112,24 @@ def test_grouped_epoch_is_exactly_once_with_equal_steps_and_resumes_anywhere(set
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.sampled_from(COUNTS), world=st.integers(1, 4), batch=st.integers(1, 9), buffer=st.integers(1, 40),
-       seed=st.integers(0, 2**31), shuffle=st.booleans(), data=st.data())
-def test_loader_state_resumes_grouped_batches_exactly(sets, n, world, batch, buffer, seed, shuffle, data):
+       seed=st.integers(0, 2**31), shuffle=st.booleans(), group_batches=st.integers(0, 4), data=st.data())
+def test_loader_state_resumes_grouped_batches_exactly(sets, n, world, batch, buffer, seed, shuffle, group_batches, data):
     rank = data.draw(st.integers(0, world - 1), label="rank")
     kw = dict(rank=rank, world_size=world, shuffle=shuffle, seed=seed,
               config=StreamConfig(shuffle_buffer=buffer, block_size=5, group_by_length=True))
-    full, _ = loader_run(sets[n], batch, epochs=(0, 1), **kw)
-    cut = data.draw(st.integers(1, len(full)), label="cut")
-    head, state = loader_run(sets[n], batch, cut=cut, epochs=(0, 1), **kw)
-    tail, _ = loader_run(sets[n], batch, state=state, epochs=(0, 1), **kw)
+    with mock.patch.object(group, "GROUP_BATCHES", group_batches):
+        full, _ = loader_run(sets[n], batch, epochs=(0, 1), **kw)
+        cut = data.draw(st.integers(1, len(full)), label="cut")
+        head, state = loader_run(sets[n], batch, cut=cut, epochs=(0, 1), **kw)
+        assert json.loads(state)["settings"]["group_batches"] == group_batches
+        tail, _ = loader_run(sets[n], batch, state=state, epochs=(0, 1), **kw)
     assert head + tail[:len(full) - cut] == full
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores, on purpose
 @pytest.mark.parametrize("workers,group_size", [pytest.param(2, 1, marks=pytest.mark.slow), (2, 3), (3, 2)])
-def test_resume_at_every_batch_with_dataloader_workers(sets, workers, group_size):
+def test_resume_at_every_batch_with_dataloader_workers(sets, workers, group_size, monkeypatch):
+    monkeypatch.setattr(group, "GROUP_BATCHES", 2)  # windows of 3 batches: a sub-window of 2 and one of 1
     url = sets[61]
     kw = dict(rank=1, world_size=2, shuffle=True, seed=7,
               config=StreamConfig(shuffle_buffer=9, block_size=4, group_by_length=True))
@@ -169,6 +191,48 @@ def test_a_state_from_before_the_setting_resumes_as_ungrouped(sets):
     with pytest.raises(ResumeError, match="group_by_length was False, now True"):
         loader_run(url, 4, state=json.dumps(old), shuffle=True, seed=1,
                    config=StreamConfig(shuffle_buffer=8, group_by_length=True))
+
+
+def test_a_state_from_whole_window_grouping_is_refused_mid_epoch_only(sets):
+    """A state written before sub-windows has no group_batches: it was sorted over whole windows, so
+    resuming it under sub-windows would deliver another order; it must be refused, in one line."""
+    url = sets[61]
+    grouped = dict(shuffle=True, seed=3, config=StreamConfig(shuffle_buffer=24, group_by_length=True))
+
+    def old_form(state: str) -> str:
+        old = json.loads(state)
+        del old["settings"]["group_batches"]  # what the version before sub-windows wrote
+        return json.dumps(old)
+
+    with mock.patch.object(group, "GROUP_BATCHES", 0):  # whole windows: what that version did
+        full, _ = loader_run(url, 4, **grouped)
+        head, state = loader_run(url, 4, cut=3, **grouped)
+        assert head + loader_run(url, 4, state=old_form(state), **grouped)[0] == full  # read as 0: resumes
+    with mock.patch.object(group, "GROUP_BATCHES", 2):  # windows of 6 batches of 4, two sub-windows each
+        with pytest.raises(ResumeError, match=r"group_batches was 0 \(whole windows.*now 2") as err:
+            loader_run(url, 4, state=old_form(state), **grouped)
+        assert "\n" not in str(err.value)
+        ds = ShardStream(url, **grouped)
+        loader = make_loader(ds, 4)
+        ds.set_epoch(1)
+        iter(loader)  # a state taken as epoch 1 starts: the epoch starts afresh under sub-windows
+        boundary = old_form(json.dumps(loader.state_dict()))
+        fresh = loader_run(url, 4, epochs=(1,), **grouped)[0]
+        assert loader_run(url, 4, state=boundary, epochs=(1,), **grouped)[0] == fresh
+
+
+def test_window_index_sorts_within_sub_windows(monkeypatch):
+    monkeypatch.setattr(group, "GROUP_BATCHES", 2)
+    lengths = np.array([9, 1, 8, 2, 7, 3, 6, 4, 5])  # sub-windows of 2 batches of 2: 4 + 4 + 1 samples
+    idx = group.window_index(lengths, 2, shuffle=False, key=(0, 0, 0, 0, 0))
+    assert lengths[idx].tolist() == [1, 2, 8, 9, 3, 4, 6, 7, 5]
+    idx = group.window_index(lengths, 2, shuffle=True, key=(5, 1, 0, 0, 0))
+    assert sorted(idx.tolist()) == list(range(9)) and len(idx) == 9
+    first = group.window_order(9, 5, 1, 0, 0, 0)  # the ungrouped order: sub-windows are cut from it
+    part = {int(s): k // 4 for k, s in enumerate(first)}
+    pairs = [idx[i:i + 2].tolist() for i in range(0, 8, 2)]
+    assert all(part[a] == part[b] for a, b in pairs), "a batch across sub-windows"
+    assert part[int(idx[-1])] == 2  # the short batch (the last sub-window's rest) stays last
 
 
 def test_what_grouping_cannot_do_is_refused_in_one_line(tmp_path, sets):

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from pipeline.group import GROUP_BATCHES as GB
 from tools.bench import group
 from tools.bench import group_accuracy as ga
 
@@ -47,15 +48,28 @@ def test_rt_split_is_deterministic_disjoint_and_about_a_tenth(tmp_path):
 
 def test_summary_pairs_seeds_and_takes_sample_sd():
     runs = [{"seed": s, "setting": name, "pad_fraction": pad, "train_samples_per_s": speed, "dev_accuracy": acc}
-            for s, (a_random, a_grouped) in enumerate([(0.80, 0.78), (0.82, 0.82), (0.81, 0.83)])
-            for name, pad, speed, acc in (("random", 0.6, 2.0, a_random), ("grouped", 0.1, 4.0, a_grouped))]
+            for s, (a_random, a_grouped, a_whole) in enumerate([(0.80, 0.78, 0.79), (0.82, 0.82, 0.80),
+                                                                 (0.81, 0.83, 0.78)])
+            for name, pad, speed, acc in (("random", 0.6, 2.0, a_random), ("grouped/50", 0.1, 4.0, a_grouped),
+                                          ("grouped/0", 0.01, 5.0, a_whole))]
     out = ga.summarize(runs)
+    assert out["settings"] == ["random", "grouped/50", "grouped/0"]
     assert out["random"]["dev_accuracy"] == pytest.approx(0.81)
     assert out["random"]["dev_accuracy_sd"] == pytest.approx(0.01)
-    assert out["paired_accuracy_diff"]["by_seed"] == pytest.approx([-0.02, 0.0, 0.02])
-    assert out["paired_accuracy_diff"]["mean"] == pytest.approx(0.0)
-    assert out["speed_ratio"] == pytest.approx(2.0)
-    assert out["grouped"]["pad_fraction"] == pytest.approx(0.1)
+    paired = out["paired"]["grouped/50"]
+    assert paired["by_seed"] == pytest.approx([-0.02, 0.0, 0.02])
+    assert paired["mean"] == pytest.approx(0.0) and paired["t"] == pytest.approx(0.0) and paired["p"] == pytest.approx(1.0)
+    assert paired["speed_ratio"] == pytest.approx(2.0) and paired["wins"] == 1 and paired["n"] == 3
+    assert out["grouped/50"]["pad_fraction"] == pytest.approx(0.1)
+    whole = out["paired"]["grouped/0"]
+    assert whole["by_seed"] == pytest.approx([-0.01, -0.02, -0.03]) and whole["speed_ratio"] == pytest.approx(2.5)
+    assert whole["t"] == pytest.approx(-3.4641, abs=1e-3) and whole["p"] == pytest.approx(0.0742, abs=1e-3)  # scipy's
+
+
+def test_t_test_p_matches_the_student_t_table():
+    t, p = ga.t_test([1.0, 2.0, 3.5])  # t = 2.982 on 2 degrees of freedom
+    assert t == pytest.approx(2.9824, abs=1e-3) and p == pytest.approx(0.0964, abs=1e-3)
+    assert ga.t_test([0.5]) == (0.0, 1.0) and ga.t_test([0.2, 0.2]) == (0.0, 1.0)  # undefined: no evidence
 
 
 def test_missing_corpora_are_skipped_saying_so(tmp_path, capsys):
@@ -66,11 +80,11 @@ def test_missing_corpora_are_skipped_saying_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("option", "value"), [("--seeds", "0"), ("--steps", "0"), ("--threads", "0"),
-                                               ("--first-seed", "-1")])
+                                               ("--first-seed", "-1"), ("--group-batches", "-1")])
 def test_counts_out_of_range_are_refused(option, value, capsys):
     with pytest.raises(SystemExit):
         ga.parse_args([option, value])
-    assert f"{option} {value}: must be" in capsys.readouterr().err
+    assert f"{option} {value}: " in capsys.readouterr().err
 
 
 @pytest.mark.timeout(600)
@@ -80,11 +94,11 @@ def test_tiny_run_trains_both_settings_per_seed(tmp_path, capsys):
     assert ga.main(["--corpora-dir", str(tmp_path / "c"), "--corpora", "sst2", "--seeds", "2", "--steps", "2",
                     "--batch", "4", "--max-length", "16", "--out", str(out)]) == 0
     res = json.loads(out.read_text())["SST-2"]
-    assert [(r["seed"], r["setting"]) for r in res["runs"]] == [(0, "random"), (0, "grouped"),
-                                                                (1, "grouped"), (1, "random")]
+    assert [(r["seed"], r["setting"]) for r in res["runs"]] == [(0, "random"), (0, f"grouped/{GB}"),
+                                                                (1, f"grouped/{GB}"), (1, "random")]
     for r in res["runs"]:
         assert 0.0 <= r["dev_accuracy"] <= 1.0 and r["dev_samples"] == 16 and r["train_samples_per_s"] > 0
     summary = res["summary"]
-    assert summary["grouped"]["pad_fraction"] <= summary["random"]["pad_fraction"]
-    assert len(summary["paired_accuracy_diff"]["by_seed"]) == 2
-    assert "grouped - random, paired by seed" in capsys.readouterr().out
+    assert summary[f"grouped/{GB}"]["pad_fraction"] <= summary["random"]["pad_fraction"]
+    assert len(summary["paired"][f"grouped/{GB}"]["by_seed"]) == 2
+    assert f"grouped/{GB} - random, paired by seed" in capsys.readouterr().out
