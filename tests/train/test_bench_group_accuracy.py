@@ -102,3 +102,22 @@ def test_tiny_run_trains_both_settings_per_seed(tmp_path, capsys):
     assert summary[f"grouped/{GB}"]["pad_fraction"] <= summary["random"]["pad_fraction"]
     assert len(summary["paired"][f"grouped/{GB}"]["by_seed"]) == 2
     assert f"grouped/{GB} - random, paired by seed" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(600)
+def test_group_bench_interleaves_rounds_and_reports_ratios_to_random(tmp_path, capsys):
+    write_corpora(tmp_path / "c", n_train=96)
+    out = tmp_path / "group.json"
+    assert group.main(["--corpus", str(tmp_path / "c" / "sst2" / "train.tsv"), "--batch", "4", "--max-length", "16",
+                       "--workers", "0", "--train-batches", "2", "--rounds", "2", "--group-batches", "2", "0",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [k for k in res if k != "args"] == ["random", "grouped/2", "grouped/0"]
+    assert res["grouped/0"]["pad_fraction"] <= res["grouped/2"]["pad_fraction"] < res["random"]["pad_fraction"]
+    for name in ("grouped/2", "grouped/0"):
+        row = res[name]
+        assert len(row["train_samples_per_s_by_round"]) == 2 and len(row["train_samples_per_cpu_s_by_round"]) == 2
+        ratios = [a / b for a, b in zip(row["train_samples_per_cpu_s_by_round"],
+                                         res["random"]["train_samples_per_cpu_s_by_round"])]
+        assert row["train_samples_per_cpu_s_ratio"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
+    assert "x random" in capsys.readouterr().out
