@@ -99,21 +99,58 @@ def columns(ds, want_text: bool) -> tuple[str, ...]:
 
 
 def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
-    """The slices' records, read in one pass over the shard (a reader call per slice would walk
-    the shard's record batches again for each of a shuffled plan's many slices)."""
+    """The slices' records, each run of adjacent slices read in one pass (a reader call per slice
+    would walk an unshuffled plan's shard again for each slice), and each slice yielded as soon as
+    its records are read: a shuffled plan's first window does not wait for the rest of the shard."""
     url = shards.shard_url(ds.url, ds.manifest.shards[shard])
-    lo, hi = min(s.start for s in slices), max(s.stop for s in slices)
-    parts = [from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
-             for b in shards.read_batches(ds.manifest, url, data, lo, hi, columns(ds, want_text))]
-    whole = concat(parts) if parts else None
-    if whole is None or len(whole) != hi - lo:  # never fewer samples than planned: unequal steps
-        raise shards.CorruptShardError(
-            f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {0 if whole is None else len(whole)} of "
-            f"{hi - lo} (manifest says {ds.manifest.shards[shard].num_records} records); rebuild it or fix "
-            f"index.json")
+    for run in _adjacent_runs([s for s in slices if len(s)]):
+        lo, hi = run[0].start, run[-1].stop
+        parts = (from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
+                 for b in shards.read_batches(ds.manifest, url, data, lo, hi, columns(ds, want_text)))
+        pieces, got = _cut(parts, [len(s) for s in run]), 0
+        for s in run:
+            part = next(pieces, None)
+            got += 0 if part is None else len(part)
+            if part is None or len(part) != len(s):  # never fewer samples than planned: unequal steps
+                raise shards.CorruptShardError(
+                    f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {got} of {hi - lo} (manifest "
+                    f"says {ds.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
+            yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
+
+
+def _adjacent_runs(slices: list[split.Slice]) -> Iterator[list[split.Slice]]:
+    """The slices in order, grouped where each starts at the record the one before it stops."""
+    run: list[split.Slice] = []
     for s in slices:
-        part = whole.slice(s.start - lo, s.stop - lo)
-        yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
+        if run and s.start != run[-1].stop:
+            yield run
+            run = []
+        run.append(s)
+    if run:
+        yield run
+
+
+def _cut(parts: Iterator[Chunk], sizes: list[int]) -> Iterator[Chunk]:
+    """Consecutive pieces of ``sizes`` samples cut from ``parts``, each as soon as it is read
+    (the last one short when the parts run out, then none)."""
+    held: list[Chunk] = []
+    count = 0
+    for size in sizes:
+        while count < size:
+            part = next(parts, None)
+            if part is None:
+                break
+            held.append(part)
+            count += len(part)
+        if not held:
+            return
+        whole = concat(held)
+        if count <= size:
+            yield whole
+            held, count = [], 0
+        else:
+            yield whole.slice(0, size)
+            held, count = [whole.slice(size, count)], count - size
 
 
 def skip_shard(ds, shard: int, slices: list[split.Slice], exc: Exception, want_text: bool,

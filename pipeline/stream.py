@@ -329,7 +329,7 @@ class ShardStream(IterableDataset):
         skip = self._begin(min(int((position or {}).get("samples", 0)), samples))
         keep_text = keep_text or self.text_only or (items and self.config.keep_text)
         chunks = self._grouped(worker_id, workers, batch_size, skip, keep_text) \
-            if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text)
+            if self.config.group_by_length else self.chunks(worker_id, workers, skip, keep_text, lead=batch_size)
         consumed = skip  # this generator's own count: another live one over this stream has its own
         for chunk in rechunk(chunks, batch_size):
             consumed += len(chunk)
@@ -339,10 +339,12 @@ class ShardStream(IterableDataset):
             yield batch, {"samples": consumed}
         self._report_epoch()
 
-    def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True) -> Iterator[Chunk]:
+    def chunks(self, worker_id: int, workers: int, skip: int = 0, keep_text: bool = True,
+               lead: int | None = None) -> Iterator[Chunk]:
         """This (rank, worker)'s samples of the epoch from position ``skip`` on, in order, as
         tokenized Chunks of at most ``tokenize_batch`` samples (whole windows when the ids are
-        read, not made: nothing to batch for a tokenizer)."""
+        read, not made: nothing to batch for a tokenizer); ``lead``: the first Chunk holds at most
+        that many (the first batch's), so the first batch waits for its own texts alone."""
         window = self.config.shuffle_buffer if self.shuffle else self.config.tokenize_batch
         first = skip // max(window, 1)
         piece = self.config.tokenize_batch if self.tokenizer is not None and not self.pretokenized else window
@@ -351,6 +353,9 @@ class ShardStream(IterableDataset):
                 chunk = chunk.take(window_order(len(chunk), self.seed, self.epoch, self.world.rank, worker_id, k))
             if k == first:
                 chunk = chunk.slice(skip - first * window, len(chunk))
+                if lead is not None and 0 < lead < min(piece, len(chunk)):
+                    yield tokenize.tokenized(self, chunk.slice(0, lead), keep_text)
+                    chunk = chunk.slice(lead, len(chunk))
             for part in rechunk([chunk], piece):
                 yield tokenize.tokenized(self, part, keep_text)
 

@@ -2,6 +2,8 @@
 (``shards.encode_ragged``), or its stored ids (pre-tokenized shards) cut to ``max_length``."""
 from __future__ import annotations
 
+import tokenizers  # noqa: F401  (~20 ms: imported with the pipeline, not inside the first batch's load_tokenizer)
+
 import shards
 from pipeline.chunk import Chunk
 
