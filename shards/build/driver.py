@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from shards import formats, storage
-from shards.build import spill
+from shards.build import in_pass, spill
 from shards.build.engines import EngineError, LocalEngine, Progress
 from shards.build.lock import (
     OutputLock,
@@ -87,6 +87,7 @@ class UnitResult:
     node: str = ""  # host that ran it, for the per-node summary of distributed engines
     continued: int = 0  # lines continuing a written multi-line record (BadRecords.continued)
     label_counts: list[int] | None = None  # records written per label id
+    labels: list[str] | None = None  # the label values in id order, when found in the write pass (in_pass)
 
 
 @dataclass
@@ -167,15 +168,24 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
     local_dir = tempfile.mkdtemp(prefix="shards-") if remote else storage.filesystem(_staging(cfg))[1]
     try:
         os.makedirs(local_dir, exist_ok=True)
-        columns, text_chars = unit_columns(cfg, unit, labels, bad)
-        label_counts = [0] * len(labels) if labels is not None else None
+        found = in_pass.FoundLabels() if labels == in_pass.IN_PASS else None
+        if found is not None:
+            columns, text_chars = in_pass.unit_columns(cfg, unit, bad, found)
+            label_counts = None  # counted by found
+        else:
+            columns, text_chars = unit_columns(cfg, unit, labels, bad)
+            label_counts = [0] * len(labels) if labels is not None else None
         columns = counting(prefetch(columns), label_counts)  # the reader runs a few blocks ahead on a thread
         tok = _tokenizer(cfg.tokenizer)
         fields = formats.fields_of(labels is not None, tok is not None)
         writer = PartWriter(cfg.format, local_dir, f"u{index:05d}", fields, cfg.limits, tok,
                             cfg.max_length, on_progress)
+        parts = writer.write_columns(columns)
+        if found is not None:
+            labels = sort_labels(found.values)
+            parts, label_counts = found.finish(parts, labels)
         staged = []
-        for part in writer.write_columns(columns):
+        for part in parts:
             url = storage.join(_staging(cfg), os.path.basename(part.path))
             if remote:
                 storage.publish_file(part.path, url, cfg.storage_options)
@@ -185,9 +195,9 @@ def run_unit(cfg: BuildConfig, index: int, unit: Unit, labels: list[str] | None,
             shutil.rmtree(local_dir, ignore_errors=True)
     result = UnitResult(index, staged, dict(bad.counts), sum(p.num_records for p in staged), key,
                         text_chars["n"], _unit_bytes(unit, cfg.storage_options), time.perf_counter() - t0,
-                        socket.gethostname(), bad.continued, label_counts)
+                        socket.gethostname(), bad.continued, label_counts, labels if found is not None else None)
     marker = {"key": key, "parts": [asdict(p) for p in staged], "bad": result.bad, "continued": bad.continued,
-              "label_counts": label_counts}
+              "label_counts": label_counts, "labels": result.labels}
     storage.write_bytes_atomic(_marker_url(cfg, index), json.dumps(marker).encode(), cfg.storage_options)
     return result
 
@@ -208,13 +218,16 @@ def _load_marker(cfg: BuildConfig, index: int, key: str) -> UnitResult | None:
     parts = [Part(**{**p, "path": storage.join(_staging(cfg), p["path"].rsplit("/", 1)[-1])})
              for p in data["parts"]]
     return UnitResult(index, parts, data["bad"], sum(p.num_records for p in parts), key,
-                      continued=data.get("continued", 0), label_counts=data.get("label_counts"))
+                      continued=data.get("continued", 0), label_counts=data.get("label_counts"), labels=data.get("labels"))
 
 
-def _labels(cfg: BuildConfig, units: list[Unit], engine) -> list[str] | None:
-    """The raw label values in id order (a label map's keys; the stored names are its values)."""
+def _labels(cfg: BuildConfig, units: list[Unit], engine, own_engine: bool) -> list[str] | str | None:
+    """The raw label values in id order (a label map's keys; the stored names are its values), or
+    ``in_pass.IN_PASS`` when the unit finds them as it is written."""
     if cfg.spec.label_field is None:
         return None
+    if in_pass.applies(cfg, units, own_engine):
+        return in_pass.IN_PASS
     if cfg.label_map is not None:
         return [raw for raw, _ in cfg.label_map]
     if cfg.label_names is not None:
@@ -283,7 +296,7 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
     failed = True
     try:
         spill.use_folder(None if storage.is_remote(cfg.out) else storage.filesystem(_staging(cfg))[1])
-        labels = _labels(cfg, units, engine)
+        labels = _labels(cfg, units, engine, own_engine)
         keys = [unit_key(cfg, u, labels, tok_fp) for u in units]
         done = _finished_units(cfg, keys, listed)
         todo = [(i, units[i], labels, keys[i]) for i in range(len(units)) if i not in done]
@@ -302,6 +315,8 @@ def _build_locked(cfg: BuildConfig, urls: list[str], units: list[Unit], engine, 
         raise EngineError(f"engine {type(engine).__name__} returned no result for unit(s) {missing}")
     results = {**done, **ran}
     ordered = [results[i] for i in range(len(units))]
+    if labels == in_pass.IN_PASS:
+        labels = ordered[0].labels
     manifest = _finish(cfg, urls, ordered, labels, tok_fp, listed)
     return BuildResult(manifest, time.perf_counter() - t0, input_bytes, len(done), list(ran.values()))
 

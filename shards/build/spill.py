@@ -59,19 +59,29 @@ def _key(unit: Unit, spec: CorpusSpec, storage_options) -> tuple:
     return unit, spec, repr(sorted((storage_options or {}).items()))
 
 
-def _columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options) -> Iterator[Columns] | None:
-    kind, compression = kind_of(unit.url, spec.input_format)
-    if not spec.block_parse or spec.label_field is None or is_remote(unit.url):
-        return None
-    if compression is None and unit.end is None and os.path.getsize(unit.url) > MAX_SPILL_BYTES:
-        return None
+def has_scan_reader(unit: Unit, spec: CorpusSpec) -> bool:
+    """Whether the unit's labels can be scanned by a block reader that keeps its records (JSONL, CSV/TSV)."""
+    kind = kind_of(unit.url, spec.input_format)[0]
+    return spec.block_parse and spec.label_field is not None and not is_remote(unit.url) and kind in ("jsonl", "csv", "tsv")
+
+
+def scan_reader(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options) -> Iterator[Columns]:
+    """The good records of a unit that :func:`has_scan_reader`, as Columns whose label is an Arrow
+    array of their label strings."""
+    kind = kind_of(unit.url, spec.input_format)[0]
     if kind == "jsonl":
         return corpus_jsonl.scan_columns(unit, spec, bad, storage_options)
-    if kind in ("csv", "tsv"):
-        from shards.corpus import csv_block
-        return csv_block.read_columns(unit, spec, bad, None, "\t" if kind == "tsv" else ",", storage_options,
-                                      for_scan=True)
-    return None
+    from shards.corpus import csv_block
+    return csv_block.read_columns(unit, spec, bad, None, "\t" if kind == "tsv" else ",", storage_options, for_scan=True)
+
+
+def _columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options) -> Iterator[Columns] | None:
+    """The scan reader of a unit that may be spilled, else None."""
+    if not has_scan_reader(unit, spec):
+        return None
+    if kind_of(unit.url, spec.input_format)[1] is None and unit.end is None and os.path.getsize(unit.url) > MAX_SPILL_BYTES:
+        return None
+    return scan_reader(unit, spec, bad, storage_options)
 
 
 def scan(unit: Unit, spec: CorpusSpec, storage_options: dict | None = None) -> set[str]:

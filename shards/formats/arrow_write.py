@@ -5,6 +5,9 @@ through a :class:`HashingSink`, so the shard's sha256 needs no second read.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
 import pyarrow as pa
 
@@ -90,3 +93,29 @@ def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def relabel(path: str, new_ids: np.ndarray) -> tuple[str, int]:
+    """Rewrite a finished shard's label ids in place (id ``i`` becomes ``new_ids[i]``); returns its
+    new (sha256 hex digest, bytes).  Only the label values change: an int64 column keeps its layout."""
+    spans = []  # (file offset, rows) of each batch's label values
+    with pa.memory_map(path) as source:
+        whole = source.read_buffer()
+        reader = pa.ipc.open_file(whole)
+        column = reader.schema.get_field_index("label")
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            offset = batch.column(column).buffers()[1].address - whole.address
+            if not 0 <= offset <= whole.size - 8 * batch.num_rows:
+                raise RuntimeError(f"{path}: batch {i}'s label values are not in the file's bytes (a compressed shard?)")
+            spans.append((offset, batch.num_rows))
+        del reader, batch, whole
+    mapped = np.memmap(path, np.uint8, mode="r+")
+    for offset, rows in spans:
+        ids = mapped[offset:offset + 8 * rows].view(np.int64)
+        ids[:] = new_ids[ids]
+    mapped.flush()
+    del mapped
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+    return digest.hexdigest(), os.path.getsize(path)

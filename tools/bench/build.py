@@ -8,7 +8,11 @@ times, interleaved, ``--reps`` times each and in a fresh process each:
 
 * the floor: ``pyarrow.json.read_json`` / ``pyarrow.csv.read_csv`` (txt: read_csv with one
   column, no quoting) + an Arrow IPC file write, no checks, no manifest, no sha256;
-* the whole command a user runs: ``shards build INPUT --out OUT --format arrow|tar --workers N``.
+* the whole command a user runs: ``shards build INPUT --out OUT --format arrow|tar --workers N``;
+* with tar shards, the *bytes floor*: writing and hashing (sha256) as many bytes as the tar
+  build wrote, from a ready buffer, in a fresh process (hash and write(2) on two threads, as the
+  shard sink does).  On short texts a tar set is ~25x its input, so this, not the parse, bounds a
+  tar build: the tar build is printed against it and against the Arrow build of the same workers.
 
 It prints medians in MB/s of input and each build's ratio to its format's floor, by wall time and
 by CPU time (user + system of the process and its threads and children: on a machine shared with
@@ -106,6 +110,32 @@ def floor(kind: str, path: str, out: str) -> None:
             writer.write_table(table, max_chunksize=1024)
 
 
+BYTES_FLOOR_CHUNK = 4 << 20
+
+
+def bytes_floor(nbytes: int, out: str) -> None:
+    """Write ``nbytes`` to one file under ``out`` from a ready buffer, hashing them (sha256) as written."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunk = memoryview(os.urandom(BYTES_FLOOR_CHUNK))
+    digest = hashlib.sha256()
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bytes.bin"), "wb") as f, ThreadPoolExecutor(1) as hasher:
+        left = nbytes
+        while left > 0:
+            piece = chunk[:min(left, len(chunk))]
+            hashed = hasher.submit(digest.update, piece)  # both release the GIL: they run side by side
+            f.write(piece)
+            hashed.result()
+            left -= len(piece)
+    digest.hexdigest()
+
+
+def output_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+
+
 def build_command(kind: str, path: str, out: str, fmt: str, workers: int, labelled: bool) -> list[str]:
     cmd = [*SHARDS, "build", path, "--out", out, "--format", fmt, "--workers", str(workers), "--no-progress"]
     if labelled and kind != "txt":
@@ -142,6 +172,7 @@ def run(args) -> dict:
     workers = [int(w) for w in args.workers.split(",")]
     paths = make_inputs(args.dir, args.mb, kinds)
     cases = []  # (kind, name, command)
+    tar_bytes: dict[str, int] = {}  # bytes the last tar build of each kind wrote (for its bytes floor)
     for kind in kinds:
         out = os.path.join(args.dir, f"out-{kind}")
         cases.append((kind, "pyarrow floor", [sys.executable, "-m", "tools.bench.build", "--floor", kind,
@@ -149,12 +180,17 @@ def run(args) -> dict:
         for fmt in args.shard_formats.split(","):
             for w in workers:
                 cases.append((kind, f"{fmt} w{w}", build_command(kind, paths[kind], out, fmt, w, not args.unlabelled)))
+        if "tar" in args.shard_formats.split(","):
+            cases.append((kind, "bytes floor", lambda kind=kind, out=out: [
+                sys.executable, "-m", "tools.bench.build", "--bytes-floor", str(tar_bytes[kind]), out]))
     times: dict[tuple[str, str], list[float]] = {(k, n): [] for k, n, _ in cases}
     cpus: dict[tuple[str, str], list[float]] = {(k, n): [] for k, n, _ in cases}
     for rep in range(args.reps):
         for kind, name, cmd in cases:  # interleaved: every case once per repetition
             shutil.rmtree(os.path.join(args.dir, f"out-{kind}"), ignore_errors=True)
-            seconds, cpu = _timed(cmd)
+            seconds, cpu = _timed(cmd() if callable(cmd) else cmd)
+            if name.startswith("tar "):
+                tar_bytes[kind] = output_bytes(os.path.join(args.dir, f"out-{kind}"))
             times[(kind, name)].append(seconds)
             cpus[(kind, name)].append(cpu)
             print(f"  rep {rep + 1} {kind:5s} {name:14s} {seconds:.2f} s ({cpu:.2f} CPU s)", file=sys.stderr, flush=True)
@@ -172,7 +208,27 @@ def run(args) -> dict:
                                         "cpu_ratio": floor_cpu / cpu, "cpu_seconds": cpus[(k, name)]}
             print(f"  {name:14s} {size / 1e6 / med:7.1f} MB/s  {floor_s / med:5.2f}x floor  {floor_cpu / cpu:5.2f}x floor CPU  "
                   f"(median of {', '.join(f'{t:.2f}' for t in ts)} s; {cpu:.2f} CPU s)")
+        _tar_lines(kind, times, cpus, workers, tar_bytes.get(kind), report)
     return report
+
+
+def _tar_lines(kind: str, times: dict, cpus: dict, workers: list[int], nbytes: int | None, report: dict) -> None:
+    """Each tar build against the Arrow build of its workers and against the bytes floor (wall and CPU)."""
+    if (kind, "bytes floor") not in times:
+        return
+    floor_s, floor_cpu = statistics.median(times[(kind, "bytes floor")]), statistics.median(cpus[(kind, "bytes floor")])
+    print(f"  tar output {nbytes / 1e6:.0f} MB; bytes floor (write + sha256 of it) {floor_s:.2f} s, {floor_cpu:.2f} CPU s")
+    for w in workers:
+        tar = (kind, f"tar w{w}")
+        tar_s, tar_cpu = statistics.median(times[tar]), statistics.median(cpus[tar])
+        line = {"vs_bytes_floor": floor_s / tar_s, "vs_bytes_floor_cpu": floor_cpu / tar_cpu}
+        text = f"  tar w{w}: {floor_s / tar_s:5.2f}x bytes floor ({floor_cpu / tar_cpu:.2f}x CPU)"
+        if (kind, f"arrow w{w}") in times:
+            arrow_s, arrow_cpu = statistics.median(times[(kind, f"arrow w{w}")]), statistics.median(cpus[(kind, f"arrow w{w}")])
+            line.update(vs_arrow=arrow_s / tar_s, vs_arrow_cpu=arrow_cpu / tar_cpu)
+            text += f", {arrow_s / tar_s:5.2f}x arrow w{w} ({arrow_cpu / tar_cpu:.2f}x CPU)"
+        report[f"{kind} tar w{w} ratios"] = line
+        print(text)
 
 
 def main(argv=None) -> None:
@@ -187,9 +243,13 @@ def main(argv=None) -> None:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--no-compile", action="store_true", help="do not byte-compile the shards package first")
     p.add_argument("--floor", nargs=3, metavar=("KIND", "INPUT", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--bytes-floor", nargs=2, metavar=("BYTES", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.floor:
         floor(*args.floor)
+        return
+    if args.bytes_floor:
+        bytes_floor(int(args.bytes_floor[0]), args.bytes_floor[1])
         return
     report = run(args)
     if args.json:
