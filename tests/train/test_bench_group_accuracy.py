@@ -64,6 +64,9 @@ def test_summary_pairs_seeds_and_takes_sample_sd():
     whole = out["paired"]["grouped/0"]
     assert whole["by_seed"] == pytest.approx([-0.01, -0.02, -0.03]) and whole["speed_ratio"] == pytest.approx(2.5)
     assert whole["t"] == pytest.approx(-3.4641, abs=1e-3) and whole["p"] == pytest.approx(0.0742, abs=1e-3)  # scipy's
+    part = ga.summarize(runs[:-2])  # saved part way: seed 2 has random only, so only seeds 0 and 1 pair
+    assert part["paired"]["grouped/50"]["seeds"] == [0, 1] and "grouped/0" in part["paired"]
+    assert ga.summarize(runs[:1])["paired"] == {}
 
 
 def test_t_test_p_matches_the_student_t_table():

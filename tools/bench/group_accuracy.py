@@ -201,9 +201,11 @@ def summarize(runs: list[dict]) -> dict:
                         "dev_accuracy": acc_mean, "dev_accuracy_sd": acc_sd,
                         "dev_accuracy_by_seed": [r["dev_accuracy"] for r in rows]}
     by_seed = {(r["seed"], r["setting"]): r for r in runs}
-    seeds = sorted({r["seed"] for r in runs})
     for setting in settings:
         if setting == RANDOM or RANDOM not in settings:
+            continue
+        seeds = sorted({s for s, _ in by_seed if (s, setting) in by_seed and (s, RANDOM) in by_seed})
+        if not seeds:  # a run saved part way: nothing paired yet
             continue
         diffs = [by_seed[(s, setting)]["dev_accuracy"] - by_seed[(s, RANDOM)]["dev_accuracy"] for s in seeds]
         diff_mean, diff_sd = mean_sd(diffs)
@@ -212,7 +214,8 @@ def summarize(runs: list[dict]) -> dict:
         # those ratios drifts less with the load than the ratio of the means
         ratios = [by_seed[(s, setting)]["train_samples_per_s"] / by_seed[(s, RANDOM)]["train_samples_per_s"]
                   for s in seeds]
-        out["paired"][setting] = {"mean": diff_mean, "sd": diff_sd, "by_seed": diffs, "se": diff_sd / len(diffs) ** 0.5,
+        out["paired"][setting] = {"mean": diff_mean, "sd": diff_sd, "by_seed": diffs, "seeds": seeds,
+                                  "se": diff_sd / len(diffs) ** 0.5,
                                   "t": t, "p": p, "n": len(diffs), "wins": sum(d > 0 for d in diffs),
                                   "speed_ratio": statistics.median(ratios), "speed_ratio_by_seed": ratios}
     return out
@@ -237,8 +240,9 @@ def render(corpus: str, summary: dict, args) -> str:
     return "\n".join(lines)
 
 
-def run_corpus(corpus: Corpus, tmp: pathlib.Path, args) -> list[dict]:
-    """Build the corpus's train and dev shards, then every seed with every setting, interleaved."""
+def run_corpus(corpus: Corpus, tmp: pathlib.Path, args, save) -> list[dict]:
+    """Build the corpus's train and dev shards, then every seed with every setting, interleaved;
+    ``save(runs)`` after each run (a long run stopped part way keeps what it measured)."""
     t0 = time.perf_counter()
     train_url = build_set(corpus.train, tmp / f"{corpus.name}-train", corpus.text_field, args.max_length)
     label_names = ShardStream(train_url).label_names
@@ -250,6 +254,7 @@ def run_corpus(corpus: Corpus, tmp: pathlib.Path, args) -> list[dict]:
         turn = seed % len(settings)  # no setting always runs first
         for group_batches in settings[turn:] + settings[:turn]:
             runs.append(train_once((train_url, dev_url), label_names, group_batches, seed, args))
+            save(runs)
             r = runs[-1]
             print(f"  {corpus.name} seed {seed} {r['setting']:<12} dev {r['dev_accuracy']:.1%}  "
                   f"{r['train_samples_per_s']:.1f} samples/s  pad {r['pad_fraction']:.3f}", file=sys.stderr, flush=True)
@@ -290,15 +295,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {}
+
+    def save(name: str, runs: list[dict]) -> None:
+        results[name] = {"runs": runs, "summary": summarize(runs)}
+        if args.out:
+            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="group-accuracy-") as tmp:
         for corpus in find_corpora(args.corpora, args.corpora_dir, pathlib.Path(tmp)):
-            runs = run_corpus(corpus, pathlib.Path(tmp), args)
-            results[corpus.name] = {"runs": runs, "summary": summarize(runs)}
+            run_corpus(corpus, pathlib.Path(tmp), args, lambda runs, name=corpus.name: save(name, runs))
             print(render(corpus.name, results[corpus.name]["summary"], args))
     if not results:
         print("group_accuracy: skipped: no corpus found; nothing measured")
-    if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1))
     return 0
 
 
