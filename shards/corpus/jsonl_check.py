@@ -25,6 +25,7 @@ from shards.corpus.column_checks import (  # noqa: F401 - PY_WHITESPACE, LABEL_B
     PY_WHITESPACE,
     LabelCodes,
     blank_texts,
+    has_nul,
     int64_array,
     label_codes,
     utf8_valid,
@@ -162,7 +163,7 @@ class Checker:
         text = cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\n")
         masks = [(NO_TEXT, pc.is_null(c)) for c in cols if c.null_count]
         masks.append((EMPTY, blank_texts(text)))
-        if b"\\u0000" in data:  # raw NUL bytes are in suspect lines
+        if has_nul(text):  # a \\u0000 escape (raw NUL bytes are in suspect lines)
             masks.append((NUL, pc.match_substring(text, "\x00")))
         label = None
         if spec.label_field is not None:
