@@ -2,7 +2,6 @@
 the same shards, manifest, counts and errors as the scan-then-write build and the per-line path."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
@@ -11,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shards.build import in_pass, spill
+from shards.build import driver, in_pass, spill
 from shards.build.driver import BuildConfig, build
 from shards.build.writer import Limits
 from shards.corpus import jsonl as corpus_jsonl
@@ -93,15 +92,26 @@ def test_error_names_the_same_line(tmp_path, in_pass_used):
     assert not (tmp_path / "o" / "index.json").exists()
 
 
-def test_rerun_reuses_the_unit_and_its_labels(tmp_path, in_pass_used):
+def test_rerun_reuses_the_unit_and_its_labels(tmp_path, monkeypatch, in_pass_used):
+    """A build that failed after its unit was written: the rerun reuses the unit, labels from its marker."""
     src = tmp_path / "a.jsonl"
     src.write_bytes(_jsonl(400, ["z", "y"]))
-    cfg = BuildConfig(out=str(tmp_path / "o"), spec=CorpusSpec(label_field="label", on_bad_record="skip"), progress=False)
-    first = build([str(src)], cfg)
-    marker = json.loads(next((tmp_path / "o").glob("index.json")).read_text())
-    assert first.manifest.label_names == marker["label_names"] == ["y", "z"]
-    again = build([str(src)], dataclasses.replace(cfg, limits=Limits(max_records=50)))  # another key: rebuilt
-    assert again.manifest.label_names == ["y", "z"] and again.manifest.label_counts == first.manifest.label_counts
+    spec = CorpusSpec(label_field="label", on_bad_record="skip")
+    fresh = build([str(src)], BuildConfig(out=str(tmp_path / "fresh"), spec=spec, progress=False))
+    finish = driver._finish
+
+    def fail_once(*args):
+        monkeypatch.setattr(driver, "_finish", finish)
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(driver, "_finish", fail_once)
+    cfg = BuildConfig(out=str(tmp_path / "o"), spec=spec, progress=False)
+    with pytest.raises(RuntimeError, match="killed before the commit"):
+        build([str(src)], cfg)
+    again = build([str(src)], cfg)
+    assert again.reused_units == 1 and len(in_pass_used) == 2  # the rerun ran no unit
+    assert again.manifest.label_names == ["y", "z"] and again.manifest.label_counts == fresh.manifest.label_counts
+    assert snapshot(tmp_path / "o") == snapshot(tmp_path / "fresh")
 
 
 def test_small_unit_scans_first(tmp_path, monkeypatch):
