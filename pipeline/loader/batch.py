@@ -13,7 +13,9 @@ position)``: this worker's numpy batches, each with the worker's position after 
 (default ~2048 samples' worth), so both processes pay torch's per-request cost
 (queues, wake-ups, pickling: ~0.5 ms) once per message, not per batch; tensors are
 made here from the numpy arrays (widened from the narrow dtypes they travel in, message.py).  A custom ``collate_fn`` gets the batch's
-items (dicts) in the worker instead and its result is passed on as it is.
+items (dicts) in the worker instead and its result is passed on as it is.  In a fresh epoch each
+worker's first batch travels alone and the loader puts the first round back in the order of whole
+messages (``_FirstRound``), so the first batch waits for one batch, not ``group`` of them.
 
 Order (order.py): each worker's batches delivered and the worker that delivered the
 last one fix where torch's round robin continues, so the delivered sequence continues
@@ -69,11 +71,11 @@ def counters(stream) -> dict:
 class _Messages(IterableDataset):
     """Runs in each DataLoader worker: that worker's batches, ``group`` per message."""
 
-    def __init__(self, loader: "BatchLoader", positions: list[dict], lead: list[bool]):
+    def __init__(self, loader: "BatchLoader", positions: list[dict], lead: list[bool], lone: bool = False):
         super().__init__()
         self.stream, self.epoch, self.batch_size = loader.dataset, loader._epoch, loader.batch_size
         self.group, self.batch_kw, self.collate_fn = loader.group, loader.batch_kw, loader.collate_fn
-        self.positions, self.lead = positions, lead
+        self.positions, self.lead, self.lone = positions, lead, lone
 
     def __iter__(self):
         worker_id, _ = world.worker()
@@ -85,12 +87,15 @@ class _Messages(IterableDataset):
                                       **batch_kwargs(self.stream, self.batch_kw, items))
         if self.lead[worker_id]:
             yield worker_id, [], [], []
-        for size in order.message_sizes(start["batches"], self.group):
+        sizes = order.message_sizes(start["batches"], self.group)
+        for k, size in enumerate(_first_alone(sizes) if self.lone else sizes):
             got, counts = [], []
             for pair in islice(batches, size):  # never next() in a generator: StopIteration would leak
                 got.append(pair)
                 counts.append(counters(self.stream))  # after each batch: a state after it holds exactly these
             if not got:
+                if self.lone and k == 1:  # the loader holds this worker's lone first batch until this answer
+                    yield worker_id, [], [], [counters(self.stream)]
                 return
             if len(got) < size:  # the epoch's end: what was counted after its last batch (retries) too
                 counts[-1] = counters(self.stream)
@@ -101,6 +106,37 @@ class _Messages(IterableDataset):
             yield worker_id, made, [p for _, p in got], counts
             if len(got) < size:
                 return
+
+
+def _first_alone(sizes):
+    """Message sizes with the first message cut in two: its first batch, then the rest (maybe none)."""
+    first = next(sizes)
+    yield 1
+    yield first - 1
+    yield from sizes
+
+
+class _FirstRound:
+    """The first round of a fresh epoch back in the order of whole messages.  torch asks the workers in
+    turn, so it delivers every worker's lone first batch, then the rest of each first message; the
+    first worker's lone batch goes out at once, any other's waits for the rest of its message (a
+    worker that has no more answers with an empty message)."""
+
+    def __init__(self):
+        self.answers: Counter = Counter()
+        self.held: dict[int, tuple] = {}
+
+    def place(self, worker_id: int, answer: tuple) -> list[tuple]:
+        """The answers to deliver now, in order, given this one of worker ``worker_id``."""
+        self.answers[worker_id] += 1
+        if self.answers[worker_id] > 2:
+            return [answer]
+        if self.answers[worker_id] == 1:
+            if len(self.answers) == 1:
+                return [answer]
+            self.held[worker_id] = answer
+            return []
+        return [self.held.pop(worker_id), answer] if worker_id in self.held else [answer]
 
 
 def _as_is(message):
@@ -298,7 +334,8 @@ class BatchLoader:
     def _from_workers(self, generation: int):
         nxt = order.next_worker([p["batches"] for p in self._positions], self._last, self.group, self._delivered)
         lead = order.leads(self.num_workers, nxt)
-        messages = _Messages(self, [dict(p) for p in self._positions], lead)
+        lone = self._delivered == 0 and self.group > 1  # a fresh epoch: see _FirstRound
+        messages = _Messages(self, [dict(p) for p in self._positions], lead, lone)
         kwargs = {"prefetch_factor": self.prefetch_factor or 2, "multiprocessing_context": self.mp_context}
         loader = DataLoader(messages, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                             **kwargs)
@@ -309,12 +346,15 @@ class BatchLoader:
             it = iter(loader)
         finally:
             gc.unfreeze()
-        return self._deliver(it, generation)
+        return self._deliver(it, generation, _FirstRound() if lone else None)
 
-    def _deliver(self, it, generation: int):
-        for worker_id, made, positions, stats in it:
-            for batch, position, counts in zip(made, positions, stats):
-                self._delivered_one(generation, worker_id, position, counts)
-                yield self._finish(batch)
+    def _deliver(self, it, generation: int, first_round: "_FirstRound | None"):
+        for worker_id, *answer in it:
+            for made, positions, stats in first_round.place(worker_id, answer) if first_round else [answer]:
+                if not made and stats and generation == self._generation:  # a worker's end after a lone batch
+                    self._stats_now[worker_id] = stats[-1]
+                for batch, position, counts in zip(made, positions, stats):
+                    self._delivered_one(generation, worker_id, position, counts)
+                    yield self._finish(batch)
         if generation == self._generation:
             self._check_end()
