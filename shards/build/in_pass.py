@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -75,7 +76,7 @@ class FoundLabels:
         self.counts[found] += records
         return found
 
-    def columns(self, scanned) -> "Columns":
+    def columns(self, scanned: Iterable[Columns]) -> Iterator[Columns]:
         """The scan reader's Columns with provisional label ids."""
         for col in scanned:
             yield Columns(col.text, self.ids(col.label), col.text_chars)

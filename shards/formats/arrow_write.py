@@ -98,18 +98,8 @@ def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
 def relabel(path: str, new_ids: np.ndarray) -> tuple[str, int]:
     """Rewrite a finished shard's label ids in place (id ``i`` becomes ``new_ids[i]``); returns its
     new (sha256 hex digest, bytes).  Only the label values change: an int64 column keeps its layout."""
-    spans = []  # (file offset, rows) of each batch's label values
     with pa.memory_map(path) as source:
-        whole = source.read_buffer()
-        reader = pa.ipc.open_file(whole)
-        column = reader.schema.get_field_index("label")
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            offset = batch.column(column).buffers()[1].address - whole.address
-            if not 0 <= offset <= whole.size - 8 * batch.num_rows:
-                raise RuntimeError(f"{path}: batch {i}'s label values are not in the file's bytes (a compressed shard?)")
-            spans.append((offset, batch.num_rows))
-        del reader, batch, whole
+        spans = _label_spans(path, source.read_buffer())
     mapped = np.memmap(path, np.uint8, mode="r+")
     for offset, rows in spans:
         ids = mapped[offset:offset + 8 * rows].view(np.int64)
@@ -119,3 +109,17 @@ def relabel(path: str, new_ids: np.ndarray) -> tuple[str, int]:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256")
     return digest.hexdigest(), os.path.getsize(path)
+
+
+def _label_spans(path: str, whole: pa.Buffer) -> list[tuple[int, int]]:
+    """(file offset, rows) of each record batch's label values in a shard's bytes ``whole``."""
+    reader = pa.ipc.open_file(whole)
+    column = reader.schema.get_field_index("label")
+    spans = []
+    for i in range(reader.num_record_batches):
+        batch = reader.get_batch(i)
+        offset = batch.column(column).buffers()[1].address - whole.address
+        if not 0 <= offset <= whole.size - 8 * batch.num_rows:
+            raise RuntimeError(f"{path}: batch {i}'s label values are not in the file's bytes (a compressed shard?)")
+        spans.append((offset, batch.num_rows))
+    return spans
