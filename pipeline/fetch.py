@@ -1,7 +1,8 @@
 """The fetch stage of a ShardStream: its shards fetched and verified (``shards.fetch_shard``,
-through the local cache of remote shards), the next one prefetched on a thread, read in one pass
-each, and the corrupt-shard policy (``StreamConfig.on_corrupt``: raise, or skip the shard's
-records as flagged pads, marked ``Chunk.skipped`` and counted where they are delivered).
+through the local cache of remote shards), the next one prefetched on a thread, read a run of
+adjacent slices at a time and each slice yielded as it is read, and the corrupt-shard policy
+(``StreamConfig.on_corrupt``: raise, or skip the shard's records as flagged pads, marked
+``Chunk.skipped`` and counted where they are delivered).
 
 Functions of the stream (``ds``): it holds the manifest, the settings, the cache and the set of
 shards skipped, so that they travel with it to the DataLoader workers.
