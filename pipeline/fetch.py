@@ -101,8 +101,16 @@ def columns(ds, want_text: bool) -> tuple[str, ...]:
 
 def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
     """The slices' records, each run of adjacent slices read in one pass (a reader call per slice
-    would walk an unshuffled plan's shard again for each slice), and each slice yielded as soon as
-    its records are read: a shuffled plan's first window does not wait for the rest of the shard."""
+    would walk an unshuffled plan's shard again for each slice).  Bytes verified by sha256 are the
+    built shard's, whose records the build checked: each slice goes out as soon as it is read, so a
+    shuffled plan's first window does not wait for the rest of the shard.  Under verify='size' or
+    'none' only reading finds a damaged record, so the whole shard is read before any slice goes
+    out: a damaged shard is refused before any of its records is delivered."""
+    chunks = _slice_chunks(ds, shard, slices, data, want_text)
+    yield from chunks if ds.config.verify == "sha256" else list(chunks)
+
+
+def _slice_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
     url = shards.shard_url(ds.url, ds.manifest.shards[shard])
     for run in _adjacent_runs([s for s in slices if len(s)]):
         lo, hi = run[0].start, run[-1].stop

@@ -1,0 +1,151 @@
+"""A hostile review of the first-batch path (lazy shard slices, a one-batch lead chunk, lone first
+batches put back in the order of whole messages by ``_FirstRound``): every attack compares the
+delivered order, saved states and resumes with the uninterrupted run of whole messages, and a
+damaged shard's records with what the loader delivers before refusing it."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+import shards
+from pipeline import PackedStream, ShardStream, StreamConfig, make_loader
+from pipeline.loader import batch as loader_batch
+from tests.helpers import elastickit
+from tests.helpers.data import build_set
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def damage_text(url: str, shard: int, needle: bytes) -> None:
+    """One byte of a stored text made invalid UTF-8, size unchanged (what verify='size' lets through)."""
+    path = pathlib.Path(url) / json.loads((pathlib.Path(url) / "index.json").read_text())["shards"][shard]["path"]
+    data = bytearray(path.read_bytes())
+    at = data.index(needle)
+    data[at] = 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fmt", ["tar", "arrow"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_shard_damaged_in_a_later_slice_is_refused_before_any_of_its_records(tmp_path, shuffle, fmt):
+    """Regression: slices yielded as read delivered 96 of the shard's records (shuffled) before the
+    damaged one was read; the old whole-shard read refused it first."""
+    url = build_set(tmp_path, n=120, max_records=120, fmt=fmt)  # one shard
+    damage_text(url, 0, b"record number 110 ")
+    ds = ShardStream(url, shuffle=shuffle, seed=1,
+                     config=StreamConfig(verify="size", block_size=8, shuffle_buffer=16, tokenize_batch=16))
+    delivered = []
+    with pytest.raises(shards.CorruptShardError, match="shard-00000"):
+        for batch in make_loader(ds, 4):
+            delivered += list(batch["sample_id"])
+    assert delivered == [], f"{len(delivered)} records of the damaged shard delivered before it was refused"
+
+
+# -- the first round: order, states and resumes against whole messages -------------------------------------------
+class _WholeMessages(loader_batch._Messages):
+    """The loader before the change: every message whole, the first one too."""
+
+    def __init__(self, loader, positions, lead, lone=False):
+        super().__init__(loader, positions, lead, False)
+
+
+class _AsTheyCome:
+    def place(self, worker_id, answer):
+        return [answer]
+
+
+def fingerprint(batch) -> str:
+    return repr({k: v.tolist() if hasattr(v, "tolist") else v for k, v in sorted(batch.items())})
+
+
+def steps(make, batch, workers, group, epochs=(0,), state=None, all_ranks=None) -> list[tuple[str, str]]:
+    """(batch, state saved after it) for every batch a fresh loader delivers, resumed from ``state``."""
+    ds = make()
+    loader = make_loader(ds, batch, num_workers=workers, batches_per_message=group,
+                         collate_fn=ds.collator() if isinstance(ds, PackedStream) else None)
+    if state is not None:
+        loader.load_state_dict(json.loads(state), all_ranks=all_ranks)
+        epochs = [e for e in epochs if e > json.loads(state)["epoch"]]
+        out = [(fingerprint(b), json.dumps(loader.state_dict(), sort_keys=True)) for b in loader]
+    else:
+        out = []
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        out += [(fingerprint(b), json.dumps(loader.state_dict(), sort_keys=True)) for b in loader]
+    return out
+
+
+def without_stats(run: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(b, json.dumps({k: v for k, v in json.loads(s).items() if k != "stats"})) for b, s in run]
+
+
+def assert_first_round_exact(monkeypatch, make, batch, workers, group, epochs=(0,), cuts=(1, 2, 3, 4), resumed=None):
+    """Batches and every saved state as with whole messages; a resume from a state saved inside the
+    first round (and again from one saved right after that resume) continues exactly (``resumed``:
+    what of a run is compared after a resume; default all of it)."""
+    resumed = resumed or (lambda run: run)
+    new = steps(make, batch, workers, group, epochs)
+    with monkeypatch.context() as m:
+        m.setattr(loader_batch, "_Messages", _WholeMessages)
+        m.setattr(loader_batch, "_FirstRound", _AsTheyCome)
+        whole = steps(make, batch, workers, group, epochs)
+    assert [b for b, _ in new] == [b for b, _ in whole], "delivered order differs from whole messages"
+    assert [s for _, s in new] == [s for _, s in whole], "a saved state differs from whole messages"
+    for cut in [c for c in cuts if c < len(new)]:
+        rest = steps(make, batch, workers, group, epochs, state=new[cut - 1][1])
+        assert resumed(rest) == resumed(new[cut:]), f"resumed after batch {cut}: batches or states differ"
+        if rest:
+            again = steps(make, batch, workers, group, epochs, state=rest[0][1])
+            assert resumed(again) == resumed(new[cut + 1:]), f"resumed again after batch {cut + 1}: batches or states differ"
+    return new
+
+
+def shard_stream(url, **kw):
+    config = StreamConfig(shuffle_buffer=6, block_size=3, tokenize_batch=5, **kw.pop("config", {}))
+    return lambda: ShardStream(url, shuffle=True, seed=4, config=config, **kw)
+
+
+@pytest.mark.parametrize("n,batch,workers,group", [
+    (29, 2, 2, 3),   # uneven workers, several messages each
+    (29, 2, 3, 3),   # three workers: two lone batches held at once
+    (31, 3, 3, 2),   # the rest of a first message is one batch
+    (5, 2, 3, 4),    # every worker has exactly one batch: each answers its lone one, then an empty message
+    (2, 1, 3, 2),    # a worker with no batch at all
+    (7, 2, 2, 8),    # every worker's whole epoch inside its first message
+])
+def test_first_round_order_states_and_resumes_are_those_of_whole_messages(tmp_path, monkeypatch, n, batch, workers,
+                                                                          group):
+    url = build_set(tmp_path, n=n, max_records=4)
+    assert_first_round_exact(monkeypatch, shard_stream(url), batch, workers, group)
+
+
+def test_every_epoch_has_its_own_first_round(tmp_path, monkeypatch):
+    url = build_set(tmp_path, n=17, max_records=4)
+    new = assert_first_round_exact(monkeypatch, shard_stream(url), 2, 2, 3, epochs=(0, 1), cuts=(1, 2, 9, 10, 11, 12))
+    assert len(new) == 2 * 9
+
+
+def test_no_workers_resume_anywhere(tmp_path, monkeypatch):
+    url = build_set(tmp_path, n=13, max_records=4)
+    assert_first_round_exact(monkeypatch, shard_stream(url), 2, 0, 3, cuts=(1, 2, 3))
+
+
+def test_grouped_by_length_first_round(tmp_path, monkeypatch, minilm):
+    url = build_set(tmp_path, n=40, max_records=7)
+    make = shard_stream(url, tokenizer=minilm, max_length=12, config={"group_by_length": True})
+    assert_first_round_exact(monkeypatch, make, 2, 2, 3, cuts=(1, 2, 3))
+
+
+def test_packed_first_round(tmp_path, monkeypatch, minilm):
+    """A resumed packed stream counts its packing stats (documents, blocks, tokens) again from the chunk it
+    re-reads, before this change too (reported, pipeline/pack): its resumes are compared without them."""
+    url = elastickit.build_docs(tmp_path, minilm)
+    assert_first_round_exact(monkeypatch, lambda: elastickit.packed(url, 0, 1), 2, 2, 3, cuts=(1, 2, 3),
+                             resumed=without_stats)
+
+
+def test_mixed_first_round(tmp_path, monkeypatch):
+    urls = [build_set(tmp_path, n=n, max_records=4, name=f"s{n}") for n in elastickit.SIZES]
+    assert_first_round_exact(monkeypatch, lambda: elastickit.mixture(urls, 0, 1), 2, 3, 3, cuts=(1, 2, 3))
