@@ -51,12 +51,14 @@ MEANINGFUL_RE = {d: re.compile(rb'[^\x80-\xff\s"' + re.escape(d.encode()) + rb"]
 
 
 class Shape(NamedTuple):
-    """A block's LF-ended lines: bounds, which could be clean whatever the header, fields of each."""
+    """A block's LF-ended lines: bounds, which could be clean whatever the header, fields of each
+    (None until asked for: pyarrow refuses a row of another number of fields, so the fields are
+    counted only in a block where it refused a run, and the run is cut before such rows)."""
 
     starts: np.ndarray
     ends: np.ndarray
     clean: np.ndarray  # clean if the line has the header's number of fields
-    fields: np.ndarray
+    fields: np.ndarray | None = None
 
 
 def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
@@ -68,31 +70,16 @@ def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
         return None
     a = np.frombuffer(block, np.uint8)
     starts, ends = line_bounds(a, block.endswith(b"\n"))
-    n, delim = len(starts), ord(delimiter)
     lengths = ends - starts
     clean = (lengths > 0) & (lengths <= limit)
-    # control bytes other than a tab or a line feed: counted by numpy (a regex search is 10x slower)
-    if np.count_nonzero(a < 32) != len(starts) - (not block.endswith(b"\n")) + block.count(b"\t"):
+    # control bytes other than a tab or a line feed: counted by numpy (a regex search is 10x slower);
+    # the tabs are counted only when there are other control bytes than line feeds (a CSV has few)
+    controls, newlines = np.count_nonzero(a < 32), len(starts) - (not block.endswith(b"\n"))
+    if controls != newlines and controls != newlines + block.count(b"\t"):
         clean &= ~np.logical_or.reduceat((a < 32) & (a != 10) & (a != 9), starts)
-    qpos, dpos = np.flatnonzero(a == 34), np.flatnonzero(a == delim)
-    # delimiters per line: the lines' bounds looked up among the delimiters (fewer lookups than the other way)
-    fields = np.diff(np.searchsorted(dpos, np.append(starts, len(a)))) + 1
+    qpos = np.flatnonzero(a == 34)
     if len(qpos):
-        qline = np.searchsorted(starts, qpos, side="right") - 1
-        q_before = np.searchsorted(qpos, starts)  # quotes before each line's start
-        opens = (np.arange(len(qpos)) - q_before[qline]) % 2 == 0  # outside quotes before this one
-        prev = a[np.maximum(qpos - 1, 0)]
-        nxt = a[np.minimum(qpos + 1, len(a) - 1)]
-        # an opening quote starts a field (or is the 2nd of a doubled ""), a closing one ends it (or is the 1st)
-        ok = np.where(opens, (qpos == starts[qline]) | (prev == delim) | (prev == 34),
-                      (qpos + 1 == ends[qline]) | (nxt == delim) | (nxt == 34))
-        clean &= np.bincount(qline, minlength=n) % 2 == 0
-        clean[qline[~ok]] = False
-        # a quoted delimiter separates nothing: those between an opening quote and the next quote (in a
-        # line with an odd number of quotes the count runs on past it, but such a line is never clean)
-        before = np.append(np.searchsorted(dpos, qpos), len(dpos))  # delimiters before each quote
-        inside = (before[1:] - before[:-1])[opens]
-        fields -= np.bincount(qline[opens], weights=inside, minlength=n).astype(np.int64)
+        _check_quotes(a, qpos, starts, ends, ord(delimiter), clean)
     # a row of only whitespace, quotes and delimiters may be blank (the strict reader decides): the
     # first and last bytes settle nearly every line, a regex the rest
     meaningful = MEANINGFUL[ord(delimiter)]
@@ -103,14 +90,55 @@ def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
             clean[k] = False
     if not block.isascii():
         clean &= ~invalid_utf8_lines(block, starts)
-    return Shape(starts, ends, clean, fields)
+    return Shape(starts, ends, clean)
+
+
+def _quote_lines(qpos: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(line of each quote, whether it opens a quoted field: an even number of quotes before it in its
+    line, quotes per line)."""
+    qline = np.searchsorted(starts, qpos, side="right") - 1
+    per_line = np.bincount(qline, minlength=len(starts))
+    q_before = np.zeros(len(starts), np.int64)  # quotes before each line's start
+    np.cumsum(per_line[:-1], out=q_before[1:])
+    return qline, (np.arange(len(qpos)) - q_before[qline]) % 2 == 0, per_line
+
+
+def _check_quotes(a: np.ndarray, qpos: np.ndarray, starts: np.ndarray, ends: np.ndarray, delim: int,
+                  clean: np.ndarray) -> None:
+    """Unmark the lines whose quotes do not each open or close a whole field (or pair up inside one)."""
+    qline, opens, per_line = _quote_lines(qpos, starts)
+    prev = a[np.maximum(qpos - 1, 0)]
+    nxt = a[np.minimum(qpos + 1, len(a) - 1)]
+    # an opening quote starts a field (or is the 2nd of a doubled ""), a closing one ends it (or is the 1st)
+    ok = np.where(opens, (qpos == starts[qline]) | (prev == delim) | (prev == 34),
+                  (qpos + 1 == ends[qline]) | (nxt == delim) | (nxt == 34))
+    clean &= per_line % 2 == 0
+    clean[qline[~ok]] = False
+
+
+def line_fields(block: bytes, starts: np.ndarray, delimiter: str) -> np.ndarray:
+    """Fields of each line of a block whose quotes :func:`block_shape` checked (on a line it found
+    unclean the count may be off: such a line is never clean)."""
+    a = np.frombuffer(block, np.uint8)
+    dpos = np.flatnonzero(a == ord(delimiter))
+    # delimiters per line: the lines' bounds looked up among the delimiters (fewer lookups than the other way)
+    fields = np.diff(np.searchsorted(dpos, np.append(starts, len(a)))) + 1
+    qpos = np.flatnonzero(a == 34)
+    if len(qpos):
+        qline, opens, _ = _quote_lines(qpos, starts)
+        # a quoted delimiter separates nothing: those between an opening quote and the next quote (in a
+        # line with an odd number of quotes the count runs on past it, but such a line is never clean)
+        before = np.append(np.searchsorted(dpos, qpos), len(dpos))  # delimiters before each quote
+        inside = (before[1:] - before[:-1])[opens]
+        fields -= np.bincount(qline[opens], weights=inside, minlength=len(starts)).astype(np.int64)
+    return fields
 
 
 class _Source:
     """Physical lines of the unit, block by block, with which of them are clean."""
 
-    def __init__(self, blocks, fields: int):
-        self.blocks = blocks  # (block, number of its first line, Shape | None)
+    def __init__(self, blocks, fields: int, delimiter: str):
+        self.blocks, self.delimiter = blocks, delimiter  # (block, number of its first line, Shape | None)
         self.fields = fields  # the header's; 0 while unknown (nothing is clean)
         self.block, self.first, self.i, self.n = b"", 1, 0, 0
         self.strict_lines: list[bytes] | None = None
@@ -138,7 +166,9 @@ class _Source:
     def _runs(self) -> None:
         if self.shape is None:
             return
-        clean = self.shape.clean & (self.shape.fields == self.fields)
+        clean = self.shape.clean
+        if self.shape.fields is not None:
+            clean = clean & (self.shape.fields == self.fields)
         # run_end[i]: the first unclean line at or after i (n if none)
         idx = np.where(clean, self.n, np.arange(self.n))
         self.run_end = np.minimum.accumulate(idx[::-1])[::-1]
@@ -160,6 +190,17 @@ class _Source:
             if self.ended or not self._load():
                 return None
         return self.first + self.i
+
+    def count_fields(self, first: int) -> bool:
+        """After pyarrow refused the run from line ``first`` on: count the block's fields (if not yet),
+        cut its runs before the lines with another number of fields and go back to ``first``.
+        False when they were counted already (the run goes to the strict reader)."""
+        if self.shape is None or self.shape.fields is not None:
+            return False
+        self.shape = self.shape._replace(fields=line_fields(self.block, self.shape.starts, self.delimiter))
+        self._runs()
+        self.i = first - self.first
+        return True
 
     def clean_run(self) -> tuple[bytes, int, int] | None:
         """(the clean lines from the next one on, in this block; number of the first; how many), if it is clean."""
@@ -190,7 +231,7 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
     # read, cut and shaped a block or two ahead, on a thread (``dropped`` only ever gains lines not reached yet)
     blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped)
     source = _Source(prefetch(((block, first, block_shape(block, limit, delimiter)) for block, first in blocks),
-                              depth=2), 0)
+                              depth=2), 0, delimiter)
     rows = Rows(_strict_lines(source, limit, bad, where, dropped), dropped, spec, bad, where, delimiter)
     parser = _Parser(spec, labels, delimiter, for_scan)
     pending = _Pending(labels, where, bad, for_scan)
@@ -206,8 +247,11 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
             run = source.clean_run()
         if run is not None:
             block, first, n = run
+            table = parser.parse(block, n)
+            if table is None and source.count_fields(first):
+                continue  # the run again, cut before its rows of another number of fields
             yield from pending.flush()
-            yield from parser.columns(block, first, n, rows, pending)
+            yield from parser.columns(block, first, n, rows, pending, table)
             feed.expect = first + n
             continue
         record = rows.next_row()
@@ -273,7 +317,9 @@ class _Parser:
         self.header = header
         return all(name in header for name in wanted)
 
-    def _parse(self, block: bytes) -> pa.Table | None:
+    def parse(self, block: bytes, n: int) -> pa.Table | None:
+        """The ``n`` clean lines of ``block`` as a table, or None if pyarrow refuses them (or reads
+        another number of rows)."""
         spec = self.spec
         wanted = list(dict.fromkeys([*spec.text_fields, *([spec.label_field] if spec.label_field else [])]))
         read = pcsv.ReadOptions(column_names=self.header, block_size=max(PARSE_BLOCK, 2 * spec.max_record_bytes + 2))
@@ -282,15 +328,17 @@ class _Parser:
         convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in wanted}, include_columns=wanted,
                                       strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=True)
         try:
-            return pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse,
-                                 convert_options=convert)
+            table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse,
+                                  convert_options=convert)
         except (pa.ArrowInvalid, ValueError):
             return None
+        return table if table.num_rows == n else None
 
-    def columns(self, block: bytes, first: int, n: int, rows: Rows, pending: _Pending) -> Iterator[Columns]:
-        """The ``n`` clean lines of ``block`` (the first numbered ``first``) as Columns."""
-        table = self._parse(block)
-        if table is None or table.num_rows != n:
+    def columns(self, block: bytes, first: int, n: int, rows: Rows, pending: _Pending,
+                table: pa.Table | None) -> Iterator[Columns]:
+        """The ``n`` clean lines of ``block`` (the first numbered ``first``) as Columns, from their
+        :meth:`parse` (None: refused)."""
+        if table is None:
             yield from self._strict(block, first, rows, pending)
             return
         spec = self.spec

@@ -93,6 +93,29 @@ def test_csv_clean_rows_go_column_wise(tmp_path, monkeypatch, small_blocks, labe
     assert len(strict_rows) <= 4  # the header and the end, in one pass (labels given) or the scan
 
 
+def test_csv_row_of_other_fields_cuts_the_run(tmp_path, monkeypatch):
+    """A row of another number of fields (which pyarrow refuses) goes to the strict reader alone: the
+    block's fields are counted after the refusal and the clean rows around it still go column-wise."""
+    rows = [b"plain words %d,pos" % i for i in range(300)]
+    rows[150] = b"three,fields,here"
+    src = _write(tmp_path / "in" / "fields.csv", _csv(rows))
+    spec = CorpusSpec(label_field="label", on_bad_record="skip", max_record_bytes=LIMIT)
+    slow = build([src], BuildConfig(out=str(tmp_path / "slow"), spec=dataclasses.replace(spec, block_parse=False),
+                                    progress=False))
+    strict_rows = []
+    original = csv_block.Rows.next_row
+
+    def counting(self):
+        strict_rows.append(1)
+        return original(self)
+
+    monkeypatch.setattr(csv_block.Rows, "next_row", counting)
+    fast = build([src], BuildConfig(out=str(tmp_path / "fast"), spec=spec, progress=False))
+    assert [s.sha256 for s in fast.manifest.shards] == [s.sha256 for s in slow.manifest.shards]
+    assert fast.manifest.num_records == 299
+    assert len(strict_rows) <= 4  # the header, the bad row and the end
+
+
 @pytest.mark.parametrize("row", CSV_ROWS, ids=range(len(CSV_ROWS)))
 def test_csv_error_names_the_same_line(tmp_path, monkeypatch, small_blocks, row):
     rows = [b"fine %d,pos" % i for i in range(40)] + [row] + [b"after,pos"] * 5
