@@ -57,7 +57,12 @@ class _AsTheyCome:
 
 
 def fingerprint(batch) -> str:
-    return repr({k: v.tolist() if hasattr(v, "tolist") else v for k, v in sorted(batch.items())})
+    return json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in sorted(batch.items())})
+
+
+def samples(run: list[tuple[str, str]]) -> list[str]:
+    """The real (not pad) samples a ShardStream run delivered."""
+    return [s for b, _ in run for s, pad in zip(json.loads(b)["sample_id"], json.loads(b)["is_pad"]) if not pad]
 
 
 def steps(make, batch, workers, group, epochs=(0,), state=None, all_ranks=None) -> list[tuple[str, str]]:
@@ -81,16 +86,18 @@ def without_stats(run: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(b, json.dumps({k: v for k, v in json.loads(s).items() if k != "stats"})) for b, s in run]
 
 
-def assert_first_round_exact(monkeypatch, make, batch, workers, group, epochs=(0,), cuts=(1, 2, 3, 4), resumed=None):
+def assert_first_round_exact(monkeypatch, make, batch, workers, group, epochs=(0,), cuts=(1, 2, 3, 4, 5, 7),
+                             resumed=None, start=None, all_ranks=None):
     """Batches and every saved state as with whole messages; a resume from a state saved inside the
     first round (and again from one saved right after that resume) continues exactly (``resumed``:
-    what of a run is compared after a resume; default all of it)."""
+    what of a run is compared after a resume; default all of it).  ``start``, ``all_ranks``: the
+    run compared is itself resumed from there (elastically when the topology differs)."""
     resumed = resumed or (lambda run: run)
-    new = steps(make, batch, workers, group, epochs)
+    new = steps(make, batch, workers, group, epochs, start, all_ranks)
     with monkeypatch.context() as m:
         m.setattr(loader_batch, "_Messages", _WholeMessages)
         m.setattr(loader_batch, "_FirstRound", _AsTheyCome)
-        whole = steps(make, batch, workers, group, epochs)
+        whole = steps(make, batch, workers, group, epochs, start, all_ranks)
     assert [b for b, _ in new] == [b for b, _ in whole], "delivered order differs from whole messages"
     assert [s for _, s in new] == [s for _, s in whole], "a saved state differs from whole messages"
     for cut in [c for c in cuts if c < len(new)]:
@@ -149,3 +156,24 @@ def test_packed_first_round(tmp_path, monkeypatch, minilm):
 def test_mixed_first_round(tmp_path, monkeypatch):
     urls = [build_set(tmp_path, n=n, max_records=4, name=f"s{n}") for n in elastickit.SIZES]
     assert_first_round_exact(monkeypatch, lambda: elastickit.mixture(urls, 0, 1), 2, 3, 3, cuts=(1, 2, 3))
+
+
+def test_ranks_with_pads_take_equal_steps_and_every_sample_once(tmp_path, monkeypatch):
+    url = build_set(tmp_path, n=29, max_records=4)
+    runs = [assert_first_round_exact(monkeypatch, shard_stream(url, rank=r, world_size=2), 2, 2, 3) for r in range(2)]
+    assert len(runs[0]) == len(runs[1])
+    got = samples(runs[0]) + samples(runs[1])
+    assert sorted(got) == sorted(set(got)) and len(got) == 29
+
+
+@pytest.mark.parametrize("cut", [1, 2, 4])
+def test_elastic_resume_of_a_state_saved_inside_the_first_round(tmp_path, monkeypatch, cut):
+    """Saved after ``cut`` batches of 2 workers (batch 2), resumed on 3 workers (batch 3): the resumed
+    stretch is a fresh first round of its own, resumed and resumed again exactly; every sample once."""
+    url = build_set(tmp_path, n=29, max_records=4)
+    make = shard_stream(url)
+    before = steps(make, 2, 2, 3)[:cut]
+    state = before[-1][1]
+    after = assert_first_round_exact(monkeypatch, make, 3, 3, 2, start=state, all_ranks=[json.loads(state)])
+    got = samples(before) + samples(after)
+    assert sorted(got) == sorted(set(got)) and len(got) == 29
