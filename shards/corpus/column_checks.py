@@ -64,13 +64,15 @@ def _offsets_and_bytes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def text_chars(text: pa.Array | pa.ChunkedArray) -> int:
-    """Characters of all the strings of a string array (nulls hold none), from its data buffer."""
+def text_chars(text: pa.Array | pa.ChunkedArray, is_ascii: bool = False) -> int:
+    """Characters of all the strings of a string array (nulls hold none), from its data buffer;
+    ``is_ascii``: the strings are known to be ASCII (cut from ASCII bytes), their bytes are their characters."""
     total = 0
     for chunk in _chunks(text):
         if len(chunk):
             offsets, data = _offsets_and_bytes(chunk)
-            total += utf8_chars(data[int(offsets[0]):int(offsets[-1])])
+            values = data[int(offsets[0]):int(offsets[-1])]
+            total += len(values) if is_ascii else utf8_chars(values)
     return total
 
 

@@ -370,7 +370,7 @@ class _Parser:
             text = pc.filter(text, good)
             label = pc.filter(label, good) if label is not None else None
             ids = pc.filter(ids, good) if ids is not None else None
-        chars = text_chars(chars_of)
+        chars = text_chars(chars_of, is_ascii=block.isascii())  # a field's characters are the block's own
         if self.for_scan:
             yield Columns(text, label, chars)
         else:

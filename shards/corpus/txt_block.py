@@ -64,7 +64,8 @@ def block_columns(block: bytes, first: int, limit: int, bad: BadRecords, where) 
     if b"\0" in block:
         nul = np.logical_or.reduceat(a == 0, starts) & ~too_long & ~blank
     invalid = np.zeros(len(starts), bool)
-    if not block.isascii() and not _mark_invalid(block, starts, invalid):
+    is_ascii = block.isascii()
+    if not is_ascii and not _mark_invalid(block, starts, invalid):
         return per_line(block, first, limit, bad, where)
     invalid &= ~too_long & ~blank & ~nul
     if bad.policy == "error" and (too_long.any() or nul.any() or invalid.any()):
@@ -72,7 +73,7 @@ def block_columns(block: bytes, first: int, limit: int, bad: BadRecords, where) 
     for reason, mask in (("too_long", too_long), (BLANK, blank), ("nul_byte", nul), ("invalid_utf8", invalid)):
         bad.add_many(reason, int(np.count_nonzero(mask)))
     good = ~(too_long | blank | nul | invalid)
-    return _strings(block, good, starts, ends)
+    return _strings(block, good, starts, ends, is_ascii)
 
 
 def _mark_invalid(block: bytes, starts: np.ndarray, invalid: np.ndarray) -> bool:
@@ -92,9 +93,10 @@ def _mark_invalid(block: bytes, starts: np.ndarray, invalid: np.ndarray) -> bool
     return False
 
 
-def _strings(block: bytes, keep: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Columns:
+def _strings(block: bytes, keep: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: bool) -> Columns:
     """Lines ``keep`` of a block of LF-ended lines as an Arrow string array: the kept lines' bytes
-    without their line feeds, picked by one byte mask (numpy, no per-line object)."""
+    without their line feeds, picked by one byte mask (numpy, no per-line object); ``is_ascii``: the
+    block is ASCII (its bytes are its characters)."""
     a = np.frombuffer(block, np.uint8)
     offsets = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
     np.cumsum((ends - starts)[keep], out=offsets[1:])
@@ -107,5 +109,5 @@ def _strings(block: bytes, keep: np.ndarray, starts: np.ndarray, ends: np.ndarra
         data = a[picked]
     text = pa.Array.from_buffers(pa.string(), len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)),
                                                                pa.py_buffer(data)])
-    return Columns(text, None, utf8_chars(data))
+    return Columns(text, None, len(data) if is_ascii else utf8_chars(data))
 
