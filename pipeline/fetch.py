@@ -9,6 +9,7 @@ shards skipped, so that they travel with it to the DataLoader workers.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -34,7 +35,7 @@ def read(ds, plan: list[split.Slice], want_text: bool, continues: bool = False) 
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
     try:
-        window = ds.config.shuffle_buffer if ds.shuffle else ds.config.tokenize_batch
+        window = window_of(ds)
         pending = pool.submit(fetch, ds, groups[0][0])
         for i, (shard, slices) in enumerate(groups):
             data = pending.result()
@@ -99,32 +100,84 @@ def columns(ds, want_text: bool) -> tuple[str, ...]:
     return (*other, "text") if want_text or not other else other
 
 
+def window_of(ds) -> int:
+    """Samples the stream gathers before its first piece goes out: a shuffle window, or a tokenizer batch."""
+    return ds.config.shuffle_buffer if ds.shuffle else ds.config.tokenize_batch
+
+
 def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
-    """The slices' records, each run of adjacent slices read in one pass (a reader call per slice
-    would walk an unshuffled plan's shard again for each slice).  Bytes verified by sha256 are the
-    built shard's, whose records the build checked: each slice goes out as soon as it is read, so a
-    shuffled plan's first window does not wait for the rest of the shard.  Under verify='size' or
-    'none' only reading finds a damaged record, so the whole shard is read before any slice goes
-    out: a damaged shard is refused before any of its records is delivered."""
-    chunks = _slice_chunks(ds, shard, slices, data, want_text)
+    """The slices' records, in the plan's order.  The slices of the shard's first window are read a run
+    of adjacent ones at a time and each goes out as soon as it is read (a shuffled plan's first window
+    does not wait for the rest of the shard); the rest are read in a few passes over the records between
+    them, as the whole shard was before (an Arrow reader call walks the file from its first record batch,
+    so a call per run of a shuffled plan's many blocks would cost O(runs x batches)).  Slices go out as
+    read only from sha256-verified bytes, the built shard's, whose records the build checked; under
+    verify='size' or 'none' only reading finds a damaged record, so the whole shard is read before any
+    slice goes out: a damaged shard is refused before any of its records is delivered."""
+    chunks = _slice_chunks(ds, shard, [s for s in slices if len(s)], data, want_text)
     yield from chunks if ds.config.verify == "sha256" else list(chunks)
 
 
 def _slice_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
+    lead = _lead_count(slices, window_of(ds))
+    for run in _adjacent_runs(slices[:lead]):
+        yield from _read_run(ds, shard, data, want_text, run)
+    rest, held = slices[lead:], {}
+    for span in _spans(rest, slices[:lead]):
+        lo, hi = span[0].start, max(s.stop for s in span)
+        whole = next(_read_run(ds, shard, data, want_text, [split.Slice(shard, lo, hi)]))
+        held.update({(s.start, s.stop): whole.slice(s.start - lo, s.stop - lo) for s in span})
+    for s in rest:
+        yield _marked(held[(s.start, s.stop)], s)
+
+
+def _read_run(ds, shard: int, data: bytes, want_text: bool, run: list[split.Slice]) -> Iterator[Chunk]:
+    """Each slice of ``run`` (adjacent slices) as soon as the one pass over them has read it."""
     url = shards.shard_url(ds.url, ds.manifest.shards[shard])
-    for run in _adjacent_runs([s for s in slices if len(s)]):
-        lo, hi = run[0].start, run[-1].stop
-        parts = (from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
-                 for b in shards.read_batches(ds.manifest, url, data, lo, hi, columns(ds, want_text)))
-        pieces, got = _cut(parts, [len(s) for s in run]), 0
-        for s in run:
-            part = next(pieces, None)
-            got += 0 if part is None else len(part)
-            if part is None or len(part) != len(s):  # never fewer samples than planned: unequal steps
-                raise shards.CorruptShardError(
-                    f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {got} of {hi - lo} (manifest "
-                    f"says {ds.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
-            yield replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
+    lo, hi = run[0].start, run[-1].stop
+    parts = (from_rows(shard, b.start, len(b), False, b.text, b.label, b.ids)
+             for b in shards.read_batches(ds.manifest, url, data, lo, hi, columns(ds, want_text)))
+    pieces, got = _cut(parts, [len(s) for s in run]), 0
+    for s in run:
+        part = next(pieces, None)
+        got += 0 if part is None else len(part)
+        if part is None or len(part) != len(s):  # never fewer samples than planned: unequal steps
+            raise shards.CorruptShardError(
+                f"shard {shards.redact(url)}: records {lo}..{hi - 1} gave {got} of {hi - lo} (manifest "
+                f"says {ds.manifest.shards[shard].num_records} records); rebuild it or fix index.json")
+        yield _marked(part, s)
+
+
+def _marked(part: Chunk, s: split.Slice) -> Chunk:
+    return replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
+
+
+def _lead_count(slices: list[split.Slice], window: int) -> int:
+    """How many of the first slices hold the first ``window`` samples."""
+    total = 0
+    for k, s in enumerate(slices):
+        total += len(s)
+        if total >= window:
+            return k + 1
+    return len(slices)
+
+
+def _spans(rest: list[split.Slice], lead: list[split.Slice]) -> Iterator[list[split.Slice]]:
+    """``rest`` by position, in groups each read in one pass: a group ends only where a lead slice (read
+    already) lies between it and the next slice; the records of other workers' slices are read over.
+    Which groups are made changes the cost only, never the records."""
+    holes = sorted(s.start for s in lead)
+    span: list[split.Slice] = []
+    hi = 0
+    for s in sorted(rest, key=lambda s: s.start):
+        first_hole = bisect.bisect_left(holes, hi)
+        if span and s.start > hi and first_hole < len(holes) and holes[first_hole] < s.start:
+            yield span
+            span = []
+        hi = max(hi, s.stop) if span else s.stop
+        span.append(s)
+    if span:
+        yield span
 
 
 def _adjacent_runs(slices: list[split.Slice]) -> Iterator[list[split.Slice]]:
