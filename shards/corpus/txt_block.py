@@ -10,6 +10,7 @@ name the first one) is read by the per-line path itself.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import numpy as np
@@ -24,6 +25,10 @@ from shards.corpus.spec import BLANK, BadRecords, CorpusSpec, Unit, kind_of
 
 BLOCK_BYTES = 8 << 20
 MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the block goes per line
+WHITESPACE = np.zeros(256, bool)
+WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # bytes.strip()'s
+NOT_WHITESPACE = re.compile(rb"[^\t\n\x0b\x0c\r ]")
+MAX_BLANK_SEARCHES = 2000  # lines a block's blank check searches one by one (~0.5 us each); past that, numpy
 
 
 def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options: dict | None = None
@@ -46,6 +51,23 @@ def line_bounds(a: np.ndarray, ends_with_newline: bool) -> tuple[np.ndarray, np.
     return starts, np.concatenate((newlines, [len(a)]))
 
 
+def blank_lines(block: bytes, a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per line: only ``bytes.strip()``'s whitespace (9-13, 32) or nothing.  Its first, second and last
+    bytes settle nearly every line (a text line starts or ends with a letter; a blank one is short), a
+    regex the few others; with many others, one numpy pass over the bytes (no input is slower than that)."""
+    lengths = ends - starts
+    last = np.maximum(ends - 1, starts)  # an empty line's "bytes" are its line feed: whitespace
+    maybe = WHITESPACE[a[starts]] & WHITESPACE[a[np.minimum(starts + 1, last)]] & WHITESPACE[a[last]]
+    unsettled = np.flatnonzero(maybe & (lengths > 3))
+    if len(unsettled) > MAX_BLANK_SEARCHES:
+        space = (a == 32) | ((a - np.uint8(9)) <= 4)
+        return ~np.logical_or.reduceat(~space, starts)
+    blank = maybe & (lengths <= 3)
+    for k in unsettled.tolist():
+        blank[k] = NOT_WHITESPACE.search(block, int(starts[k]), int(ends[k])) is None
+    return blank
+
+
 def per_line(block: bytes, first: int, limit: int, bad: BadRecords, where) -> Columns:
     texts = [r.text for r in txt_records(split_lines(block, first, limit, bad, where), bad, where)]
     return Columns(pa.array(texts, pa.string()), None, sum(map(len, texts)))
@@ -57,9 +79,8 @@ def block_columns(block: bytes, first: int, limit: int, bad: BadRecords, where) 
     a = np.frombuffer(block, np.uint8)
     starts, ends = line_bounds(a, block.endswith(b"\n"))
     too_long = (ends - starts) > limit
-    # per line: does it hold a byte other than whitespace (a NUL)? one pass over the bytes each
-    space = (a == 32) | ((a - np.uint8(9)) <= 4)  # bytes.strip()'s whitespace: 9-13 and 32
-    blank = ~np.logical_or.reduceat(~space, starts) & ~too_long
+    blank = blank_lines(block, a, starts, ends) & ~too_long
+    # per line: does it hold a NUL? one pass over the bytes, only in a block that has one
     nul = np.zeros(len(starts), bool)
     if b"\0" in block:
         nul = np.logical_or.reduceat(a == 0, starts) & ~too_long & ~blank

@@ -10,6 +10,7 @@ import pathlib
 import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -150,6 +151,22 @@ def test_txt_any_mix_same_bytes(tmp_path_factory, monkeypatch, picks, final_newl
         except BadRecordError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("searches", [0, 2000])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.lists(st.sampled_from([b" ", b"\t", b"\x0b", b"\x0c", b"a", b"\x00", b"\xc3\xa9"]), max_size=7),
+                      min_size=1, max_size=12), final_newline=st.booleans())
+def test_txt_blank_lines_as_bytes_strip(monkeypatch, searches, lines, final_newline):
+    """blank_lines (a few bytes per line, a regex, or with many lines left the numpy pass) is bytes.strip() == b''."""
+    monkeypatch.setattr(txt_block, "MAX_BLANK_SEARCHES", searches)
+    block = b"\n".join(b"".join(line) for line in lines) + (b"\n" if final_newline else b"")
+    if not block:
+        return
+    a = np.frombuffer(block, np.uint8)
+    starts, ends = txt_block.line_bounds(a, block.endswith(b"\n"))
+    want = [block[i:j].strip() == b"" for i, j in zip(starts.tolist(), ends.tolist())]
+    assert txt_block.blank_lines(block, a, starts, ends).tolist() == want
 
 
 def test_txt_counts_every_line(tmp_path, small_blocks):
