@@ -39,8 +39,12 @@ from pipeline.shuffle import keyed_permutation, window_order
 
 _BATCH_SALT = 0xBA7C_4E55  # the batch order of a window, apart from its sample order
 # Batches per sorted sub-window (0: the whole window, the grouping before sub-windows).  A fixed
-# count, so how finely batches are grouped does not follow shuffle_buffer (8192 samples at batch 16
-# sorted 512 batches together).  Chosen by measurement: tools.bench.group_accuracy --group-batches.
+# count (Hugging Face's megabatch), so how finely batches are grouped does not follow shuffle_buffer
+# (8192 samples at batch 16 sorted 512 batches together).  Measured on SST-2 (batch 16, max_length
+# 64): pad fraction 0.004 whole windows, 0.04 at 50, 0.62 random; the label lean of a batch (its
+# positive share's variance over a random batch's) is ~1.1x at every size from 2 batches to the
+# whole window, and dev accuracy after 150 steps was -0.4 +- 1.2 points vs random at 50 (11 seeds),
+# -0.7 +- 1.1 at whole windows (5 seeds): no size shown free of the drop (tools.bench.group_accuracy).
 GROUP_BATCHES = 50
 
 
