@@ -9,7 +9,6 @@ shards skipped, so that they travel with it to the DataLoader workers.
 """
 from __future__ import annotations
 
-import bisect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -43,7 +42,7 @@ def read(ds, plan: list[split.Slice], want_text: bool, continues: bool = False) 
             if isinstance(data, Exception):
                 chunks = skip_shard(ds, shard, slices, data, want_text, counted=continues and i == 0)
             else:
-                chunks = shard_chunks(ds, shard, slices, data, want_text)
+                chunks = shard_chunks(ds, shard, slices, data, want_text, window if i == 0 else 0)
             for chunk in chunks:
                 # the next shard downloads while this one is consumed, but only once a first window
                 # has gone out: fetching and hashing it would compete with the first batch for the CPU
@@ -105,30 +104,33 @@ def window_of(ds) -> int:
     return ds.config.shuffle_buffer if ds.shuffle else ds.config.tokenize_batch
 
 
-def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
-    """The slices' records, in the plan's order.  The slices of the shard's first window are read a run
-    of adjacent ones at a time and each goes out as soon as it is read (a shuffled plan's first window
-    does not wait for the rest of the shard); the rest are read in a few passes over the records between
-    them, as the whole shard was before (an Arrow reader call walks the file from its first record batch,
-    so a call per run of a shuffled plan's many blocks would cost O(runs x batches)).  Slices go out as
-    read only from sha256-verified bytes, the built shard's, whose records the build checked; under
-    verify='size' or 'none' only reading finds a damaged record, so the whole shard is read before any
-    slice goes out: a damaged shard is refused before any of its records is delivered."""
-    chunks = _slice_chunks(ds, shard, [s for s in slices if len(s)], data, want_text)
+def shard_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool,
+                 lead: int | None = None) -> Iterator[Chunk]:
+    """The slices' records, in the plan's order.  The slices holding the first ``lead`` samples (default:
+    the stream's first window; ``read`` asks it of the plan's first shard only) are read a run of adjacent
+    ones at a time, each going out as soon as it is read: the first window does not wait for the rest of
+    the shard.  The rest are read in one pass, as the whole shard was before (an Arrow reader call walks
+    the file from its first record batch: a call per block of a shuffled plan would cost O(blocks x record
+    batches)).  Slices go out as read only from sha256-verified bytes, the built shard's, whose records
+    the build checked; under verify='size' or 'none' only reading finds a damaged record, so the whole
+    shard is read before any slice goes out: a damaged shard is refused before any of its records is
+    delivered."""
+    lead = window_of(ds) if lead is None else lead
+    chunks = _slice_chunks(ds, shard, [s for s in slices if len(s)], data, want_text, lead)
     yield from chunks if ds.config.verify == "sha256" else list(chunks)
 
 
-def _slice_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool) -> Iterator[Chunk]:
-    lead = _lead_count(slices, window_of(ds))
-    for run in _adjacent_runs(slices[:lead]):
+def _slice_chunks(ds, shard: int, slices: list[split.Slice], data: bytes, want_text: bool,
+                  lead: int) -> Iterator[Chunk]:
+    first = _lead_count(slices, lead)
+    for run in _adjacent_runs(slices[:first]):
         yield from _read_run(ds, shard, data, want_text, run)
-    rest, held = slices[lead:], {}
-    for span in _spans(rest, slices[:lead]):
-        lo, hi = span[0].start, max(s.stop for s in span)
+    rest = slices[first:]
+    if rest:  # one pass over the records between them (the first window's read again: cheaper than a walk each)
+        lo, hi = min(s.start for s in rest), max(s.stop for s in rest)
         whole = next(_read_run(ds, shard, data, want_text, [split.Slice(shard, lo, hi)]))
-        held.update({(s.start, s.stop): whole.slice(s.start - lo, s.stop - lo) for s in span})
-    for s in rest:
-        yield _marked(held[(s.start, s.stop)], s)
+        for s in rest:
+            yield _marked(whole.slice(s.start - lo, s.stop - lo), s)
 
 
 def _read_run(ds, shard: int, data: bytes, want_text: bool, run: list[split.Slice]) -> Iterator[Chunk]:
@@ -152,32 +154,14 @@ def _marked(part: Chunk, s: split.Slice) -> Chunk:
     return replace(part, is_pad=np.full(len(part), s.pad)) if s.pad else part
 
 
-def _lead_count(slices: list[split.Slice], window: int) -> int:
-    """How many of the first slices hold the first ``window`` samples."""
+def _lead_count(slices: list[split.Slice], lead: int) -> int:
+    """How many of the first slices hold the first ``lead`` samples."""
     total = 0
     for k, s in enumerate(slices):
+        if total >= lead:
+            return k
         total += len(s)
-        if total >= window:
-            return k + 1
     return len(slices)
-
-
-def _spans(rest: list[split.Slice], lead: list[split.Slice]) -> Iterator[list[split.Slice]]:
-    """``rest`` by position, in groups each read in one pass: a group ends only where a lead slice (read
-    already) lies between it and the next slice; the records of other workers' slices are read over.
-    Which groups are made changes the cost only, never the records."""
-    holes = sorted(s.start for s in lead)
-    span: list[split.Slice] = []
-    hi = 0
-    for s in sorted(rest, key=lambda s: s.start):
-        first_hole = bisect.bisect_left(holes, hi)
-        if span and s.start > hi and first_hole < len(holes) and holes[first_hole] < s.start:
-            yield span
-            span = []
-        hi = max(hi, s.stop) if span else s.stop
-        span.append(s)
-    if span:
-        yield span
 
 
 def _adjacent_runs(slices: list[split.Slice]) -> Iterator[list[split.Slice]]:

@@ -4,6 +4,7 @@ delivered order, saved states and resumes with the uninterrupted run of whole me
 damaged shard's records with what the loader delivers before refusing it."""
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 
@@ -43,12 +44,42 @@ def test_a_shard_damaged_in_a_later_slice_is_refused_before_any_of_its_records(t
     assert delivered == [], f"{len(delivered)} records of the damaged shard delivered before it was refused"
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_deliver_none_of_a_damaged_shard(tmp_path, workers):
+    url = build_set(tmp_path, n=60, max_records=12, fmt="tar")  # five shards; shard 2 holds records 24..35
+    damage_text(url, 2, b"record number 34 ")
+    ds = ShardStream(url, shuffle=True, seed=1, config=StreamConfig(verify="size", block_size=4, shuffle_buffer=8))
+    delivered = []
+    with pytest.raises(shards.CorruptShardError, match="shard-00002"):
+        for batch in make_loader(ds, 2, num_workers=workers, batches_per_message=3):
+            delivered += list(batch["sample_id"])
+    assert not [s for s in delivered if s.startswith("00002:")]
+
+
+def test_a_shard_short_of_its_last_samples_is_refused_before_any_of_its_records(tmp_path):
+    import tarfile
+
+    url = build_set(tmp_path, n=120, max_records=120, fmt="tar")
+    path = next(pathlib.Path(url).glob("*.tar"))
+    with tarfile.open(path) as whole:
+        members = [(m, whole.extractfile(m).read()) for m in whole.getmembers()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as short:  # the last two samples dropped
+        for member, payload in members[:-4]:
+            short.addfile(member, io.BytesIO(payload))
+    ds = ShardStream(url, shuffle=True, seed=1, config=StreamConfig(verify="none", block_size=8, shuffle_buffer=16))
+    delivered = []
+    with pytest.raises(shards.CorruptShardError, match="shard-00000.*118 records"):
+        for batch in make_loader(ds, 4, num_workers=2, batches_per_message=3):
+            delivered += list(batch["sample_id"])
+    assert delivered == []
+
+
 @pytest.mark.parametrize("fmt", ["arrow", "tar"])
 def test_a_shuffled_shard_is_read_in_a_few_passes_not_one_per_block(tmp_path, monkeypatch, fmt):
     """Regression: a reader call per run of adjacent blocks (100 here); an Arrow call walks the file from
     its first record batch, so a big shard with small blocks cost O(blocks x batches) (1.2-1.6 s of CPU
     for 200k records, block_size=64, against 0.07 s).  Only the first window's blocks are read one run at
-    a time; the records delivered are the plan's, in its order."""
+    a time, the rest in one pass; the records delivered are the plan's, in its order."""
     url = build_set(tmp_path, n=400, max_records=400, fmt=fmt)
     ds = ShardStream(url, shuffle=True, seed=5, config=StreamConfig(block_size=4, shuffle_buffer=16))
     slices = split.plan(ds.manifest.shard_sizes, 0, 1, 0, 1, 5, 0, True, 4)
@@ -63,7 +94,7 @@ def test_a_shuffled_shard_is_read_in_a_few_passes_not_one_per_block(tmp_path, mo
     rows = [(s, r) for c in chunks for s, r in zip(c.shard.tolist(), c.record.tolist())]
     assert rows == [(0, r) for s in slices for r in range(s.start, s.stop)]
     assert [len(c) for c in chunks] == [len(s) for s in slices]
-    assert len(slices) == 100 and len(calls) <= 2 * 4 + 1, f"{len(calls)} reader calls for {len(slices)} blocks"
+    assert len(slices) == 100 and len(calls) <= 4 + 1, f"{len(calls)} reader calls for {len(slices)} blocks"
 
 
 # -- the first round: order, states and resumes against whole messages -------------------------------------------
