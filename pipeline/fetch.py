@@ -1,6 +1,7 @@
 """The fetch stage of a ShardStream: its shards fetched and verified (``shards.fetch_shard``,
-through the local cache of remote shards), the next one prefetched on a thread, read a run of
-adjacent slices at a time and each slice yielded as it is read, and the corrupt-shard policy
+through the local cache of remote shards), the next one prefetched on a thread, each read in one
+pass but the plan's first window (a run of adjacent slices at a time, each slice yielded as it is
+read, from sha256-verified bytes only: shard_chunks), and the corrupt-shard policy
 (``StreamConfig.on_corrupt``: raise, or skip the shard's records as flagged pads, marked
 ``Chunk.skipped`` and counted where they are delivered).
 
