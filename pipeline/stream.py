@@ -8,7 +8,8 @@ Stages, each a generator of columnar Chunks: plan (split.py) → fetch + verify
 shards (with the next one prefetched, corrupt ones raised or skipped: fetch.py) → record
 batches → windows of ``shuffle_buffer`` samples, each permuted (shuffle.py) → batched
 tokenization (tokenize.py) → padded batches (``batches``, the loader's path, each with the worker's position after it;
-with ``group_by_length`` each window is sorted by token length first, group.py), or
+with ``group_by_length`` each window's sub-windows of ``group.GROUP_BATCHES`` batches are sorted by token
+length first, group.py), or
 items (``__iter__``, built on the same chunks).
 Every step is a function of integers (seed, epoch, rank, worker, window), so a
 resumed stream starts at the window holding its position and reads nothing
