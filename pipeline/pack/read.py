@@ -9,6 +9,9 @@ and say the inner stream's position after a read (``position()``, plain integers
   (flat ids + offsets) go to ``DocFormat.join_flat`` as they are: no per-document
   dict, array or string.  Its position is ``{"samples": n}``: samples of the worker read.
 A read stops once it holds ``budget`` tokens (pads included) or ``CHUNK_ITEMS`` items.
+After a read, ``cum`` holds the running counts of its items (documents, empty and pad
+documents, and the inner stream's ``inner_keys``): counts.py reports them as positions
+pass the items, never as they are read (a resume re-reads a chunk).
 The item positions in ``Docs.items`` count from the start of the read plus ``first``
 (the items skipped to reach a resumed document), as a resume state names them.
 """
@@ -29,27 +32,39 @@ NEEDS_IDS = ("PackedStream needs token ids: give the inner ShardStream a tokeniz
              "build the shards with --tokenizer")
 
 
-def make_reader(stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
+def make_reader(stream, fmt: DocFormat, read: Counter, start: dict | None, skip: int):
     """The columnar reader when ``stream`` has ``read_chunks``, else the per-item one, from the
-    inner position ``start`` and ``skip`` items after it (they come before the resumed document)."""
+    inner position ``start`` and ``skip`` items after it (they come before the resumed document).
+    ``read``: the counts of the items read (ahead of the blocks; counts.py reports them as delivered)."""
     cls = ChunkReader if callable(getattr(stream, "read_chunks", None)) else ItemReader
-    return cls(stream, fmt, stats, start, skip)
+    return cls(stream, fmt, read, start, skip)
 
 
-def _docs(fmt: DocFormat, stats: Counter, flat: np.ndarray, raw: np.ndarray, names: tuple, where: np.ndarray,
-          n_pads: int, chunk: int) -> Docs:
+def _docs(fmt: DocFormat, flat: np.ndarray, raw: np.ndarray, names: tuple, where: np.ndarray, pads: np.ndarray,
+          first: int, chunk: int) -> tuple[Docs, dict]:
     """Docs of the non-pad items (``flat`` ids, ``raw`` lengths, ``names`` = (shard, record,
-    source) arrays): specials off, separator on."""
+    source) arrays, ``where`` their item positions): specials off, separator on; and the
+    running counts of the items (``pads``: per item of the read, ``first``: the first's position)."""
     joined, lengths, kept = fmt.join_flat(flat, raw)
     n = len(lengths)
     if n < len(raw):  # documents with no tokens once the tokenizer's specials are off
         where = where[kept]
         names = tuple(a[kept] for a in names)
-    stats["pad_documents"] += n_pads
-    stats["empty_documents"] += len(raw) - n
-    stats["documents"] += n
+    is_doc = np.zeros(len(pads), dtype=bool)
+    is_doc[where - first] = True
+    counts = running({"documents": is_doc, "pad_documents": pads, "empty_documents": ~(pads | is_doc)})
     z = np.zeros(n, dtype=np.int64)
-    return Docs(joined, lengths, z, *names, np.full(n, chunk, dtype=np.int64), where)
+    return Docs(joined, lengths, z, *names, np.full(n, chunk, dtype=np.int64), where), counts
+
+
+def running(per_item: dict) -> dict:
+    """{key: [0, c0, c0 + c1, ...]} of per-item counts (bool or int arrays)."""
+    out = {}
+    for key, values in per_item.items():
+        cum = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(values, out=cum[1:])
+        out[key] = cum
+    return out
 
 
 def _parse_ids(items: list[dict]) -> tuple:
@@ -64,8 +79,10 @@ def _parse_ids(items: list[dict]) -> tuple:
 class ItemReader:
     """Documents from ``iter(stream)``: one dict per item."""
 
-    def __init__(self, stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
-        self.fmt, self.stats, self.stream = fmt, stats, stream
+    def __init__(self, stream, fmt: DocFormat, read: Counter, start: dict | None, skip: int):
+        self.fmt, self.stream, self.read_counts = fmt, stream, read
+        self.cum: dict = {}
+        self.inner_keys: set = set()
         if start is not None:
             stream.seek(start)
         self.items = iter(stream)
@@ -85,8 +102,11 @@ class ItemReader:
         got: list[dict] = []
         tokens = 0
         exhausted = True
+        before = counters_of(self.stream)
+        inner: list[dict] = []  # the inner stream's counts after each item: a skip is counted as its item comes
         for item in self.items:
             got.append(item)
+            inner.append(counters_of(self.stream))
             ids = item.get("input_ids")
             if ids is not None:
                 tokens += len(ids)
@@ -105,8 +125,13 @@ class ItemReader:
             raise ValueError(NEEDS_IDS) from None
         raw = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
         flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-        return _docs(self.fmt, self.stats, flat, raw, _parse_ids(got), where, n_items - len(got), chunk), \
-            n_items, exhausted
+        docs, self.cum = _docs(self.fmt, flat, raw, _parse_ids(got), where, np.asarray(pads, dtype=bool), first, chunk)
+        self.inner_keys = {k for counts in inner for k in counts}
+        for key in self.inner_keys:
+            seen = np.array([before.get(key, 0)] + [counts.get(key, 0) for counts in inner], dtype=np.int64)
+            self.cum[key] = self.cum.get(key, 0) + seen - seen[0]
+        self.read_counts.update({k: int(a[-1]) for k, a in self.cum.items()})
+        return docs, n_items, exhausted
 
     def position(self) -> dict:
         return self.stream.position()
@@ -115,8 +140,11 @@ class ItemReader:
 class ChunkReader:
     """Documents from ``stream.read_chunks(skip)``: whole columnar chunks per read."""
 
-    def __init__(self, stream, fmt: DocFormat, stats: Counter, start: dict | None, skip: int):
-        self.fmt, self.stats = fmt, stats
+    inner_keys = frozenset(("skipped_shards", "skipped_samples"))  # Chunk.skipped, per sample
+
+    def __init__(self, stream, fmt: DocFormat, read: Counter, start: dict | None, skip: int):
+        self.fmt, self.read_counts = fmt, read
+        self.cum: dict = {}
         self.start = start if start is not None else {"samples": 0}  # the position before the first item
         self.samples = int(self.start.get("samples", 0)) + skip
         self.chunks: Iterator = stream.read_chunks(self.samples)
@@ -141,7 +169,6 @@ class ChunkReader:
                 break
         pad = _cat([c.is_pad for c in got], bool)
         keep = ~pad
-        n_pads = int(pad.sum())
         if any(c.ids is None and not c.is_pad.all() for c in got):
             raise ValueError(NEEDS_IDS)
         flat = _cat([c.ids.values for c in got if c.ids is not None], np.int32)
@@ -149,12 +176,22 @@ class ChunkReader:
         shard, record = _cat([c.shard for c in got], np.int64), _cat([c.record for c in got], np.int64)
         where = np.arange(first, first + n_items, dtype=np.int64)
         self.samples += n_items
-        if n_pads:  # rank-evening repeats and corrupt-shard placeholders carry no document
+        if pad.any():  # rank-evening repeats and corrupt-shard placeholders carry no document
             if len(raw):
                 flat, raw = flat[np.repeat(keep, raw)], raw[keep]
             where, shard, record = where[keep], shard[keep], record[keep]
         names = (shard, record, np.full(len(shard), -1, np.int64))
-        return _docs(self.fmt, self.stats, flat, raw, names, where, n_pads, chunk), n_items, exhausted
+        docs, self.cum = _docs(self.fmt, flat, raw, names, where, pad, first, chunk)
+        if any(c.skipped is not None for c in got):  # counts of the inner stream (as it names them when any)
+            marks = _cat([c.skipped if c.skipped is not None else np.zeros(len(c), np.int8) for c in got], np.int8)
+            self.cum.update(running({"skipped_samples": marks > 0, "skipped_shards": marks == 2}))
+        self.read_counts.update({k: int(a[-1]) for k, a in self.cum.items()})
+        return docs, n_items, exhausted
+
+
+def counters_of(stream) -> dict:
+    found = getattr(stream, "counters", None)
+    return found() if callable(found) else dict(getattr(stream, "stats", {}))
 
 
 def _cat(arrays: list, dtype) -> np.ndarray:

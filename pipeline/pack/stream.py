@@ -71,6 +71,7 @@ import shards
 from pipeline import elastic, settings
 from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.collate import BlockCollator, lockstep  # noqa: F401  (lockstep: its public home is here too)
+from pipeline.pack.counts import PassedCounts
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut
 from pipeline.pack.inner import check_item_position
 from pipeline.pack.read import make_reader
@@ -147,10 +148,9 @@ class PackedStream(IterableDataset):
             reset()
 
     def counters(self) -> dict:
-        inner = getattr(self.stream, "counters", None)
-        stats = Counter(inner() if callable(inner) else getattr(self.stream, "stats", {}))
-        stats.update(self.stats)
-        return dict(stats)
+        """The inner stream's counts and ours as of the last block delivered (counts.py): what a state saved
+        there holds, so that a resume from it counts each document, block and skip once."""
+        return dict(self.stats)
 
     def check_position(self, what: str, position: dict, worker_id: int, workers: int, batch_size: int) -> None:
         """A position after ``position["batches"]`` batches (> 0) of ``batch_size`` blocks: counters, and
@@ -190,8 +190,7 @@ class PackedStream(IterableDataset):
         """Block ``index`` (0-based) from ``position`` on, read with counters of its own (not
         delivered); None after the epoch's last block, _NO_BLOCK when the epoch ends before."""
         probe = copy.copy(self)
-        probe.stats = Counter()
-        sets = probe._sets(position, checked=True)
+        sets = probe._sets(position, self._counts(), checked=True)
         try:
             seen = 0
             for part in sets:
@@ -281,18 +280,33 @@ class PackedStream(IterableDataset):
         return self._blocks(position)
 
     def _blocks(self, position: dict | None) -> Iterator[dict]:
-        for part in self._sets(position):
-            for block, after in zip(part.blocks(), part.after):
+        counts = self._counts()
+        for part in self._sets(position, counts):
+            for i, (block, after) in enumerate(zip(part.blocks(), part.after)):
                 self._position = after
+                counts.deliver(part.num_tokens[i:i + 1], self.seq_len)
+                self.stats = counts.at(after)
                 yield block
+        self.stats = counts.done()
 
     def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False) -> Iterator[tuple]:
         """This worker's blocks as numpy batches (blocks.py; ``items``: lists of block dicts),
         from ``position`` on, each with the position after it."""
-        for part in rechunk(self._sets(position), batch_size):
-            yield (part.blocks() if items else part.batch()), part.after[-1]
+        counts = self._counts()
+        for part in rechunk(self._sets(position, counts), batch_size):
+            after = part.after[-1]
+            counts.deliver(part.num_tokens, self.seq_len)
+            self.stats = counts.at(after)
+            yield (part.blocks() if items else part.batch()), after
+        self.stats = counts.done()
 
-    def _sets(self, position: dict | None, checked: bool = False) -> Iterator[BlockSet]:
+    def _counts(self) -> PassedCounts:
+        """An iteration's counters (counts.py), on top of what this stream counted before it."""
+        inner = getattr(self.stream, "counters", None)
+        return PassedCounts(inner if callable(inner) else lambda: dict(getattr(self.stream, "stats", {})),
+                            Counter(self.stats))
+
+    def _sets(self, position: dict | None, counts: PassedCounts, checked: bool = False) -> Iterator[BlockSet]:
         """Read a chunk of documents, cut every block it completes, carry the rest; repeat.
 
         A position is (inner position at the start of the chunk a document was read in,
@@ -302,7 +316,7 @@ class PackedStream(IterableDataset):
         if position["inner"] is None and position["blocks"] and not checked:
             self._check_epoch_start(position)
         inner, skip, offset, blocks = position["inner"], position["skip"], position["offset"], position["blocks"]
-        reader = make_reader(self.stream, self.format, self.stats, inner, skip)
+        reader = make_reader(self.stream, self.format, counts.read_ahead, inner, skip)
         # chunk number -> inner position before its first item; the epoch start as the inner stream
         # names it (None only for a stream of unknown form), so that None mid-epoch is refused
         states = {0: reader.start}
@@ -310,11 +324,12 @@ class PackedStream(IterableDataset):
         carry, chunk, first = Docs.empty(), 0, skip
         budget = min(self.chunk_tokens, max(2 * self.seq_len, 256))  # small first chunk: the first block comes soon
         while True:
-            new, n_items, exhausted = reader.read(chunk, first, budget)
+            new, n_items, exhausted = counts.read(reader, chunk, first, budget, states[chunk])
             if exhausted:  # resume = re-read this chunk's items: a position taken after the end can
                 after = (states[chunk], first + n_items, 0)  # be stale (MixedStream's sources restart)
             else:
                 states[chunk + 1] = reader.position()
+                counts.next_chunk(chunk + 1, states[chunk + 1])
                 after = (states[chunk + 1], 0, 0)
             try:
                 new = new.skip_begun(begun)
@@ -344,10 +359,6 @@ class PackedStream(IterableDataset):
 
     def _block_set(self, result, docs: Docs, states: dict, after: tuple, blocks: int) -> BlockSet:
         n = len(result.num_tokens)
-        real = int(result.num_tokens.sum())
-        self.stats["blocks"] += n
-        self.stats["tokens"] += real
-        self.stats["pad_tokens"] += n * self.seq_len - real
         nxt, emitted = result.cursors
         read = nxt < len(docs)  # the next token is in a document already read, else: after this chunk
         safe = np.minimum(nxt, max(len(docs) - 1, 0))

@@ -1,0 +1,83 @@
+"""PackedStream's counters as of a position: what a state saved there holds, so a resume counts nothing twice.
+
+The readers (read.py) read a chunk of items ahead of the blocks they make, and a resume
+re-reads the chunk from its inner position, skipping to the resumed document.  So a
+count taken as an item is read would be counted again after a resume.  Instead each
+read chunk keeps, per item, the running counts of its items (``Reader.cum``: documents,
+empty_documents, pad_documents, and the inner stream's per-item counts such as
+skipped_samples), and a delivered block reports the counts of the items before its
+position (inner position of its chunk, items skipped from there) plus the blocks,
+tokens and pad tokens delivered.  A resume starts counting after the items it skips, so
+saved counts + resumed counts == the uninterrupted run's counts, at every position.
+Inner counts that no item carries (retries) are counted at the start of the chunk read.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+
+class _Read:
+    __slots__ = ("inner", "first", "start", "cum")
+
+    def __init__(self, inner, first: int, start: Counter, cum: dict):
+        self.inner, self.first, self.start, self.cum = inner, first, start, cum
+
+
+class PassedCounts:
+    """``prior`` + the counts of an iteration as of a delivered position.  Only what the inner stream counts
+    during a read is ours: what it counted reaching the start (a resume's skipped items) was counted before."""
+
+    def __init__(self, inner_counts: Callable[[], dict], prior: Counter):
+        self._inner = inner_counts
+        self._total: Counter = Counter(prior)   # as of the end of the last read
+        self._reads: dict[int, _Read] = {}  # chunk number -> its read (and the next chunk's start)
+        self.delivered: Counter = Counter()  # blocks, tokens, pad_tokens of the blocks delivered
+        self.read_ahead: Counter = Counter()  # the readers' counts of the items read (read.make_reader)
+
+    def read(self, reader, chunk: int, first: int, budget: int, inner) -> tuple:
+        """``reader.read(chunk, first, budget)``, keeping the per-item counts of chunk ``chunk``
+        (``inner``: the inner position it starts at, what delivered positions name it by)."""
+        before = Counter(self._inner())
+        got = reader.read(chunk, first, budget)
+        after = Counter(self._inner())
+        itemized = Counter({k: int(a[-1]) for k, a in reader.cum.items() if k in reader.inner_keys})
+        residual = (after - before) - itemized  # counted by the inner stream but by no item: at the chunk start
+        start = _sum(self._total, residual)
+        self._reads[chunk] = _Read(inner, first, start, reader.cum)
+        self._total = _sum(start, {k: int(a[-1]) for k, a in reader.cum.items()})
+        return got
+
+    def next_chunk(self, chunk: int, inner) -> None:
+        """Chunk ``chunk`` will start at ``inner``: a position there (no item of it read) holds ``_total``."""
+        self._reads[chunk] = _Read(inner, 0, Counter(self._total), {})
+
+    def at(self, position: dict) -> Counter:
+        """Counts of the items before ``position`` and of the blocks delivered."""
+        inner, skip = position["inner"], position["skip"]
+        found = next((c for c in sorted(self._reads, reverse=True) if self._reads[c].inner is inner), None)
+        if found is None:  # not a position of this iteration: report what was read
+            return self.done()
+        for old in [c for c in self._reads if c < found]:  # positions are delivered in order
+            del self._reads[old]
+        read = self._reads[found]
+        i = skip - read.first
+        return _sum(read.start, {k: int(a[min(i, len(a) - 1)]) for k, a in read.cum.items()}, self.delivered)
+
+    def deliver(self, num_tokens: np.ndarray, seq_len: int) -> None:
+        n, real = len(num_tokens), int(num_tokens.sum())
+        self.delivered.update({"blocks": n, "tokens": real, "pad_tokens": n * seq_len - real})
+
+    def done(self) -> Counter:
+        """Everything read (the epoch's end: every item passed) and delivered."""
+        return _sum(self._total, self.delivered)
+
+
+def _sum(*parts: dict) -> Counter:
+    """Counts added up, keys counted 0 kept (``+`` drops them; stats name every count they keep)."""
+    out: Counter = Counter()
+    for part in parts:
+        out.update(part)
+    return out
