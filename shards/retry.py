@@ -6,13 +6,14 @@ or throttling always is.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 
 
 def _transient_types() -> tuple[type, ...]:
     """Exception types that mean "try again": network, timeouts, cut or garbled bodies."""
+    import asyncio  # noqa: PLC0415 - asked only once an error is seen: a build never pays its import (~25 ms)
+
     types: list[type] = [ConnectionError, TimeoutError, asyncio.TimeoutError, ShortReadError]
     try:
         import botocore.exceptions as boto

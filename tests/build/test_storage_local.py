@@ -1,4 +1,4 @@
-"""storage.LocalFS (a local path's filesystem, fsspec not imported) answers as fsspec's LocalFileSystem,
+"""storage_local.LocalFS (a local path's filesystem, fsspec not imported) answers as fsspec's LocalFileSystem,
 and a local build never imports fsspec."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import fsspec
 import pytest
 
 from shards import storage
-from shards.storage import LocalFS
+from shards.storage_local import LocalFS
 
 REF = fsspec.filesystem("file")
 
