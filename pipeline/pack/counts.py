@@ -44,7 +44,8 @@ class PassedCounts:
         got = reader.read(chunk, first, budget)
         after = Counter(self._inner())
         itemized = Counter({k: int(a[-1]) for k, a in reader.cum.items() if k in reader.inner_keys})
-        residual = (after - before) - itemized  # counted by the inner stream but by no item: at the chunk start
+        # counted by the inner stream but by no item (retries): at the chunk start; names counted 0 kept
+        residual = {k: max(v - before.get(k, 0) - itemized.get(k, 0), 0) for k, v in after.items()}
         start = _sum(self._total, residual)
         self._reads[chunk] = _Read(inner, first, start, reader.cum)
         self._total = _sum(start, {k: int(a[-1]) for k, a in reader.cum.items()})
