@@ -40,16 +40,27 @@ def cpu_seconds() -> float:
 
 
 def _children(pid: int) -> list[int]:
+    """Live descendants of ``pid``; a thread or process that ends while they are listed is left out."""
     kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(x) for x in f.read().split()]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            continue  # the thread ended after the listing (a loader's pin-memory or feeder thread)
     return kids + [grandchild for kid in kids for grandchild in _children(kid)]
 
 
 def _proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state is field 3
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state is field 3
+    except FileNotFoundError:
+        return 0.0  # ended after it was listed; its CPU went to its parent's children time
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
