@@ -30,11 +30,11 @@ class PassedCounts:
     """``prior`` + the counts of an iteration as of a delivered position.  Only what the inner stream counts
     during a read is ours: what it counted reaching the start (a resume's skipped items) was counted before."""
 
-    def __init__(self, inner_counts: Callable[[], dict], prior: Counter):
-        self._inner = inner_counts
+    def __init__(self, inner_counts: Callable[[], dict], prior: Counter, seq_len: int):
+        self._inner, self._seq_len = inner_counts, seq_len
         self._total: Counter = Counter(prior)   # as of the end of the last read
         self._reads: dict[int, _Read] = {}  # chunk number -> its read (and the next chunk's start)
-        self.delivered: Counter = Counter()  # blocks, tokens, pad_tokens of the blocks delivered
+        self.blocks = self.tokens = 0  # blocks and real tokens delivered
         self.read_ahead: Counter = Counter()  # the readers' counts of the items read (read.make_reader)
 
     def read(self, reader, chunk: int, first: int, budget: int, inner) -> tuple:
@@ -55,25 +55,29 @@ class PassedCounts:
         """Chunk ``chunk`` will start at ``inner``: a position there (no item of it read) holds ``_total``."""
         self._reads[chunk] = _Read(inner, 0, Counter(self._total), {})
 
-    def at(self, position: dict) -> Counter:
-        """Counts of the items before ``position`` and of the blocks delivered."""
+    def at(self, position: dict, blocks: int, tokens: int) -> Counter:
+        """Counts of the items before ``position`` and of the ``blocks`` delivered (``tokens`` real tokens)."""
         inner, skip = position["inner"], position["skip"]
         found = next((c for c in sorted(self._reads, reverse=True) if self._reads[c].inner is inner), None)
         if found is None:  # not a position of this iteration: report what was read
-            return self.done()
+            return _sum(self._total, self._delivered(blocks, tokens))
         for old in [c for c in self._reads if c < found]:  # positions are delivered in order
             del self._reads[old]
         read = self._reads[found]
         i = skip - read.first
-        return _sum(read.start, {k: int(a[min(i, len(a) - 1)]) for k, a in read.cum.items()}, self.delivered)
+        return _sum(read.start, {k: int(a[min(i, len(a) - 1)]) for k, a in read.cum.items()},
+                    self._delivered(blocks, tokens))
 
-    def deliver(self, num_tokens: np.ndarray, seq_len: int) -> None:
-        n, real = len(num_tokens), int(num_tokens.sum())
-        self.delivered.update({"blocks": n, "tokens": real, "pad_tokens": n * seq_len - real})
+    def deliver(self, num_tokens: np.ndarray) -> None:
+        self.blocks += len(num_tokens)
+        self.tokens += int(num_tokens.sum())
+
+    def _delivered(self, blocks: int, tokens: int) -> dict:
+        return {"blocks": blocks, "tokens": tokens, "pad_tokens": blocks * self._seq_len - tokens}
 
     def done(self) -> Counter:
         """Everything read (the epoch's end: every item passed) and delivered."""
-        return _sum(self._total, self.delivered)
+        return _sum(self._total, self._delivered(self.blocks, self.tokens))
 
 
 def _sum(*parts: dict) -> Counter:

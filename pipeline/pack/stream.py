@@ -282,11 +282,13 @@ class PackedStream(IterableDataset):
     def _blocks(self, position: dict | None) -> Iterator[dict]:
         counts = self._counts()
         for part in self._sets(position, counts):
-            for i, (block, after) in enumerate(zip(part.blocks(), part.after)):
+            for block, after in zip(part.blocks(), part.after):
                 self._position = after
-                counts.deliver(part.num_tokens[i:i + 1], self.seq_len)
-                self.stats = counts.at(after)
+                counts.blocks += 1
+                counts.tokens += block["num_tokens"]
+                self._pending = (counts, after, counts.blocks, counts.tokens)  # counted when read (stats)
                 yield block
+            self._settle()  # once a set: the reads its blocks passed are let go (counts.at)
         self.stats = counts.done()
 
     def batches(self, batch_size: int, position: dict | None = None, *, items: bool = False) -> Iterator[tuple]:
@@ -295,8 +297,8 @@ class PackedStream(IterableDataset):
         counts = self._counts()
         for part in rechunk(self._sets(position, counts), batch_size):
             after = part.after[-1]
-            counts.deliver(part.num_tokens, self.seq_len)
-            self.stats = counts.at(after)
+            counts.deliver(part.num_tokens)
+            self.stats = counts.at(after, counts.blocks, counts.tokens)
             yield (part.blocks() if items else part.batch()), after
         self.stats = counts.done()
 
@@ -304,7 +306,23 @@ class PackedStream(IterableDataset):
         """An iteration's counters (counts.py), on top of what this stream counted before it."""
         inner = getattr(self.stream, "counters", None)
         return PassedCounts(inner if callable(inner) else lambda: dict(getattr(self.stream, "stats", {})),
-                            Counter(self.stats))
+                            Counter(self.stats), self.seq_len)
+
+    # stats: the counts as of the last block delivered; a per-block iteration counts them when they are read
+    @property
+    def stats(self) -> Counter:
+        self._settle()
+        return self._stats
+
+    @stats.setter
+    def stats(self, counts: Counter) -> None:
+        self._stats, self._pending = counts, None
+
+    def _settle(self) -> None:
+        pending, self._pending = self.__dict__.get("_pending"), None
+        if pending is not None:
+            counts, after, blocks, tokens = pending
+            self._stats = counts.at(after, blocks, tokens)
 
     def _sets(self, position: dict | None, counts: PassedCounts, checked: bool = False) -> Iterator[BlockSet]:
         """Read a chunk of documents, cut every block it completes, carry the rest; repeat.
