@@ -80,6 +80,31 @@ class PassedCounts:
         return _sum(self._total, self._delivered(self.blocks, self.tokens))
 
 
+class DeliveredStats:
+    """``stats``: the counts as of the last block delivered (a per-block iteration counts them when they are
+    read, ``_pending``); ``_counts()``: an iteration's counters, on top of what was counted before it."""
+
+    @property
+    def stats(self) -> Counter:
+        self._settle()
+        return self._stats
+
+    @stats.setter
+    def stats(self, counts: Counter) -> None:
+        self._stats, self._pending = counts, None
+
+    def _settle(self) -> None:
+        pending, self._pending = self.__dict__.get("_pending"), None
+        if pending is not None:
+            counts, after, blocks, tokens = pending
+            self._stats = counts.at(after, blocks, tokens)
+
+    def _counts(self) -> PassedCounts:
+        inner = getattr(self.stream, "counters", None)
+        return PassedCounts(inner if callable(inner) else lambda: dict(getattr(self.stream, "stats", {})),
+                            Counter(self.stats), self.seq_len)
+
+
 def _sum(*parts: dict) -> Counter:
     """Counts added up, keys counted 0 kept (``+`` drops them; stats name every count they keep)."""
     out: Counter = Counter()

@@ -71,7 +71,7 @@ import shards
 from pipeline import elastic, settings
 from pipeline.pack.blocks import BlockSet, Positions, rechunk
 from pipeline.pack.collate import BlockCollator, lockstep  # noqa: F401  (lockstep: its public home is here too)
-from pipeline.pack.counts import PassedCounts
+from pipeline.pack.counts import DeliveredStats, PassedCounts
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut
 from pipeline.pack.inner import check_item_position
 from pipeline.pack.read import make_reader
@@ -82,7 +82,7 @@ CHUNK_TOKENS = 1 << 15      # tokens read from the inner stream per chunk (at le
 
 
 # -- the stream --------------------------------------------------------------
-class PackedStream(IterableDataset):
+class PackedStream(DeliveredStats, IterableDataset):
     """Blocks of ``seq_len`` tokens cut from a document stream; see the module docstring.
 
     ``stream``: a ShardStream (read as columnar Chunks, ``read_chunks``), or a MixedStream
@@ -301,28 +301,6 @@ class PackedStream(IterableDataset):
             self.stats = counts.at(after, counts.blocks, counts.tokens)
             yield (part.blocks() if items else part.batch()), after
         self.stats = counts.done()
-
-    def _counts(self) -> PassedCounts:
-        """An iteration's counters (counts.py), on top of what this stream counted before it."""
-        inner = getattr(self.stream, "counters", None)
-        return PassedCounts(inner if callable(inner) else lambda: dict(getattr(self.stream, "stats", {})),
-                            Counter(self.stats), self.seq_len)
-
-    # stats: the counts as of the last block delivered; a per-block iteration counts them when they are read
-    @property
-    def stats(self) -> Counter:
-        self._settle()
-        return self._stats
-
-    @stats.setter
-    def stats(self, counts: Counter) -> None:
-        self._stats, self._pending = counts, None
-
-    def _settle(self) -> None:
-        pending, self._pending = self.__dict__.get("_pending"), None
-        if pending is not None:
-            counts, after, blocks, tokens = pending
-            self._stats = counts.at(after, blocks, tokens)
 
     def _sets(self, position: dict | None, counts: PassedCounts, checked: bool = False) -> Iterator[BlockSet]:
         """Read a chunk of documents, cut every block it completes, carry the rest; repeat.
