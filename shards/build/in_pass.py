@@ -26,7 +26,7 @@ import pyarrow as pa
 from shards.build import spill
 from shards.build.writer import Columns, Part
 from shards.formats.arrow_write import relabel
-from shards.storage import is_remote
+from shards.storage import is_remote, sha256_file
 
 IN_PASS = "found in the write pass"  # the labels of a unit key (and run_unit) when they are found so
 # A smaller unit is one read block (shards.corpus.jsonl.BLOCK_BYTES): its parse has no write to overlap
@@ -93,7 +93,8 @@ class FoundLabels:
             return parts, counts
         out = []
         for p in parts:
-            digest, nbytes = relabel(p.path, perm)
+            relabel(p.path, perm)
+            digest, nbytes = sha256_file(p.path)
             out.append(Part(p.path, p.num_records, nbytes, digest))
         return out, counts
 

@@ -5,9 +5,6 @@ through a :class:`HashingSink`, so the shard's sha256 needs no second read.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 import numpy as np
 import pyarrow as pa
 
@@ -95,9 +92,9 @@ def _list_array(ids: list[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def relabel(path: str, new_ids: np.ndarray) -> tuple[str, int]:
-    """Rewrite a finished shard's label ids in place (id ``i`` becomes ``new_ids[i]``); returns its
-    new (sha256 hex digest, bytes).  Only the label values change: an int64 column keeps its layout."""
+def relabel(path: str, new_ids: np.ndarray) -> None:
+    """Rewrite a finished shard's label ids in place (id ``i`` becomes ``new_ids[i]``).  Only the
+    label values change: an int64 column keeps its layout (the caller hashes the file again)."""
     with pa.memory_map(path) as source:
         spans = _label_spans(path, source.read_buffer())
     mapped = np.memmap(path, np.uint8, mode="r+")
@@ -106,9 +103,6 @@ def relabel(path: str, new_ids: np.ndarray) -> tuple[str, int]:
         ids[:] = new_ids[ids]
     mapped.flush()
     del mapped
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
-    return digest.hexdigest(), os.path.getsize(path)
 
 
 def _label_spans(path: str, whole: pa.Buffer) -> list[tuple[int, int]]:
