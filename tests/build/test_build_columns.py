@@ -72,14 +72,8 @@ def test_csv_any_mix_same_bytes(tmp_path_factory, monkeypatch, picks, final_newl
     assert fast == slow
 
 
-@pytest.mark.parametrize("labels", [None, ("neg", "pos")])
-def test_csv_clean_rows_go_column_wise(tmp_path, monkeypatch, small_blocks, labels):
-    """A clean file never reaches the strict reader past its header, and still gives the same bytes."""
-    rows = [b"plain words %d,pos" % i if i % 3 else b'"quoted, %d ""x""",neg' % i for i in range(300)]
-    src = _write(tmp_path / "in" / "clean.csv", _csv(rows))
-    spec = CorpusSpec(label_field="label", max_record_bytes=LIMIT)
-    slow = build([src], BuildConfig(out=str(tmp_path / "slow"), spec=dataclasses.replace(spec, block_parse=False),
-                                    label_names=labels, progress=False))
+def _count_strict_rows(monkeypatch) -> list:
+    """A list that gets an item for each row the strict CSV reader reads from now on."""
     strict_rows = []
     original = csv_block.Rows.next_row
 
@@ -88,6 +82,18 @@ def test_csv_clean_rows_go_column_wise(tmp_path, monkeypatch, small_blocks, labe
         return original(self)
 
     monkeypatch.setattr(csv_block.Rows, "next_row", counting)
+    return strict_rows
+
+
+@pytest.mark.parametrize("labels", [None, ("neg", "pos")])
+def test_csv_clean_rows_go_column_wise(tmp_path, monkeypatch, small_blocks, labels):
+    """A clean file never reaches the strict reader past its header, and still gives the same bytes."""
+    rows = [b"plain words %d,pos" % i if i % 3 else b'"quoted, %d ""x""",neg' % i for i in range(300)]
+    src = _write(tmp_path / "in" / "clean.csv", _csv(rows))
+    spec = CorpusSpec(label_field="label", max_record_bytes=LIMIT)
+    slow = build([src], BuildConfig(out=str(tmp_path / "slow"), spec=dataclasses.replace(spec, block_parse=False),
+                                    label_names=labels, progress=False))
+    strict_rows = _count_strict_rows(monkeypatch)
     fast = build([src], BuildConfig(out=str(tmp_path / "fast"), spec=spec, label_names=labels, progress=False))
     assert [s.sha256 for s in fast.manifest.shards] == [s.sha256 for s in slow.manifest.shards]
     assert fast.manifest.num_records == 300
@@ -103,14 +109,7 @@ def test_csv_row_of_other_fields_cuts_the_run(tmp_path, monkeypatch):
     spec = CorpusSpec(label_field="label", on_bad_record="skip", max_record_bytes=LIMIT)
     slow = build([src], BuildConfig(out=str(tmp_path / "slow"), spec=dataclasses.replace(spec, block_parse=False),
                                     progress=False))
-    strict_rows = []
-    original = csv_block.Rows.next_row
-
-    def counting(self):
-        strict_rows.append(1)
-        return original(self)
-
-    monkeypatch.setattr(csv_block.Rows, "next_row", counting)
+    strict_rows = _count_strict_rows(monkeypatch)
     fast = build([src], BuildConfig(out=str(tmp_path / "fast"), spec=spec, progress=False))
     assert [s.sha256 for s in fast.manifest.shards] == [s.sha256 for s in slow.manifest.shards]
     assert fast.manifest.num_records == 299
