@@ -159,3 +159,12 @@ class BlockIds:
 
     def tolist(self) -> list[list[str]]:
         return [list(x) for x in self._all()]
+
+
+def block_dtypes(tokenizer, seq_len: int, specials: tuple[int, ...]) -> tuple:
+    """(ids, positions/doc ids) dtypes of the blocks: 16 bits where every value fits (a
+    vocabulary known to be under 65536, blocks under 32768 tokens), else 32 / 64; the
+    loader widens them to LongTensors in the main process (they cross the pipe narrow)."""
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True) if tokenizer is not None else None
+    fits16 = vocab is not None and max(vocab - 1, *specials) < 1 << 16 and min(specials) >= 0
+    return (np.uint16 if fits16 else np.int64), (np.int16 if seq_len < 1 << 15 else np.int64)

@@ -69,7 +69,7 @@ from torch.utils.data import IterableDataset
 
 import shards
 from pipeline import elastic, settings
-from pipeline.pack.blocks import BlockSet, Positions, rechunk
+from pipeline.pack.blocks import BlockSet, Positions, block_dtypes, rechunk
 from pipeline.pack.collate import BlockCollator, lockstep  # noqa: F401  (lockstep: its public home is here too)
 from pipeline.pack.counts import DeliveredStats, PassedCounts
 from pipeline.pack.cut import ARRAY_KEYS, IGNORE_INDEX, DocFormat, Docs, added_specials, cut
@@ -118,7 +118,7 @@ class PackedStream(DeliveredStats, IterableDataset):
                         "max_length": getattr(stream, "max_length", None),
                         "tokenizer": shards.fingerprint(self.tokenizer) if self.tokenizer is not None else None}
         self.stats: Counter = Counter()
-        self._dtypes = _block_dtypes(self.tokenizer, self.seq_len, (self.pad_id, self.format.sep_id))
+        self._dtypes = block_dtypes(self.tokenizer, self.seq_len, (self.pad_id, self.format.sep_id))
         self._seek: dict | None = None
         self._position: dict = dict(START)
         self._begun: tuple[int, dict] = (-1, {})  # (epoch, (shard, record) -> tokens emitted before an elastic resume)
@@ -378,15 +378,6 @@ def _same_block(a, b) -> bool:
         return a is b
     return np.array_equal(a["input_ids"], b["input_ids"]) and list(a["sample_ids"]) == list(b["sample_ids"]) \
         and np.array_equal(a["starts"], b["starts"])
-
-
-def _block_dtypes(tokenizer, seq_len: int, specials: tuple[int, ...]) -> tuple:
-    """(ids, positions/doc ids) dtypes of the blocks: 16 bits where every value fits (a
-    vocabulary known to be under 65536, blocks under 32768 tokens), else 32 / 64; the
-    loader widens them to LongTensors in the main process (they cross the pipe narrow)."""
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True) if tokenizer is not None else None
-    fits16 = vocab is not None and max(vocab - 1, *specials) < 1 << 16 and min(specials) >= 0
-    return (np.uint16 if fits16 else np.int64), (np.int16 if seq_len < 1 << 15 else np.int64)
 
 
 def _resolve_tokenizer(stream, tokenizer):

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from pipeline.collate import to_tensors
 from pipeline.loader.message import narrow, pack
-from pipeline.pack.stream import _block_dtypes
+from pipeline.pack.blocks import block_dtypes
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,8 +40,8 @@ class _Vocab:
 
 
 def test_block_dtypes_are_16_bits_only_where_every_value_fits():
-    assert _block_dtypes(_Vocab(30522), 128, (0, 102)) == (np.uint16, np.int16)
-    assert _block_dtypes(_Vocab(65536), 128, (0, 102))[0] == np.uint16
-    assert _block_dtypes(_Vocab(65537), 128, (0, 102))[0] == np.int64  # id 65536 would wrap
-    assert _block_dtypes(None, 128, (0, 102))[0] == np.int64            # vocabulary unknown
-    assert _block_dtypes(_Vocab(100), 1 << 15, (0, 1))[1] == np.int64   # positions up to 32767 only
+    assert block_dtypes(_Vocab(30522), 128, (0, 102)) == (np.uint16, np.int16)
+    assert block_dtypes(_Vocab(65536), 128, (0, 102))[0] == np.uint16
+    assert block_dtypes(_Vocab(65537), 128, (0, 102))[0] == np.int64  # id 65536 would wrap
+    assert block_dtypes(None, 128, (0, 102))[0] == np.int64            # vocabulary unknown
+    assert block_dtypes(_Vocab(100), 1 << 15, (0, 1))[1] == np.int64   # positions up to 32767 only
