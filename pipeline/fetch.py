@@ -17,6 +17,7 @@ from itertools import groupby
 from typing import Iterator
 
 import numpy as np
+import pyarrow.compute  # noqa: F401 - the shard readers call it: imported before DataLoader workers fork
 
 import shards
 from pipeline import split

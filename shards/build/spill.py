@@ -27,12 +27,12 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.build.writer import Columns
 from shards.corpus import jsonl as corpus_jsonl
 from shards.corpus.column_checks import int64_array
 from shards.corpus.read import BLANK, BadRecords, CorpusSpec, Unit, kind_of, scan_labels
+from shards.lazy import compute as pc
 from shards.storage import is_remote
 
 MAX_SPILL_BYTES = 2 << 30  # spilled text beyond this: give up the spill (the unit is parsed twice)

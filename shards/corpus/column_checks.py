@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.corpus.records import EXACT_FLOAT, LABEL_BAD_CHARS
+from shards.lazy import compute as pc
 
 # What Python's str.strip() strips (every c with c.isspace(); a test checks the list):
 # "empty after strip" must mean the same here.

@@ -20,7 +20,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
@@ -29,6 +28,7 @@ from shards.corpus.decode import Where, count_lines, line_blocks, split_lines
 from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, Lines, bool_array, line_shape
 from shards.corpus.records import jsonl_records
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
+from shards.lazy import compute as pc
 
 BLOCK_BYTES = 8 << 20  # read from the file at a time
 # A block whose clean lines pyarrow refuses is retried as RETRY_PIECES pieces, recursively,

@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from shards.corpus.column_checks import (  # noqa: F401 - PY_WHITESPACE, LABEL_BAD_RE2: named here too
@@ -31,6 +30,7 @@ from shards.corpus.column_checks import (  # noqa: F401 - PY_WHITESPACE, LABEL_B
     utf8_valid,
 )
 from shards.corpus.spec import CorpusSpec
+from shards.lazy import compute as pc
 
 PARSE_BLOCK = 1 << 20  # pyarrow's own block (one parallel task)
 MAX_UTF8_ERRORS = 16  # invalid lines located one by one in a block; past that, the rest is suspect

@@ -38,8 +38,8 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, storage_options:
     compression = kind_of(unit.url, spec.input_format)[1]
     limit = spec.max_record_bytes
     blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES)
-    for block, first in prefetch(blocks, depth=2):  # read and cut a block or two ahead, on a thread
-        yield block_columns(block, first, limit, bad, where)
+    # read, cut and checked a block or two ahead, on a thread (the numpy passes release the GIL)
+    yield from prefetch((block_columns(block, first, limit, bad, where) for block, first in blocks), depth=2)
 
 
 def line_bounds(a: np.ndarray, ends_with_newline: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,11 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc  # flatten() needs it too: imported here, before loader workers fork
 
 from shards.formats.arrow_write import Writer, overhead_bytes, record_bytes, schema  # noqa: F401 (the format's API)
 from shards.formats.base import Batch, CorruptShardError, check_labels
 from shards.formats.ragged import Ragged
+from shards.lazy import compute as pc
 
 EXT = ".arrow"
 MAGIC = b"ARROW1"
