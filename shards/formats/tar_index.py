@@ -11,9 +11,11 @@ accepts a shard the walk refuses, and gives exactly the walk's index for one it 
 as our writer makes them (keys of one width, rising) are checked on their key bytes alone
 (``_uniform_samples``); other names split at their first dot column by column (``_any_samples``).
 
-A fresh process (the first batch of a run) pays a page fault for every 4 KiB of each new large
-array, so the checks gather only the header bytes they read, and whole headers (for the
-checksums) ``CHUNK`` at a time, into a buffer that is reused.
+The checks read each candidate header (``ustar`` at its magic) once: ``HeaderScan`` takes the
+shard ``CHUNK`` blocks at a time, copies that chunk's candidates whole into a reused buffer (a
+fresh process pays a page fault for every 4 KiB of each new large array) and reads every field
+there; only the results per header are kept.  ``shards.reader`` feeds it each chunk of a local
+shard as it reads it, while the chunk is still in the CPU cache.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from shards.formats.tar_write import BLOCK
 
-CHUNK = 4096  # whole headers summed per step: 2 MiB, reused, instead of one array of every header
+CHUNK = 4096  # blocks scanned per step (2 MiB): their candidate headers fit one reused buffer
 NAME_PEEK = 32  # name bytes read first: writers' names are shorter, so their NUL is in there
 
 _NAME_CHARS = np.zeros(256, bool)
@@ -46,37 +48,76 @@ def blocks_of(data) -> np.ndarray:
 
 def plain_index(data, max_member_bytes: int) -> Index | None:
     """The member index of a plainly laid out shard, or None (see the module docstring)."""
-    blocks = blocks_of(data)
-    chain = _header_chain(data, blocks) if len(blocks) else None
-    if chain is None or not len(chain[0]):
-        return None
-    at, sizes = chain
-    if (sizes > max_member_bytes).any() or not _plain_headers(blocks, at):
-        return None
-    names = _member_names(blocks, at)
-    found = _uniform_samples(names) or _any_samples(names)
-    return None if found is None else _index(at, sizes, *found)
+    scan = HeaderScan()
+    scan.feed(np.frombuffer(data, np.uint8), len(data))
+    return scan.index(data, max_member_bytes)
 
 
-def _header_chain(data, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(block numbers, payload sizes) of the members, following each header's size from block 0;
-    None when the chain is not plain (truncated, data after the end-of-archive block...)."""
-    magic = np.flatnonzero(np.ascontiguousarray(blocks[:, 257:261]).view("<u4").ravel() == _USTA)
-    magic = magic[blocks[magic, 261] == ord("r")]
-    sizes = octal_column(blocks[magic, 124:136])
+class HeaderScan:
+    """What ``plain_index`` checks of every block that may be a member header (``ustar`` at its magic),
+    gathered ``CHUNK`` blocks at a time: a chunk's candidate headers are copied whole into a reused buffer
+    and every field is read there, not in a pass over the shard per field (each missing the CPU cache at
+    every header).  ``feed`` takes the shard's bytes as they arrive (``shards.reader`` feeds each chunk it
+    reads while the chunk is in the cache); ``index`` then decides, once all of them are in."""
+
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.blocks = 0  # whole blocks scanned
+        self._held = np.empty((CHUNK, BLOCK), np.uint8)
+
+    def feed(self, data: np.ndarray, upto: int) -> None:
+        """Scan the whole blocks of ``data[:upto]`` (uint8) not scanned yet."""
+        blocks = data[self.blocks * BLOCK: upto // BLOCK * BLOCK].reshape(-1, BLOCK)
+        for lo in range(0, len(blocks), CHUNK):
+            self._add(blocks[lo: lo + CHUNK], self.blocks + lo)
+        self.blocks += len(blocks)
+
+    def _add(self, blocks: np.ndarray, first: int) -> None:
+        """The candidate headers among ``blocks`` (the shard's blocks ``first``, ``first + 1``, ...)."""
+        magic = np.flatnonzero(np.ascontiguousarray(blocks[:, 257:261]).view("<u4").ravel() == _USTA)
+        magic = magic[blocks[magic, 261] == ord("r")]
+        rows = np.take(blocks, magic, axis=0, out=self._held[: len(magic)], mode="clip")  # magic: valid rows
+        stored = octal_column(rows[:, 148:156])
+        rows[:, 148:156] = 32  # the checksum is the header's byte sum with its own field as spaces
+        summed = rows.sum(1, dtype=np.uint32) == stored
+        kind = rows[:, 156]
+        plain = ((kind == 48) | (kind == 0)) & (rows[:, 345] == 0) & (stored >= 0) & summed  # regular, no prefix
+        self.parts.append((magic + first, octal_column(rows[:, 124:136]), plain, rows[:, :NAME_PEEK].copy()))
+
+    def index(self, data, max_member_bytes: int) -> Index | None:
+        """The member index of ``data`` (every whole block of it fed), or None (see ``plain_index``)."""
+        if self.blocks != len(data) // BLOCK:
+            raise ValueError(f"HeaderScan.index: {self.blocks} blocks scanned of {len(data) // BLOCK}; feed them all first")
+        if not self.blocks:
+            return None
+        at, sizes, plain, names = (np.concatenate(column) for column in zip(*self.parts))
+        chain = _header_chain(data, at, sizes)
+        if chain is None:
+            return None
+        at, sizes, plain, names = at[chain], sizes[chain], plain[chain], names[chain]
+        if not len(at) or (sizes > max_member_bytes).any() or not plain.all():
+            return None
+        names = _member_names(blocks_of(data), at, names)
+        found = _uniform_samples(names) or _any_samples(names)
+        return None if found is None else _index(at, sizes, *found)
+
+
+def _header_chain(data, magic: np.ndarray, sizes: np.ndarray) -> np.ndarray | slice | None:
+    """Which candidate headers (at blocks ``magic``, of payload ``sizes``) are the members (an index, or
+    a whole slice when all are), following each header's size from block 0; None when the chain is not
+    plain (truncated, data after the end-of-archive block...)."""
     hops = np.where(sizes >= 0, magic + 1 + (sizes + BLOCK - 1) // BLOCK, -1)
     if len(magic) and magic[0] == 0 and (hops[:-1] == magic[1:]).all():
-        end = int(hops[-1])
+        chain, end = slice(None), int(hops[-1])
     else:  # a payload holding "ustar" where a header's magic would be: walk from header to header
-        where, i, chain = dict(zip(magic.tolist(), range(len(magic)))), 0, []
+        where, i, found = dict(zip(magic.tolist(), range(len(magic)))), 0, []
         while i in where:
-            chain.append(where[i])
+            found.append(where[i])
             i = int(hops[where[i]])
-        chain = np.asarray(chain, np.int64)
-        magic, sizes, end = magic[chain], sizes[chain], i
-    if end < 0 or end >= len(blocks) or bytes(data[end * BLOCK:]).strip(b"\x00"):
+        chain, end = np.asarray(found, np.int64), i
+    if end < 0 or end >= len(data) // BLOCK or bytes(data[end * BLOCK:]).strip(b"\x00"):
         return None
-    return magic, sizes
+    return chain
 
 
 def octal_column(fields: np.ndarray) -> np.ndarray:
@@ -89,7 +130,8 @@ def octal_column(fields: np.ndarray) -> np.ndarray:
     lead = len(is_digit) if is_digit.all() else int(np.argmin(is_digit))
     rest = fields[:, lead:]
     if lead and (digits[:, :lead] < 8).all() and ((rest == 0) | (rest == 32)).all():
-        return digits[:, :lead].astype(np.int64) @ (8 ** np.arange(lead - 1, -1, -1, dtype=np.int64))
+        # in float64 (BLAS; exact: 12 octal digits are < 2**36) at a third of an int64 product's time
+        return (digits[:, :lead] @ (8.0 ** np.arange(lead - 1, -1, -1))).astype(np.int64)
     return _octal_fields(fields)
 
 
@@ -106,31 +148,12 @@ def _octal_fields(fields: np.ndarray) -> np.ndarray:
     return np.where(ok, value, -1)
 
 
-def _plain_headers(blocks: np.ndarray, at: np.ndarray) -> bool:
-    """Regular files (type '0' or NUL) without a ustar prefix, each header's checksum right
-    (the sum of its bytes with the checksum field counted as spaces)."""
-    kind = blocks[at, 156]
-    if ((kind != 48) & (kind != 0)).any() or blocks[at, 345].any():
-        return False
-    field = blocks[at, 148:156]
-    stored = octal_column(field)
-    if (stored < 0).any():
-        return False
-    # the whole header's byte sum must be the stored checksum, less the spaces, plus the field's own bytes
-    want = stored + field.sum(1, dtype=np.int64) - 8 * 32
-    held = np.empty((min(CHUNK, len(at)), BLOCK), np.uint8)
-    for lo in range(0, len(at), CHUNK):
-        headers = held[: len(at[lo: lo + CHUNK])]
-        np.take(blocks, at[lo: lo + CHUNK], axis=0, out=headers)
-        if (headers.sum(1, dtype=np.uint32) != want[lo: lo + CHUNK]).any():
-            return False
-    return True
-
-
-def _member_names(blocks: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Each member's name field, only its first bytes when every name ends there."""
-    names = blocks[at, :NAME_PEEK]
-    return names if (names == 0).any(1).all() else blocks[at, :100]
+def _member_names(blocks: np.ndarray, at: np.ndarray, peeked: np.ndarray | None = None) -> np.ndarray:
+    """Each member's name field, only its first bytes (``peeked``: those, gathered already) when every
+    name ends there."""
+    names = blocks[at, :NAME_PEEK] if peeked is None else peeked
+    ends = not names[:, -1].any() or (names == 0).any(1).all()  # the first test settles writers' short names
+    return names if ends else blocks[at, :100]
 
 
 def _uniform_samples(names: np.ndarray) -> tuple[list[str], int] | None:
@@ -139,7 +162,7 @@ def _uniform_samples(names: np.ndarray) -> tuple[list[str], int] | None:
     sample, keys rising.  A few passes over the key bytes; None for any other form
     (``_any_samples`` then judges)."""
     cut = bytes(names[0]).find(b".")
-    if cut < 1 or not (names[:, cut] == 46).all() or not _KEY_CHARS[names[:, :cut]].all():
+    if cut < 1 or not (names[:, cut] == 46).all() or not _key_chars(names[:, :cut]):
         return None
     keys = np.ascontiguousarray(names[:, :cut]).view(f"S{cut}").ravel()
     per = int(np.argmin(keys == keys[0])) or len(keys)
@@ -151,9 +174,25 @@ def _uniform_samples(names: np.ndarray) -> tuple[list[str], int] | None:
         return None
     keys = keys.reshape(-1, per)
     rising = bool((keys[1:, 0] > keys[:-1, 0]).all())  # so no key twice, without sorting them
-    if not rising or not (keys == keys[:, :1]).all() or not (tails == tails[0]).all():
+    if not rising or not (keys == keys[:, :1]).all() or not _tails_alike(names, cut, per):
         return None
     return [e.decode("ascii") for e in exts], per
+
+
+def _key_chars(keys: np.ndarray) -> bool:
+    """Every key byte is [A-Za-z0-9_-]; one pass when they are all digits (writers' keys)."""
+    return bool(((keys - np.uint8(48)) < 10).all()) or bool(_KEY_CHARS[keys].all())
+
+
+def _tails_alike(names: np.ndarray, cut: int, per: int) -> bool:
+    """Each sample's name bytes after column ``cut`` are the first sample's, compared eight at a time
+    when a row is whole words."""
+    if names.shape[1] % 8:
+        tails = names[:, cut + 1:].reshape(-1, per, names.shape[1] - cut - 1)
+        return bool((tails == tails[0]).all())
+    words = np.ascontiguousarray(names).view("<u8").reshape(-1, per, names.shape[1] // 8)
+    words = words & np.frombuffer(bytes(cut + 1) + b"\xff" * (names.shape[1] - cut - 1), "<u8")
+    return bool((words == words[0]).all())
 
 
 def _any_samples(names: np.ndarray) -> tuple[list[str], int] | None:

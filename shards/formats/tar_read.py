@@ -11,7 +11,8 @@ byte-for-byte reproducible).  Reading, over the in-memory shard:
   writers lay it out is indexed with numpy over all headers at once (:mod:`.tar_index`), so
   the first record does not wait for a Python loop over 50k members; any other layout goes
   through the member-by-member walk (:mod:`.tar_walk`), which accepts it or names the problem.
-  Indexes are kept per shard content.
+  Indexes are kept per shard content.  ``shards.reader`` scans a local shard's headers as it
+  reads it (``scanner``) and hands the scan to ``check``.
 - ``check``: record count and label ids against the manifest, before any record is used.
 - ``read_batches``: columnar batches; ``.npy`` members are parsed without pickle.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import zlib
 from typing import Iterator
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from shards.formats.base import Batch, CorruptShardError, Memo, check_labels
 from shards.formats.ragged import Ragged
-from shards.formats.tar_index import Index, plain_index
+from shards.formats.tar_index import HeaderScan, Index, plain_index
 from shards.formats.tar_walk import walk_index
 from shards.formats.tar_write import BLOCK, RECORD, Writer, header, npy_bytes, npy_header  # noqa: F401 (the format's API)
 
@@ -70,19 +72,38 @@ def _key(data, key) -> tuple | None:
     return (key, len(data), zlib.crc32(view[:4096]), zlib.crc32(view[-4096:]))
 
 
-def shard_index(data, url: str, key: str | None = None) -> Index:
-    """The shard's member index, built once per shard content (``key``: its sha256)."""
+def shard_index(data, url: str, key: str | None = None, scan: HeaderScan | None = None) -> Index:
+    """The shard's member index, built once per shard content (``key``: its sha256; ``scan``: the
+    header scan fed with ``data`` as it was read, see ``scanner``)."""
     k = _key(data, key)
     index = _INDEXES.get(k) if k is not None else None
     if index is None:
-        index = _build_index(data, url)
+        _SCANNED.scan = scan
+        try:
+            index = _build_index(data, url)
+        finally:
+            _SCANNED.scan = None
         if k is not None:
             _INDEXES.put(k, index)
     return index
 
 
+# The scan of the bytes this thread indexes, from shard_index to _fast_index (_build_index keeps its
+# (data, url) signature: tests wrap it to count the indexes built).
+_SCANNED = threading.local()
+
+
+def scanner() -> HeaderScan:
+    """A header scan for ``shards.reader`` to feed with a shard's bytes as it reads them, then hand to
+    ``check``: the vectorised index then reads each header while its chunk is in the CPU cache."""
+    return HeaderScan()
+
+
 def _fast_index(data) -> Index | None:
     """The vectorised index of a plainly laid out shard, or None (the walk then decides)."""
+    scan = getattr(_SCANNED, "scan", None)
+    if scan is not None:
+        return scan.index(data, MAX_MEMBER_BYTES)
     return plain_index(data, MAX_MEMBER_BYTES)  # read at call time: tests lower the cap
 
 
@@ -96,11 +117,13 @@ def _build_index(data, url: str) -> Index:
     return _fast_index(data) or _general_index(data, url)
 
 
-def check(data, url: str, num_records: int, label_count: int | None = None, key: str | None = None) -> Index:
+def check(data, url: str, num_records: int, label_count: int | None = None, key: str | None = None,
+          scan: HeaderScan | None = None) -> Index:
     """Refuse the shard before any record is read: its member index must hold ``num_records``
     samples and every label must be an id in [0, label_count).  Returns the index (kept
-    under ``key``; with key None, for ``remember`` once the bytes are verified)."""
-    index = shard_index(data, url, key)
+    under ``key``; with key None, for ``remember`` once the bytes are verified).  ``scan``:
+    the header scan fed with ``data`` as it was read (``scanner``)."""
+    index = shard_index(data, url, key, scan)
     if index.n != num_records:
         raise CorruptShardError(f"shard {url}: holds {index.n} records, the manifest says {num_records}; "
                                 f"the manifest or the shard was changed, rebuild the set")
