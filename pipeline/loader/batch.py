@@ -199,7 +199,8 @@ class BatchLoader:
     def load_state_dict(self, state: dict, all_ranks: list[dict] | None = None) -> None:
         """Continue where ``state`` stopped.  A mid-epoch state saved at another world size, number of
         workers or batch size (a ShardStream only) needs ``all_ranks``: every old rank's state, in rank
-        order (``state`` is any of them); the rest of the epoch is then spread over this topology."""
+        order (``state`` is any of them); the rest of the epoch is then spread over this topology.  With
+        ``all_ranks`` at another world size the new ranks' stats sum to the old ranks' (elastic_state.stats_after)."""
         what = f"loader state for {getattr(self.dataset, 'where', type(self.dataset).__name__)}"
         now = self._settings()
         if elastic_state.topology_changed(state, now, all_ranks):
@@ -210,13 +211,14 @@ class BatchLoader:
         try:
             self._saved_segments(what, state)
             self._check_state(what, state, now)
+            stats = elastic_state.stats_after(what, state, all_ranks, now)  # at an epoch boundary: another world
         except BaseException:  # a refused state leaves the stream as it was
             self.dataset.set_epoch(before[0])
             if callable(getattr(self.dataset, "set_segments", None)):
                 self.dataset.set_segments(*before)
             raise
-        self._resume = dict(state)
-        self._stats_done = Counter(state.get("stats", {}))
+        self._resume = {**state, "stats": dict(stats)}
+        self._stats_done = Counter(stats)
         self._stats_now = {}
 
     def resumes_elastically(self, state: dict, all_ranks: list[dict] | None = None) -> bool:
@@ -247,7 +249,7 @@ class BatchLoader:
         epoch = int(state["epoch"])
         self.dataset.set_segments(epoch, segments)
         self.dataset.set_epoch(epoch)
-        stats = settings.read_stats(what, state)
+        stats = elastic_state.stats_after(what, state, all_ranks, now)  # the old ranks' sum kept over the new
         self._resume = settings.make_state(epoch, 0, self._fresh(), 0, now, stats, [s.to_json() for s in segments])
         self._stats_done = Counter(stats)
         self._stats_now = {}

@@ -19,12 +19,15 @@ source (``sources[i].world_size``): those are its topology keys.
 """
 from __future__ import annotations
 
+import logging
 import re
+from collections import Counter
 
 from pipeline import elastic, settings
 from pipeline.elastic import MixedSegment, Segment
 from pipeline.settings import ResumeError
 
+log = logging.getLogger(__name__)
 TOPOLOGY = ("world_size", "num_workers", "batch_size")   # what an elastic resume may change
 FOLLOWS = ("rank", "group")                              # and what changes with them
 _SOURCE_KEY = re.compile(r"sources\[\d+\]\.(world_size|rank)")  # a mixture's, per source
@@ -121,6 +124,43 @@ def _stream_segment(what: str, saved: dict, epoch: int, earlier: list, positions
     elastic.remaining(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
     elastic.partials(base.manifest.num_records, segments, base.seed, epoch, base.shuffle)
     return segment
+
+
+def stats_after(what: str, state: dict, all_ranks, now: dict) -> dict:
+    """This rank's counters (``stats``) after a resume: ``state``'s own, or, with ``all_ranks`` at another world
+    size or an elastic resume, this rank's share of the old ranks' counters.  Every counter counts events over
+    the run (records delivered, skipped or packed, retries, empty sources), so the new ranks' sum must be the
+    old ranks' sum, whatever the change and however many follow: new rank r keeps old rank r's (rank-wise
+    counts go on when only the workers or batch size change) and new rank 0 takes those of the old ranks
+    beyond the new world as well; a new rank beyond the old world starts at 0.  Every rank names every
+    counter (0 where it has none)."""
+    saved = state["settings"]
+    old_world, world, rank = _saved(saved, "world_size"), _saved(now, "world_size"), _saved(now, "rank")
+    elastic = topology_changed(state, now, all_ranks)
+    if not elastic and (all_ranks is None or old_world == world):
+        if old_world != world:  # the other old ranks' counts are unknown here: summed, some go missing or twice
+            log.warning("%s: saved at world size %s, resumed at %s without all_ranks: this rank keeps the saved "
+                        "state's stats, so the ranks' summed stats miss or repeat some; pass load_state_dict(state, "
+                        "all_ranks=[every old rank's state])", what, old_world, world)
+        return settings.read_stats(what, state)
+    if not isinstance(rank, int) or not isinstance(old_world, int):
+        return settings.read_stats(what, state)  # a stream that records no rank: only its own state is known
+    if not isinstance(all_ranks, (list, tuple)) or len(all_ranks) != old_world:
+        have = len(all_ranks) if isinstance(all_ranks, (list, tuple)) else "none"
+        raise ResumeError(f"{what}: saved at world size {old_world}, resumed at {world}: the stats need every old "
+                          f"rank's state ({have} given, {old_world} needed); pass load_state_dict(state, "
+                          f"all_ranks=[rank 0's state, ..., rank {old_world - 1}'s])")
+    old = [Counter(_old_stats(f"{what} (all_ranks[{r}])", other)) for r, other in enumerate(all_ranks)]
+    mine = Counter({name: 0 for stats in old for name in stats})
+    for stats in old[rank:rank + 1] + (old[world:] if rank == 0 else []):
+        mine.update(stats)
+    return dict(mine)
+
+
+def _old_stats(what: str, other) -> dict:
+    if not isinstance(other, dict) or other.get("kind") != settings.STATE_KIND:
+        raise ResumeError(f"{what}: not a {settings.STATE_KIND!r} state; pass every old rank's loader.state_dict()")
+    return settings.read_stats(what, other)
 
 
 def parse_segments(what: str, entries: list) -> list[Segment | MixedSegment]:
