@@ -19,6 +19,8 @@ Stopping rules (``stop=``), for one epoch of one DataLoader worker:
 
 Dict items gain ``"source"``: the index of the stream they came from (for logging
 the realised mixture and for audits, since sample ids repeat across shard sets).
+``counters()`` sums the sources' counts; ``counts_mark()`` is a cheap value that moves whenever
+they may have, so a packed mixture builds them only then, not after every item (pack/read.py).
 
 Determinism and resume: draw k of an epoch is a fixed uniform number derived from
 (seed, epoch, worker, k) (numpy PCG64 in chunks of 4096), so the position is just each
@@ -34,6 +36,7 @@ Sources whose length differs per rank (PackedStream) need ``pack.lockstep``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
@@ -42,41 +45,13 @@ from typing import Callable, Iterator
 
 from torch.utils.data import IterableDataset
 
+import shards
 from pipeline import mix_elastic, settings, world
-from pipeline.mix_draws import STOP_RULES, Draws, Table, choose  # noqa: F401  (choose: its public home is here too)
+from pipeline.mix_draws import STOP_RULES, Draws, Table, choose, parse_mixture  # noqa: F401  (choose, parse_mixture: public here too)
 from pipeline.pack.inner import check_item_position
 
 log = logging.getLogger(__name__)
 _END = object()
-
-
-def parse_mixture(text: str) -> list[tuple[str, float]]:
-    """``"a.json:0.7,b.json:0.3"`` → ``[("a.json", 0.7), ("b.json", 0.3)]``.
-
-    A source without ``:weight`` has weight 1; the weight is what follows the last
-    colon, so ``s3://bucket/set:0.5`` works.  Weights are relative (need not sum to 1).
-    """
-    parts = [p.strip() for p in str(text).split(",")]
-    if not text or not str(text).strip() or any(not p for p in parts):
-        raise ValueError(f"mixture {text!r}: expected URL[:WEIGHT] items separated by commas, "
-                         f"e.g. 'a/:0.7,b/:0.3'")
-    out = []
-    for part in parts:
-        url, colon, tail = part.rpartition(":")
-        weight = _number(tail) if colon else None
-        if weight is None:
-            url, weight = part, 1.0
-        if not url or not math.isfinite(weight) or weight <= 0:
-            raise ValueError(f"mixture item {part!r}: need URL:WEIGHT with a positive finite weight")
-        out.append((url, weight))
-    return out
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def open_mixture(text: str, make_stream: Callable[[str], object], *, seed: int = 0,
@@ -118,11 +93,11 @@ class MixedStream(IterableDataset):
         self._check_compatible()
         self._resume: dict | None = None
         self._elastic: tuple[int, list] = (-1, [])  # (epoch, MixedSegments before this stretch)
+        # counts_mark(): the sources drawn since its last call, their marks then, and how often one moved
+        self._drawn, self._marks, self._counted = set(range(len(self.streams))), [None] * len(self.streams), 0
         self._reset()
 
     def _check_compatible(self) -> None:
-        import shards
-
         toks = [getattr(s, "tokenizer", None) for s in self.streams]
         prints = {shards.fingerprint(t) for t in toks if t is not None}
         if len(prints) > 1:
@@ -190,6 +165,7 @@ class MixedStream(IterableDataset):
 
     def reset_stats(self) -> None:
         self.stats = Counter()
+        self._drawn.update(range(len(self.streams)))  # their counts change here, not as they yield
         for s in self.streams:
             getattr(s, "reset_stats", lambda: None)()
 
@@ -199,6 +175,38 @@ class MixedStream(IterableDataset):
             found = getattr(s, "counters", None)
             stats.update(found() if callable(found) else getattr(s, "stats", {}))
         return dict(stats)
+
+    def counts_mark(self) -> tuple | None:
+        """A cheap value that moves whenever ``counters()`` may have since the last call (None: a source's counts
+        cannot be watched), so that a reader needing them after every item (pack/read.py) builds them only then.
+        A source counts as it yields, so only those drawn since the last call are looked at."""
+        watched = self._watched
+        if watched is None:
+            return None
+        for i in self._drawn:
+            source = self.streams[i]
+            mark = source.counts_mark() if watched[i] else _stats_mark(source.stats)
+            if mark is None:
+                return None
+            if mark != self._marks[i]:
+                self._marks[i], self._counted = mark, self._counted + 1
+        self._drawn.clear()
+        return shards.retry_count(), self._counted, *_stats_mark(self.stats)
+
+    @functools.cached_property
+    def _watched(self) -> tuple[bool, ...] | None:
+        """Per source: True if it has ``counts_mark()``, False for a ShardStream (``read_chunks``), whose
+        ``stats`` Counter is all it counts (skips as it yields them; retries, in every mark, when asked);
+        None when a source is neither (its counts may be computed when asked: PackedStream)."""
+        kinds = []
+        for source in self.streams:
+            if callable(getattr(source, "counts_mark", None)):
+                kinds.append(True)
+            elif callable(getattr(source, "read_chunks", None)) and isinstance(getattr(source, "__dict__", {}).get("stats"), Counter):
+                kinds.append(False)
+            else:
+                return None
+        return tuple(kinds)
 
     def position(self) -> dict:
         """After the last item: draws and items so far, each source's pass count, whether it was
@@ -340,6 +348,7 @@ class MixedStream(IterableDataset):
                 table = Table(self.weights, live)
             i = table.pick(draws.next())
             self._draws = draws.count
+            self._drawn.add(i)
             item = next(iters[i], _END)
             if item is _END:
                 item = self._exhausted(i, iters)
@@ -370,6 +379,11 @@ class MixedStream(IterableDataset):
             self.stats["empty_sources"] += 1
             self._dropped[i] = True
         return item
+
+
+def _stats_mark(stats: Counter) -> tuple:
+    """Moves whenever ``stats`` does: counts only grow, a name counted 0 is a new key, a reset a new Counter."""
+    return id(stats), len(stats), stats.total()
 
 
 def _identity(stream) -> str | None:

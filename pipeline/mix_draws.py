@@ -1,7 +1,9 @@
-"""The draws of a MixedStream (mix.py): which source each item comes from, as pure functions of integers."""
+"""The pure parts of a MixedStream (mix.py): its text (``parse_mixture``) and its draws (which source each item
+comes from, as pure functions of integers)."""
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +15,35 @@ CHUNK = 4096  # uniform draws generated at once; resume regenerates one chunk an
 def choose(weights: Sequence[float], live: Sequence[bool], u: float) -> int:
     """Index of the live source whose share of [0, 1) contains ``u`` (weights renormalised)."""
     return Table(weights, live).pick(u)
+
+
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+    """``"a.json:0.7,b.json:0.3"`` → ``[("a.json", 0.7), ("b.json", 0.3)]``.
+
+    A source without ``:weight`` has weight 1; the weight is what follows the last
+    colon, so ``s3://bucket/set:0.5`` works.  Weights are relative (need not sum to 1).
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if not text or not str(text).strip() or any(not p for p in parts):
+        raise ValueError(f"mixture {text!r}: expected URL[:WEIGHT] items separated by commas, "
+                         f"e.g. 'a/:0.7,b/:0.3'")
+    out = []
+    for part in parts:
+        url, colon, tail = part.rpartition(":")
+        weight = _number(tail) if colon else None
+        if weight is None:
+            url, weight = part, 1.0
+        if not url or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"mixture item {part!r}: need URL:WEIGHT with a positive finite weight")
+        out.append((url, weight))
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class Table:
