@@ -6,7 +6,8 @@
 Each case (format x workers, and webdataset's first batch from the same tar shards when
 webdataset is importable) runs ``--reps`` times, interleaved, each in a fresh process;
 the clock starts after the imports, before the stream is made (manifest, tokenizer,
-workers, first shard fetched and verified), as the benchmark's ``ttfb_s`` does.  The
+workers, first shard fetched and verified), as the benchmark's ``ttfb_s`` does.  The set's
+files are read just before each run (``warm``), so every case finds them in the page cache.  The
 medians, and each one over webdataset's with as many workers (``vs_webdataset``: the
 figure to report, as the machine may be shared), are printed as one JSON object, with the
 same for the CPU seconds the process and its loader workers spent (``median_cpu_s``,
@@ -115,8 +116,20 @@ def peer_python() -> tuple[str | None, str]:
     return None, f"skipped: webdataset is not importable from {PEER_PYTHON} or {sys.executable}"
 
 
+def warm(url: str) -> None:
+    """Read every file of the set, so each child reads its shards from the page cache: a machine that
+    reclaims idle file pages (this one runs DAMON) otherwise made whichever case ran first after a
+    pause wait 0.3-0.7 s on the disk, a cost of the machine, not of the reader."""
+    for entry in sorted(os.scandir(url), key=lambda e: e.name):
+        if entry.is_file():
+            with open(entry.path, "rb") as f:
+                while f.read(8 << 20):
+                    pass
+
+
 def run_child(python: str, kind: str, url: str, workers: int, tokenizer: str) -> tuple[float, float]:
-    """(seconds, CPU seconds) to the first batch in a fresh process."""
+    """(seconds, CPU seconds) to the first batch in a fresh process, its shard set read just before."""
+    warm(url)
     cmd = [python, "-m", "tools.bench.first_batch", "--child", kind, "--url", url,
            "--workers", str(workers), "--tokenizer", tokenizer]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
