@@ -30,7 +30,6 @@ import pyarrow as pa
 
 from shards.build.writer import Columns
 from shards.corpus import jsonl as corpus_jsonl
-from shards.corpus.column_checks import int64_array
 from shards.corpus.read import BLANK, BadRecords, CorpusSpec, Unit, kind_of, scan_labels
 from shards.lazy import compute as pc
 from shards.storage import is_remote
@@ -120,7 +119,8 @@ def _distinct(label: pa.Array) -> list[str]:
     """The label strings of a scanned Columns (a dictionary array's: the values its rows use)."""
     if isinstance(label, pa.DictionaryArray):
         used = np.flatnonzero(np.bincount(label.indices.to_numpy(zero_copy_only=False), minlength=len(label.dictionary)))
-        return label.dictionary.take(int64_array(used)).to_pylist()
+        values = label.dictionary.to_pylist()  # a few values; a take would import pyarrow.compute (0.1 s)
+        return [values[i] for i in used.tolist()]
     return pc.unique(label).to_pylist()
 
 
@@ -193,15 +193,17 @@ def _batches(spill: Spill) -> Iterator[tuple]:
 
 
 def _read(spill: Spill, label_set: pa.Array) -> Iterator[Columns]:
+    id_of = {name: i for i, name in enumerate(label_set.to_pylist())}
     for (text, label), chars in zip(_batches(spill), spill.chars):
-        yield Columns(text, _label_ids(label, label_set, spill.path), chars)
+        yield Columns(text, _label_ids(label, label_set, id_of, spill.path), chars)
 
 
-def _label_ids(label: pa.Array, label_set: pa.Array, path: str) -> np.ndarray:
-    """Label ids by ``label_set`` of the spilled label strings (a dictionary array: looked up per value)."""
+def _label_ids(label: pa.Array, label_set: pa.Array, id_of: dict[str, int], path: str) -> np.ndarray:
+    """Label ids by ``label_set`` (``id_of``: name -> id) of the spilled label strings (a dictionary
+    array: looked up per value, in Python: a few values, and no import of pyarrow.compute)."""
     if isinstance(label, pa.DictionaryArray):
-        per_value = pc.fill_null(pc.index_in(label.dictionary, value_set=label_set), -1).to_numpy(zero_copy_only=False)
-        ids = per_value.astype(np.int64)[label.indices.to_numpy(zero_copy_only=False)]
+        per_value = np.array([id_of.get(v, -1) for v in label.dictionary.to_pylist()], np.int64)
+        ids = per_value[label.indices.to_numpy(zero_copy_only=False)]
     else:
         ids = pc.fill_null(pc.index_in(label, value_set=label_set), -1).to_numpy(zero_copy_only=False).astype(np.int64)
     if len(ids) and ids.min() < 0:

@@ -150,7 +150,12 @@ class PartWriter:
         The same decisions as checking :meth:`_full` record by record, found with
         prefix sums: batches (hence the overhead) only change when a shard closes.
         """
-        n, i = len(sizes), 0
+        n, i, total = len(sizes), 0, int(sizes.sum())
+        if self._writer is not None and self._fits(n, total):  # the common case: no shard closes in this group
+            self._count += n
+            self._bytes += total
+            self._flush(texts, labels, ids, 0, n)
+            return
         cum = np.concatenate(([0], np.cumsum(sizes)))
         pending = 0  # first record of the group not yet written
         while i < n:
@@ -172,6 +177,14 @@ class PartWriter:
                 self._close((texts, labels, ids, pending, i))
                 pending = i
         self._flush(texts, labels, ids, pending, n)
+
+    def _fits(self, n: int, nbytes: int) -> bool:
+        """Whether the open shard takes ``n`` more records of ``nbytes`` in one more batch: the loop of
+        :meth:`_write_group` would find no record that fills it (its checks grow with each record)."""
+        overhead = self.module.overhead_bytes(self._batches + 1, len(self.fields))
+        if self._bytes + nbytes + overhead > self.limits.max_bytes:
+            return False
+        return self.limits.max_records is None or self._count + n <= self.limits.max_records
 
     def _take(self, sizes: np.ndarray, lo: int, hi: int) -> None:
         self._count += hi - lo

@@ -169,10 +169,11 @@ class Where:
 
 def _safe_cut(buf: bytes, eof: bool) -> int:
     """End of the last whole line in ``buf`` (0: none); a final ``\\r`` waits for a ``\\n``."""
-    r = buf.rfind(b"\r")
+    n = buf.rfind(b"\n")
+    r = buf.rfind(b"\r", n + 1)  # only a CR after the last LF can end a later line (no search of the whole block)
     if r == len(buf) - 1 and not eof:
-        r = buf.rfind(b"\r", 0, r)
-    return max(buf.rfind(b"\n"), r) + 1
+        r = buf.rfind(b"\r", n + 1, r)
+    return max(n, r) + 1
 
 
 def _next_start(buf: bytes, i: int, eof: bool) -> int:
@@ -188,9 +189,11 @@ def _next_start(buf: bytes, i: int, eof: bool) -> int:
 
 
 class _Blocks:
-    def __init__(self, src: Source, unit: Unit, limit: int, bad: BadRecords, where: Where, block_bytes: int):
+    def __init__(self, src: Source, unit: Unit, limit: int, bad: BadRecords, where: Where, block_bytes: int,
+                 shape=None):
         self.src, self.unit, self.limit, self.bad, self.where = src, unit, limit, bad, where
         self.block_bytes = block_bytes
+        self.shape = shape  # (block, first line) -> (lines it ends or None: count them, what the caller wants)
         self.buf, self.pos, self.line, self.eof = b"", 0, 1, False
         self.dropped: dict[int, int] = {}  # line drained as too_long -> its '"' count (for CSV quoting)
         self._quotes = 0
@@ -218,7 +221,14 @@ class _Blocks:
                 i = len(self.buf) - 1
             self.more()
 
-    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+    def _shaped(self, block: bytes) -> tuple[tuple[bytes, int, object], int | None]:
+        """((block, its first line, its shape), the lines it ends if the shape counted them)."""
+        if self.shape is None:
+            return (block, self.line, None), None
+        ended, shaped = self.shape(block, self.line)
+        return (block, self.line, shaped), ended
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, object]]:
         unit, end = self.unit, self.unit.end
         if unit.start > 0:
             self.src.seek(unit.start - 1)
@@ -237,12 +247,13 @@ class _Blocks:
             cut = _safe_cut(self.buf, self.eof)
             if end is not None and cut and self.pos + cut >= end:
                 q = _next_start(self.buf, max(end - 1 - self.pos, 0), True)
-                yield self.buf[:q], self.line
+                yield self._shaped(self.buf[:q])[0]
                 return
             if cut:
                 block = self.buf[:cut] if cut < len(self.buf) else self.buf
-                yield block, self.line
-                self.line += count_lines(block)
+                item, ended = self._shaped(block)
+                yield item
+                self.line += count_lines(block) if ended is None else ended
                 self.pos, self.buf = self.pos + cut, self.buf[cut:]
             if content_length(self.buf) > self.limit:
                 self.bad.add("too_long", self.where(self.line), f"over {self.limit} bytes (--max-record-bytes)")
@@ -257,7 +268,7 @@ class _Blocks:
             if self.eof:
                 self._end_of_data(drained=False)
                 if self.buf and self.src.error is None:
-                    yield self.buf, self.line  # the last line, without a line break
+                    yield self._shaped(self.buf)[0]  # the last line, without a line break
                 return
             self.more()
 
@@ -280,7 +291,20 @@ def line_blocks(unit: Unit, limit: int, bad: BadRecords, where: Where, compressi
         blocks = _Blocks(src, unit, limit, bad, where, block_bytes or READ_BYTES)
         if dropped is not None:
             blocks.dropped = dropped
-        yield from blocks
+        for block, first, _ in blocks:
+            yield block, first
+
+
+def shaped_line_blocks(unit: Unit, limit: int, bad: BadRecords, where: Where, compression: str | None,
+                       storage_options: dict | None, block_bytes: int, shape) -> Iterator[tuple[bytes, int, object]]:
+    """:func:`line_blocks` with ``shape(block, first line)`` of each block: (block, first line, shape).
+
+    ``shape`` returns (the lines the block ends, or None to have them counted here; what the caller
+    wants of the block).  It runs as each block is cut, before the next is read: a reader that
+    finds its line ends anyway (numpy) gives the count, and the block is not scanned again for it.
+    """
+    with Source(unit.url, compression, storage_options) as src:
+        yield from _Blocks(src, unit, limit, bad, where, block_bytes, shape)
 
 
 def split_lines(block: bytes, first: int, limit: int, bad: BadRecords, where: Where

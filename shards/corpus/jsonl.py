@@ -24,7 +24,7 @@ import pyarrow as pa
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.column_checks import text_chars
-from shards.corpus.decode import Where, count_lines, line_blocks, split_lines
+from shards.corpus.decode import Where, count_lines, shaped_line_blocks, split_lines
 from shards.corpus.jsonl_check import OK, REASONS, UNKNOWN, Checked, Checker, Lines, bool_array, line_shape
 from shards.corpus.records import jsonl_records
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
@@ -73,15 +73,21 @@ class _Reader:
         self.checker = Checker(spec, labels)
 
     # -- blocks of whole lines ------------------------------------------------------------
-    def blocks(self) -> Iterator[tuple[bytes, int]]:
-        """(block of whole lines, number of its first line) for the lines the unit owns, as the
-        per-line path reads them (:func:`corpus_open.line_blocks`: ranges, BOM, too_long, damage)."""
+    def blocks(self) -> Iterator[tuple[bytes, int, Lines | None]]:
+        """(block of whole lines, number of its first line, its Lines) for the lines the unit owns, as the
+        per-line path reads them (:func:`shards.corpus.decode.line_blocks`: ranges, BOM, too_long, damage)."""
         compression = kind_of(self.unit.url, self.spec.input_format)[1]
-        limit = self.spec.max_record_bytes
-        blocks = line_blocks(self.unit, limit, self.bad, self.where, compression, self.storage_options, BLOCK_BYTES)
+        blocks = shaped_line_blocks(self.unit, self.spec.max_record_bytes, self.bad, self.where, compression,
+                                    self.storage_options, BLOCK_BYTES, self._shape)
         # read, cut and shaped (numpy, GIL released) on a thread of its own, a block or two ahead of the parser
-        return prefetch(((block, first, line_shape(block, limit) if b"\r" not in block else None)
-                         for block, first in blocks), depth=2)
+        return prefetch(blocks, depth=2)
+
+    def _shape(self, block: bytes, first: int) -> tuple[int | None, Lines | None]:
+        """(lines the block ends, its Lines); (None, None) for a block with a CR (its lines are cut apart)."""
+        if b"\r" in block:
+            return None, None
+        lines = line_shape(block, self.spec.max_record_bytes)
+        return len(lines.starts) - (not block.endswith(b"\n")), lines
 
     def _pieces(self, block: bytes, first: int) -> list[tuple[bytes, int]]:
         """The block cut at line ends into about RETRY_PIECES pieces of MIN_PIECE_BYTES or more
@@ -101,7 +107,8 @@ class _Reader:
 
     # -- one block ---------------------------------------------------------------------
     def columns(self, block: bytes, first: int, lines: Lines | None = None) -> Iterator[Columns]:
-        if b"\r" in block:  # CRLF or lone-CR line breaks: those lines are numbered by the per-line path
+        """The block's records; ``lines``, when given, are its Lines (then it holds no CR)."""
+        if lines is None and b"\r" in block:  # CRLF or lone-CR line breaks: those lines are numbered by the per-line path
             for piece, line, has_cr in cr_runs(block, first):
                 yield from self._per_line(piece, line) if has_cr else self.columns(piece, line)
             return
@@ -149,7 +156,7 @@ class _Reader:
         yield Columns(text, labels, chars)
 
     def block_labels(self, block: bytes, first: int, lines: Lines | None = None) -> set[str]:
-        if b"\r" in block:
+        if lines is None and b"\r" in block:
             return set().union(*(self._per_line_labels(piece, line) if has_cr else self.block_labels(piece, line)
                                  for piece, line, has_cr in cr_runs(block, first)))
         checked = self.checker.check(block, for_scan=True, lines=lines)

@@ -27,6 +27,7 @@ from shards.corpus.column_checks import (  # noqa: F401 - PY_WHITESPACE, LABEL_B
     has_nul,
     int64_array,
     label_codes,
+    scratch_mask,
     utf8_valid,
 )
 from shards.corpus.spec import CorpusSpec
@@ -69,7 +70,14 @@ class Checked(NamedTuple):
 
 def line_shape(block: bytes, limit: int) -> Lines:
     a = np.frombuffer(block, np.uint8)
-    newlines = np.flatnonzero(a == 10)
+    # one pass finds every control byte; nearly always they are all line feeds (tab, CR, NUL, ...: suspect)
+    controls = np.flatnonzero(np.less(a, 32, out=scratch_mask(len(a))))
+    is_newline = a[controls] == 10
+    others = None
+    if is_newline.all():
+        newlines = controls
+    else:
+        newlines, others = controls[is_newline], controls[~is_newline]
     starts = np.concatenate(([0], newlines + 1))
     if block.endswith(b"\n"):
         starts, ends = starts[:-1], newlines
@@ -79,9 +87,8 @@ def line_shape(block: bytes, limit: int) -> Lines:
     suspect = (lengths == 0) | (lengths > limit)
     suspect |= a[np.minimum(starts, len(a) - 1)] != ord("{")
     suspect |= a[np.maximum(ends - 1, 0)] != ord("}")
-    if np.count_nonzero(a < 32) != len(newlines):  # tab, CR, NUL, ...
-        where = np.flatnonzero((a < 32) & (a != 10))
-        suspect[np.searchsorted(starts, where, side="right") - 1] = True
+    if others is not None:
+        suspect[np.searchsorted(starts, others, side="right") - 1] = True
     if not block.isascii():
         suspect |= invalid_utf8_lines(block, starts)
     return Lines(starts, ends, suspect)
