@@ -74,12 +74,13 @@ def string_lengths(texts: pa.Array) -> np.ndarray:
 
 
 def groups(columns: Iterable[Columns], n: int = BATCH_ROWS, on_columns=None
-           ) -> Iterator[tuple[pa.Array, np.ndarray | None]]:
-    """Re-cut a stream of Columns into groups of exactly ``n`` records (the last may be short).
+           ) -> Iterator[tuple[pa.Array, np.ndarray | None, np.ndarray]]:
+    """Re-cut a stream of Columns into groups of exactly ``n`` records (the last may be short):
+    (texts, label ids, UTF-8 bytes of each text: found once per chunk, not per group).
 
     ``on_columns(records, text_chars)`` is called as each Columns is taken in.
     """
-    texts, labels, have = [], [], 0
+    texts, labels, lengths, have = [], [], [], 0
     for col in columns:
         if on_columns is not None:
             on_columns(len(col.text), col.text_chars)
@@ -87,25 +88,27 @@ def groups(columns: Iterable[Columns], n: int = BATCH_ROWS, on_columns=None
         start = 0  # of the chunk in col.label
         for chunk in chunks:
             off = 0
+            chunk_lengths = string_lengths(chunk) if len(chunk) else None
             while off < len(chunk):
                 take = min(n - have, len(chunk) - off)
                 texts.append(chunk.slice(off, take))
+                lengths.append(chunk_lengths[off:off + take])
                 if col.label is not None:
                     labels.append(col.label[start + off:start + off + take])
                 have += take
                 off += take
                 if have == n:
-                    yield _join(texts, labels)
-                    texts, labels, have = [], [], 0
+                    yield _join(texts, labels, lengths)
+                    texts, labels, lengths, have = [], [], [], 0
             start += len(chunk)
     if have:
-        yield _join(texts, labels)
+        yield _join(texts, labels, lengths)
 
 
-def _join(texts: list, labels: list) -> tuple[pa.Array, np.ndarray | None]:
+def _join(texts: list, labels: list, lengths: list) -> tuple[pa.Array, np.ndarray | None, np.ndarray]:
     text = texts[0] if len(texts) == 1 else pa.concat_arrays(texts)
     label = (labels[0] if len(labels) == 1 else np.concatenate(labels)) if labels else None
-    return text, label
+    return text, label, lengths[0] if len(lengths) == 1 else np.concatenate(lengths)
 
 
 class PartWriter:
@@ -131,14 +134,14 @@ class PartWriter:
         """Write a stream of :class:`Columns`; returns the finished parts."""
         labelled = "label" in self.fields
         # progress as the records are read (in reader-sized steps), not per group
-        for text, label in groups(columns, on_columns=self.on_progress):
+        for text, label, lengths in groups(columns, on_columns=self.on_progress):
             texts = text if self.arrow_in and self.tokenizer is None else text.to_pylist()
             ids = None
             if self.tokenizer is not None:
                 ids = encode_batch(self.tokenizer, texts, self.max_length)
                 texts = text if self.arrow_in else texts
             n_ids = np.fromiter(map(len, ids), np.int64, len(ids)) if ids is not None else None
-            sizes = np.asarray(self.module.record_bytes(string_lengths(text), n_ids, labelled), np.int64)
+            sizes = np.asarray(self.module.record_bytes(lengths, n_ids, labelled), np.int64)
             self._write_group(texts, label if labelled else None, ids, sizes)
         if self._writer is not None:
             self._close(None)

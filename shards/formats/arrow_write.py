@@ -68,9 +68,9 @@ def _compact(texts: pa.Array) -> pa.StringArray:
     if texts.null_count:
         raise ValueError("text column has nulls; the reader must drop records without text")
     n = len(texts)
-    offsets = np.frombuffer(texts.buffers()[1], np.int32, n + 1, texts.offset * 4)
+    _, offset_buffer, data = texts.buffers()
+    offsets = np.frombuffer(offset_buffer, np.int32, n + 1, texts.offset * 4)
     first = int(offsets[0])
-    data = texts.buffers()[2]
     data = data.slice(first, int(offsets[-1]) - first) if data is not None else pa.py_buffer(b"")
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets - first), data])
 
