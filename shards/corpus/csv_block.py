@@ -10,128 +10,30 @@ of clean lines is parsed by ``pyarrow.csv`` and checked column-wise with the per
 (empty text, labels); everything else (the header, multi-line quoted fields, CR line breaks,
 malformed, blank or over-long rows) goes one row at a time through the strict reader, which
 counts and names it exactly as before.  Under ``--on-bad-record error`` a run holding a bad
-record is read by the strict reader too, so the error names its first bad line.
+record is read by the strict reader too, so the error names its first bad line.  Which lines are
+clean is found on the block reader's thread (:mod:`shards.corpus.csv_shape`); pyarrow does not check
+UTF-8 again (a clean line is valid UTF-8, so is each of its fields).
 """
 from __future__ import annotations
 
-import re
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from shards.build.prefetch import prefetch
 from shards.build.writer import Columns
 from shards.corpus.column_checks import blank_texts, int64_array, label_codes, text_chars
 from shards.corpus.csv_rows import END, Rows, _lines
+from shards.corpus.csv_shape import Masks, Shape, block_shape, line_fields
 from shards.corpus.decode import Where, line_blocks
-from shards.corpus.jsonl_check import BAD_LABEL, EMPTY, NO_LABEL, OK, REASONS, UNKNOWN, _reasons, bool_array, invalid_utf8_lines
+from shards.corpus.jsonl_check import BAD_LABEL, EMPTY, NO_LABEL, OK, REASONS, UNKNOWN, _reasons, bool_array
 from shards.corpus.spec import BadRecords, CorpusSpec, Unit, kind_of
-from shards.corpus.txt_block import line_bounds
+from shards.lazy import compute as pc
 
 BLOCK_BYTES = 8 << 20
 PARSE_BLOCK = 1 << 20
-
-
-
-
-def _meaningful(delimiter: str) -> np.ndarray:
-    """Per byte value: an ASCII byte that is not whitespace, a quote or the delimiter."""
-    table = np.zeros(256, bool)
-    table[:128] = True
-    table[list(b' \t\n\r\x0b\x0c"')] = False
-    table[ord(delimiter)] = False
-    return table
-
-
-MEANINGFUL = {ord(d): _meaningful(d) for d in ",\t"}
-MEANINGFUL_RE = {d: re.compile(rb'[^\x80-\xff\s"' + re.escape(d.encode()) + rb"]") for d in ",\t"}
-
-
-class Shape(NamedTuple):
-    """A block's LF-ended lines: bounds, which could be clean whatever the header, fields of each
-    (None until asked for: pyarrow refuses a row of another number of fields, so the fields are
-    counted only in a block where it refused a run, and the run is cut before such rows)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    clean: np.ndarray  # clean if the line has the header's number of fields
-    fields: np.ndarray | None = None
-
-
-def block_shape(block: bytes, limit: int, delimiter: str) -> Shape | None:
-    """The block's :class:`Shape` (None when it holds a CR: every line goes to the strict reader).
-
-    Runs on the block reader's thread: numpy passes over the bytes, each releasing the GIL.
-    """
-    if b"\r" in block:
-        return None
-    a = np.frombuffer(block, np.uint8)
-    starts, ends = line_bounds(a, block.endswith(b"\n"))
-    lengths = ends - starts
-    clean = (lengths > 0) & (lengths <= limit)
-    # control bytes other than a tab or a line feed: counted by numpy (a regex search is 10x slower);
-    # the tabs are counted only when there are other control bytes than line feeds (a CSV has few)
-    controls, newlines = np.count_nonzero(a < 32), len(starts) - (not block.endswith(b"\n"))
-    if controls != newlines and controls != newlines + block.count(b"\t"):
-        clean &= ~np.logical_or.reduceat((a < 32) & (a != 10) & (a != 9), starts)
-    qpos = np.flatnonzero(a == 34)
-    if len(qpos):
-        _check_quotes(a, qpos, starts, ends, ord(delimiter), clean)
-    # a row of only whitespace, quotes and delimiters may be blank (the strict reader decides): the
-    # first and last bytes settle nearly every line, a regex the rest
-    meaningful = MEANINGFUL[ord(delimiter)]
-    maybe_blank = ~meaningful[a[starts]] & ~meaningful[a[np.maximum(ends - 1, starts)]] & clean
-    pattern = MEANINGFUL_RE[delimiter]
-    for k in np.flatnonzero(maybe_blank).tolist():
-        if pattern.search(block, int(starts[k]), int(ends[k])) is None:
-            clean[k] = False
-    if not block.isascii():
-        clean &= ~invalid_utf8_lines(block, starts)
-    return Shape(starts, ends, clean)
-
-
-def _quote_lines(qpos: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(line of each quote, whether it opens a quoted field: an even number of quotes before it in its
-    line, quotes per line)."""
-    qline = np.searchsorted(starts, qpos, side="right") - 1
-    per_line = np.bincount(qline, minlength=len(starts))
-    q_before = np.zeros(len(starts), np.int64)  # quotes before each line's start
-    np.cumsum(per_line[:-1], out=q_before[1:])
-    return qline, (np.arange(len(qpos)) - q_before[qline]) % 2 == 0, per_line
-
-
-def _check_quotes(a: np.ndarray, qpos: np.ndarray, starts: np.ndarray, ends: np.ndarray, delim: int,
-                  clean: np.ndarray) -> None:
-    """Unmark the lines whose quotes do not each open or close a whole field (or pair up inside one)."""
-    qline, opens, per_line = _quote_lines(qpos, starts)
-    prev = a[np.maximum(qpos - 1, 0)]
-    nxt = a[np.minimum(qpos + 1, len(a) - 1)]
-    # an opening quote starts a field (or is the 2nd of a doubled ""), a closing one ends it (or is the 1st)
-    ok = np.where(opens, (qpos == starts[qline]) | (prev == delim) | (prev == 34),
-                  (qpos + 1 == ends[qline]) | (nxt == delim) | (nxt == 34))
-    clean &= per_line % 2 == 0
-    clean[qline[~ok]] = False
-
-
-def line_fields(block: bytes, starts: np.ndarray, delimiter: str) -> np.ndarray:
-    """Fields of each line of a block whose quotes :func:`block_shape` checked (on a line it found
-    unclean the count may be off: such a line is never clean)."""
-    a = np.frombuffer(block, np.uint8)
-    dpos = np.flatnonzero(a == ord(delimiter))
-    # delimiters per line: the lines' bounds looked up among the delimiters (fewer lookups than the other way)
-    fields = np.diff(np.searchsorted(dpos, np.append(starts, len(a)))) + 1
-    qpos = np.flatnonzero(a == 34)
-    if len(qpos):
-        qline, opens, _ = _quote_lines(qpos, starts)
-        # a quoted delimiter separates nothing: those between an opening quote and the next quote (in a
-        # line with an odd number of quotes the count runs on past it, but such a line is never clean)
-        before = np.append(np.searchsorted(dpos, qpos), len(dpos))  # delimiters before each quote
-        inside = (before[1:] - before[:-1])[opens]
-        fields -= np.bincount(qline[opens], weights=inside, minlength=len(starts)).astype(np.int64)
-    return fields
 
 
 class _Source:
@@ -230,7 +132,8 @@ def read_columns(unit: Unit, spec: CorpusSpec, bad: BadRecords, labels: list[str
     dropped: dict[int, int] = {}
     # read, cut and shaped a block or two ahead, on a thread (``dropped`` only ever gains lines not reached yet)
     blocks = line_blocks(unit, limit, bad, where, compression, storage_options, BLOCK_BYTES, dropped)
-    source = _Source(prefetch(((block, first, block_shape(block, limit, delimiter)) for block, first in blocks),
+    masks = Masks()  # used on the reader's thread only
+    source = _Source(prefetch(((block, first, block_shape(block, limit, delimiter, masks)) for block, first in blocks),
                               depth=2), 0, delimiter)
     rows = Rows(_strict_lines(source, limit, bad, where, dropped), dropped, spec, bad, where, delimiter)
     parser = _Parser(spec, labels, delimiter, for_scan)
@@ -326,7 +229,8 @@ class _Parser:
         parse = pcsv.ParseOptions(delimiter=self.delimiter, quote_char='"', double_quote=True, escape_char=False,
                                   newlines_in_values=False, ignore_empty_lines=False)
         convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in wanted}, include_columns=wanted,
-                                      strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=True)
+                                      strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                      check_utf8=False)  # block_shape found every clean line valid UTF-8
         try:
             table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse,
                                   convert_options=convert)
